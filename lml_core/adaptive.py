@@ -1,0 +1,117 @@
+"""Adaptive LM damping: choose lam per sample from the step geometry.
+
+For rank 1 the renormalised LM operator only *rotates* ``g`` inside the plane of ``g`` and the
+previous direction ``h``, away from ``h``.  So instead of a fixed ``lam`` we ask for a rotation:
+turn ``g`` away from the history by ``omega`` times the angle ``theta`` between ``g`` and the
+history (``theta`` = angle between ``g`` and its projection onto ``span{h_1..h_r}``; for rank 1
+simply the angle between ``g`` and ``h``).  Rotating the direction away from the previous one
+by a fraction of their angle is a norm-preserving Adams-Bashforth-like extrapolation of the
+direction; ``omega = h_n / (2 h_{n-1})`` (step sizes in log-SNR) is the AB2 weight.
+
+Rank 1, closed form.  With ``u = g / |g|``, ``h = p_par u + p_perp e`` (``e`` a unit vector
+orthogonal to ``u``), ``v = kappa h + (1 - kappa) g`` and the unrenormalised output
+``g - t v`` (``t = <v, g> / (lam + |v|^2)``), the output makes the angle ``phi`` with ``g``
+where
+
+    tan(phi) = t kappa p_perp / ((1 - t (1 - kappa)) |g| - t kappa p_par).
+
+Solving for ``t`` at ``phi = omega * theta``:
+
+    t = tan(phi) |g| / (kappa p_perp + tan(phi) ((1 - kappa) |g| + kappa p_par)),
+    lam = <v, g> / t - |v|^2.
+
+Rank r > 1: the same target, ``lam`` found by bisection on ``log lam`` in the (r+1)-dimensional
+Gram space (the rotation angle decreases monotonically as ``lam`` grows), 48 halvings.
+
+Guards (``lam = inf``, i.e. the plain solver's direction): no history, ``omega = 0``, an angle
+below 1e-6 rad, a reversal (``<g, h_1> <= 0``: the angle between the current and the most recent
+direction is 90 degrees or more).  When the target rotation cannot be reached (it can be at
+most the full projection out of the history span), ``lam`` is clamped to ``1e-6 mean |v|^2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_MIN_ANGLE = 1e-6
+_MIN_RELATIVE_LAM = 1e-6
+_BISECTION_STEPS = 48
+
+
+def history_angle(gram: torch.Tensor) -> torch.Tensor:
+    """Angle between g (column 0 of the basis) and its projection on span{h_1..h_r}."""
+    g_sq = gram[:, 0, 0]
+    g_h = gram[:, 1:, 0:1]
+    h_h = gram[:, 1:, 1:]
+    # A tiny Tikhonov term keeps rank-deficient histories solvable; solve_ex avoids the host
+    # synchronisation that pinv/eigh error checks would cost on a GPU.
+    trace = torch.diagonal(h_h, dim1=1, dim2=2).sum(dim=1)
+    eye = torch.eye(h_h.shape[1], dtype=h_h.dtype, device=h_h.device)
+    reg = h_h + (1e-13 * trace + 1e-300)[:, None, None] * eye
+    coef, _ = torch.linalg.solve_ex(reg, g_h)
+    proj_sq = (g_h.transpose(1, 2) @ coef)[:, 0, 0]
+    cos = (proj_sq.clamp(min=0) / g_sq).sqrt().clamp(max=1.0)
+    return torch.arccos(cos)
+
+
+def _rotation_cos(gram: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """cos of the angle between the LM output at damping lam and g, from Gram space alone."""
+    from .precondition import _solve_coefficients
+
+    y = _solve_coefficients(gram, a, lam)[:, :, None]
+    out_g = (y.transpose(1, 2) @ gram[:, :, 0:1])[:, 0, 0]
+    out_sq = (y.transpose(1, 2) @ gram @ y)[:, 0, 0]
+    return out_g / (out_sq.clamp(min=0).sqrt() * gram[:, 0, 0].sqrt())
+
+
+def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, omega: float) -> torch.Tensor:
+    """Per-sample lam giving the rotation ``omega * theta``; inf where no correction applies."""
+    inf = torch.full_like(gram[:, 0, 0], float("inf"))
+    if omega <= 0:
+        return inf
+    rank = a.shape[1]
+    kappa = float(a[1, 0])
+    g_sq, h_g = gram[:, 0, 0], gram[:, 1, 0]
+    v_gram = a.T @ gram @ a
+    mean_v_sq = torch.diagonal(v_gram, dim1=1, dim2=2).mean(dim=1)
+    lam_floor = _MIN_RELATIVE_LAM * mean_v_sq
+
+    theta = history_angle(gram)
+    phi = (omega * theta).clamp(max=math.pi / 2 - 1e-9)
+    applies = (theta > _MIN_ANGLE) & (h_g > 0) & torch.isfinite(theta)
+
+    if rank == 1:
+        g_norm = g_sq.sqrt()
+        p_par = h_g / g_norm
+        p_perp = (gram[:, 1, 1] - p_par**2).clamp(min=0).sqrt()
+        tan_phi = torch.tan(phi)
+        t = tan_phi * g_norm / (kappa * p_perp + tan_phi * ((1 - kappa) * g_norm + kappa * p_par))
+        v_g = kappa * h_g + (1 - kappa) * g_sq
+        lam = v_g / t - v_gram[:, 0, 0]
+    else:
+        # Bisection on log(lam) between 1e-6 and 1e12 times mean |v|^2.
+        target_cos = torch.cos(phi)
+        lo = torch.log(lam_floor.clamp(min=1e-300))
+        hi = torch.log((1e12 * mean_v_sq).clamp(min=1e-300))
+        safe_gram = torch.where(applies[:, None, None], gram,
+                                torch.eye(rank + 1, dtype=gram.dtype, device=gram.device))
+        for _ in range(_BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            # larger lam -> smaller rotation -> larger cos
+            too_much_rotation = _rotation_cos(safe_gram, a, mid.exp()) < target_cos
+            lo = torch.where(too_much_rotation, mid, lo)
+            hi = torch.where(too_much_rotation, hi, mid)
+        lam = (0.5 * (lo + hi)).exp()
+
+    lam = torch.where(torch.isfinite(lam), lam.clamp(min=0), inf)
+    lam = torch.maximum(lam, lam_floor)
+    return torch.where(applies, lam, inf)
+
+
+def auto_omega(h: float, h_prev: float) -> float:
+    """AB2's extrapolation weight h_n / (2 h_{n-1}) from the current and previous step sizes."""
+    if not (h_prev > 0 and h > 0 and math.isfinite(h) and math.isfinite(h_prev)):
+        return 0.0
+    return h / (2.0 * h_prev)
