@@ -66,13 +66,12 @@ def _rotation_cos(gram: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> tor
     return out_g / (out_sq.clamp(min=0).sqrt() * gram[:, 0, 0].sqrt())
 
 
-def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, omega: float) -> torch.Tensor:
+def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, kappa: float, omega: float) -> torch.Tensor:
     """Per-sample lam giving the rotation ``omega * theta``; inf where no correction applies."""
     inf = torch.full_like(gram[:, 0, 0], float("inf"))
     if omega <= 0:
         return inf
     rank = a.shape[1]
-    kappa = float(a[1, 0])
     g_sq, h_g = gram[:, 0, 0], gram[:, 1, 0]
     v_gram = a.T @ gram @ a
     mean_v_sq = torch.diagonal(v_gram, dim1=1, dim2=2).mean(dim=1)

@@ -112,7 +112,7 @@ def lm_precondition(
     if damping_mode == "adaptive":
         from .adaptive import adaptive_lambda
 
-        lam = adaptive_lambda(gram, a, float(omega))
+        lam = adaptive_lambda(gram, a, float(kappa), float(omega))
     else:
         damping = torch.as_tensor(damping, dtype=torch.float64, device=g.device).expand(batch)
         lam = damping * mean_v_sq if damping_mode == "relative" else damping.clone()
