@@ -1,0 +1,76 @@
+"""The bridge between lml_core's sampler loops and ComfyUI's sampling path.
+
+ComfyUI calls a sampler function as ``fn(model, x, sigmas, extra_args, callback, disable,
+**extra_options)`` where ``model`` is a ``KSamplerX0Inpaint`` (it holds ``latent_image``) and
+``extra_args["denoise_mask"]`` is the inpainting mask (1 = resample, 0 = keep), already shaped
+like ``x``.  The model blends the kept region back in before and after every call, so the kept
+region of the *denoised* estimate is always the input latent.  The LM correction, however, mixes
+directions over the whole latent (it is a low-rank operator on the flattened tensor), so the last
+step can move the kept region a little.  ``comfy_sampler`` therefore ends every masked run that
+reaches sigma 0 by copying the kept region from the input latent: the unmasked region comes back
+exactly as it went in, as users expect from the built-in samplers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..lml_core import SAMPLERS
+
+
+def _keep_unmasked(model, samples, sigmas, extra_args):
+    """Copy the kept region (mask 0) of the input latent into a finished masked run."""
+    mask = (extra_args or {}).get("denoise_mask")
+    latent_image = getattr(model, "latent_image", None)
+    if mask is None or latent_image is None or float(sigmas[-1]) != 0.0:
+        return samples
+    mask = mask.to(device=samples.device, dtype=samples.dtype)
+    latent_image = latent_image.to(device=samples.device, dtype=samples.dtype)
+    return samples * mask + latent_image * (1.0 - mask)
+
+
+def comfy_sampler(name: str, record=None):
+    """The ComfyUI sampler function for the lml_core sampler ``name`` (e.g. "lml_euler").
+
+    ``record``, when given, is called with lml_core's callback dict at every step (it carries the
+    ``lml_cos`` diagnostics that ComfyUI's own callback wrapper drops)."""
+    core = SAMPLERS[name]
+
+    @functools.wraps(core)
+    @torch.no_grad()
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        def step_callback(info):
+            if record is not None:
+                record(info)
+            if callback is not None:
+                callback(info)
+
+        samples = core(model, x, sigmas, extra_args=extra_args, callback=step_callback,
+                       disable=disable, **options)
+        return _keep_unmasked(model, samples, sigmas, extra_args)
+
+    sample.__name__ = f"sample_{name}"
+    sample.__qualname__ = sample.__name__
+    sample.lml_sampler = name  # marks the functions this pack registers
+    return sample
+
+
+class StepDiagnostics:
+    """Collects sigma and LM-correction strength per step of one sampling call.
+
+    strength = 1 - mean over the batch of cos(corrected, raw direction); 0.0 at steps where the
+    correction was not applied (first step, outside [start_percent, end_percent))."""
+
+    def __init__(self):
+        self.sigmas: list[float] = []
+        self.strength: list[float] = []
+
+    def __call__(self, info):
+        self.sigmas.append(float(info["sigma"]))
+        cos = info.get("lml_cos")
+        self.strength.append(0.0 if cos is None else float(1.0 - cos.float().mean()))
+
+    def as_ui(self, solver: str) -> dict:
+        return {"solver": solver, "sigmas": list(self.sigmas), "strength": list(self.strength)}
