@@ -1,0 +1,175 @@
+"""LMLCompare: one queue, two samplers, one labelled side-by-side image.
+
+The node samples the same model, noise (seed), sigmas (steps + scheduler) and conditioning
+twice - once with a built-in baseline sampler, once with an LML solver - decodes both with the
+VAE and returns one image per batch item: the baseline panel on the left, LML on the right,
+each labelled with its sampler name and settings.  Both runs go through ComfyUI's own
+``comfy.sample.sample_custom`` path, so model patches, masks (``noise_mask``), previews,
+progress and Cancel behave as in the built-in samplers.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .samplers import core_options, lml_inputs, validate_percent_range
+from .sampling import StepDiagnostics, comfy_sampler
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` to ``width`` pixels (a single long word stays whole)."""
+    lines, current = [], ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}".strip()
+        if current and draw.textlength(candidate, font=font) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = candidate
+    return lines + [current] if current else lines
+
+
+def label_panel(image: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Draw ``lines`` (wrapped to the width) in white on a dark band at the top of an HxWx3
+    uint8 image; the size is unchanged.  Under the band the image is darkened to at most a
+    third of its brightness, so the text stays readable on any picture."""
+    panel = Image.fromarray(image).convert("RGBA")
+    width = panel.width
+    font = _font(max(8, min(16, width // 28)))
+    draw = ImageDraw.Draw(panel)
+    wrapped = [part for line in lines for part in _wrap(draw, line, font, width - 8)]
+    line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + 2
+    band = Image.new("RGBA", panel.size, (0, 0, 0, 0))
+    ImageDraw.Draw(band).rectangle([0, 0, width, 4 + line_height * len(wrapped)],
+                                   fill=(0, 0, 0, 170))
+    panel = Image.alpha_composite(panel, band)
+    draw = ImageDraw.Draw(panel)
+    for row, text in enumerate(wrapped):
+        draw.text((4, 2 + row * line_height), text, fill=(255, 255, 255, 255), font=font)
+    return np.asarray(panel.convert("RGB"))
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, left_lines, right_lines):
+    """[B,H,W,C] float images -> [B,H,2W,C] with each half labelled."""
+    grids = []
+    for a, b in zip(left, right):
+        panels = []
+        for image, lines in ((a, left_lines), (b, right_lines)):
+            pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            panels.append(label_panel(pixels, lines))
+        grids.append(torch.from_numpy(np.concatenate(panels, axis=1).astype(np.float32) / 255.0))
+    return torch.stack(grids)
+
+
+def lml_settings(options: dict) -> str:
+    """A one-line summary of the LML settings for the panel label."""
+    text = (f"rank {options['rank']}, damping {options['damping']:g} ({options['damping_mode']}),"
+            f" kappa {options['kappa']:g}")
+    if options["damping_mode"] == "adaptive":
+        omega = options["omega"]
+        text += f", omega {omega if omega == 'auto' else format(omega, 'g')}"
+    if (options["start_percent"], options["end_percent"]) != (0.0, 1.0):
+        text += f", steps {options['start_percent']:g}-{options['end_percent']:g}"
+    if "eta" in options:
+        text += f", eta {options['eta']:g}"
+    return text
+
+
+class LMLCompare:
+    """Baseline sampler vs LML, same model/seed/steps/conditioning, one labelled image."""
+
+    DESCRIPTION = ("Runs the same model, seed, steps, scheduler and conditioning twice - with a "
+                   "built-in sampler and with an LML solver - and returns one side-by-side image "
+                   "(baseline left, LML right) labelled with each sampler's settings.")
+    CATEGORY = "sampling"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("comparison",)
+    OUTPUT_TOOLTIPS = ("Baseline (left) and LML (right) side by side, labelled; twice the width.",)
+    FUNCTION = "compare"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model used for both runs."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "control_after_generate": True,
+                                 "tooltip": "The noise seed, shared by both runs."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                  "round": 0.01}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "karras"}),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "vae": ("VAE", {"tooltip": "Decodes both results."}),
+                "baseline_sampler": (comfy.samplers.KSampler.SAMPLERS, {
+                    "default": "dpmpp_2m",
+                    "tooltip": "The built-in sampler for the left-hand panel."}),
+                **lml_inputs(),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
+        return validate_percent_range(start_percent, end_percent)
+
+    def compare(self, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
+                baseline_sampler, solver, rank, damping, kappa, damping_mode, omega,
+                start_percent, end_percent, eta, s_noise):
+        options = core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
+                               end_percent, eta, s_noise)
+        lml_name = f"lml_{solver}"
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        noise_mask = latent_image.get("noise_mask")
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
+                                                 scheduler, steps).cpu()
+
+        # One progress bar over both runs: steps 1..n baseline, n+1..2n LML.
+        preview = latent_preview.prepare_callback(model, 2 * steps)
+        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+        diagnostics = StepDiagnostics()
+        runs = (comfy.samplers.sampler_object(baseline_sampler),
+                comfy.samplers.KSAMPLER(comfy_sampler(lml_name, record=diagnostics),
+                                        extra_options=options))
+        results = []
+        for offset, sampler in zip((0, steps), runs):
+            def callback(step, x0, x, total, offset=offset):
+                preview(step + offset, x0, x, 2 * steps)
+
+            samples = comfy.sample.sample_custom(
+                model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
+            results.append(self._decode(vae, samples))
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        left = [baseline_sampler, f"{scheduler}, {steps} steps, cfg {cfg:g}, seed {seed}"]
+        right = [lml_name, lml_settings(options)]
+        grid = side_by_side(results[0], results[1], left, right)
+        return {"ui": {"lml_diagnostics": [diagnostics.as_ui(solver)]}, "result": (grid,)}
+
+    @staticmethod
+    def _decode(vae, samples):
+        images = vae.decode(samples)
+        if images.ndim == 5:  # video VAEs: fold frames into the batch, as VAEDecode does
+            images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+        return images
+
+
+NODE_CLASS_MAPPINGS = {"LMLCompare": LMLCompare}
+NODE_DISPLAY_NAME_MAPPINGS = {"LMLCompare": "LML Compare (baseline vs LML)"}
