@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import math
 import os
@@ -286,8 +287,17 @@ class ComfyServer:
     def request(self, path, data=None, method=None, headers=None, timeout=60):
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers=headers or {})
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return response.status, response.read()
+        # A GET is retried once if the connection drops (aiohttp may close an idle keep-alive
+        # socket just as it is reused); a POST never is, it could queue a prompt twice.
+        attempts = 2 if data is None and method in (None, "GET") else 1
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as response:
+                    return response.status, response.read()
+            except (ConnectionResetError, http.client.RemoteDisconnected):
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.2)
 
     def get_json(self, path, timeout=60):
         return json.loads(self.request(path, timeout=timeout)[1])

@@ -1,0 +1,299 @@
+"""The example workflows: their definitions, the UI-format <-> API-format conversion, and the
+"smoke" variant the tests and the example runner submit to the random-weight test host.
+
+    python scripts/workflows.py     # (re)write example_workflows/*.json, api/*.json, input PNG
+
+Each example is written twice from one definition: ``example_workflows/<name>.json`` in the UI
+format that ComfyUI's "Save" writes (drag it onto the canvas) and ``example_workflows/api/
+<name>.json`` in the API format that POST /prompt takes.  Widget order and output slots come
+from a running server's /object_info, so the UI files match what the frontend expects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_host import CHECKPOINT_NAME, ROOT  # noqa: E402
+
+EXAMPLES_DIR = ROOT / "example_workflows"
+API_DIR = EXAMPLES_DIR / "api"
+INPUT_IMAGE = EXAMPLES_DIR / "input" / "lml_example_input.png"
+
+# What a user most likely has; the smoke variant swaps in the test checkpoint.
+USER_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+POSITIVE = ("a cozy wooden cabin in a snowy pine forest at dusk, warm light in the windows, "
+            "highly detailed photograph")
+NEGATIVE = "blurry, low quality, watermark, text"
+SIZE = 512
+STEPS = 20
+SEED = 42
+
+
+def _lml_widgets(solver):
+    # Defaults as lml_core has them when the files are written.
+    sys.path.insert(0, str(ROOT))
+    from lml_core import DEFAULTS
+
+    omega = -1.0 if DEFAULTS["omega"] == "auto" else DEFAULTS["omega"]
+    return {"solver": solver, "rank": DEFAULTS["rank"], "damping": DEFAULTS["damping"],
+            "kappa": DEFAULTS["kappa"], "damping_mode": DEFAULTS["damping_mode"],
+            "omega": omega, "start_percent": DEFAULTS["start_percent"],
+            "end_percent": DEFAULTS["end_percent"], "eta": 1.0, "s_noise": 1.0}
+
+
+def _text_nodes():
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": USER_CHECKPOINT}, (40, 120)),
+        2: ("CLIPTextEncode", {"text": POSITIVE, "clip": [1, 1]}, (420, 40), "Positive prompt"),
+        3: ("CLIPTextEncode", {"text": NEGATIVE, "clip": [1, 1]}, (420, 300), "Negative prompt"),
+    }
+
+
+def definitions() -> dict:
+    """name -> {node id: (class_type, inputs, position[, title])}; links are [node id, slot]."""
+    return {
+        "lml_txt2img_ksampler_lml": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("KSamplerLML", {"model": [1, 0], "seed": SEED, "steps": STEPS, "cfg": 7.0,
+                                "scheduler": "karras", "positive": [2, 0], "negative": [3, 0],
+                                "latent_image": [4, 0], "denoise": 1.0,
+                                **_lml_widgets("euler")}, (880, 120)),
+            6: ("VAEDecode", {"samples": [5, 0], "vae": [1, 2]}, (1260, 120)),
+            7: ("SaveImage", {"images": [6, 0], "filename_prefix": "lml/txt2img"}, (1480, 120)),
+        },
+        "lml_sampler_custom_advanced": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
+            6: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                              "cfg": 7.0}, (880, 180)),
+            7: ("SamplerLML", _lml_widgets("dpmpp_2m"), (880, 340)),
+            8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras", "steps": STEPS,
+                                   "denoise": 1.0}, (880, 720)),
+            9: ("SamplerCustomAdvanced", {"noise": [5, 0], "guider": [6, 0], "sampler": [7, 0],
+                                          "sigmas": [8, 0], "latent_image": [4, 0]}, (1260, 120)),
+            10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
+            11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/custom_advanced"},
+                 (1820, 120)),
+        },
+        "lml_ksampler_builtin_dpmpp_2m": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("KSampler", {"model": [1, 0], "seed": SEED, "steps": STEPS, "cfg": 7.0,
+                             "sampler_name": "lml_dpmpp_2m", "scheduler": "karras",
+                             "positive": [2, 0], "negative": [3, 0], "latent_image": [4, 0],
+                             "denoise": 1.0}, (880, 120)),
+            6: ("VAEDecode", {"samples": [5, 0], "vae": [1, 2]}, (1260, 120)),
+            7: ("SaveImage", {"images": [6, 0], "filename_prefix": "lml/ksampler_dpmpp_2m"},
+                (1480, 120)),
+        },
+        "lml_img2img": {
+            **_text_nodes(),
+            4: ("LoadImage", {"image": INPUT_IMAGE.name}, (40, 420)),
+            5: ("VAEEncode", {"pixels": [4, 0], "vae": [1, 2]}, (420, 560)),
+            6: ("KSamplerLML", {"model": [1, 0], "seed": SEED, "steps": STEPS, "cfg": 7.0,
+                                "scheduler": "karras", "positive": [2, 0], "negative": [3, 0],
+                                "latent_image": [5, 0], "denoise": 0.6,
+                                **_lml_widgets("euler")}, (880, 120)),
+            7: ("VAEDecode", {"samples": [6, 0], "vae": [1, 2]}, (1260, 120)),
+            8: ("SaveImage", {"images": [7, 0], "filename_prefix": "lml/img2img"}, (1480, 120)),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# API format
+
+
+def to_api(graph: dict) -> dict:
+    prompt = {}
+    for node_id, spec in graph.items():
+        class_type, inputs = spec[0], spec[1]
+        api_inputs = {k: ([str(v[0]), v[1]] if isinstance(v, list) else v)
+                      for k, v in inputs.items()}
+        prompt[str(node_id)] = {"class_type": class_type, "inputs": api_inputs,
+                                "_meta": {"title": spec[3] if len(spec) > 3 else class_type}}
+    return prompt
+
+
+def smoke(prompt: dict, steps=3, size=64, checkpoint=CHECKPOINT_NAME) -> dict:
+    """The prompt as the tests run it: test checkpoint, size x size images, ``steps`` steps."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if "ckpt_name" in inputs:
+            inputs["ckpt_name"] = checkpoint
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = size
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = steps
+    return prompt
+
+
+def load_api(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def example_names() -> list[str]:
+    return sorted(p.stem for p in API_DIR.glob("*.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# UI format (LiteGraph serialisation, version 0.4)
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _input_spec(info: dict, name: str):
+    for section in ("required", "optional"):
+        if name in info["input"].get(section, {}):
+            return info["input"][section][name]
+    raise KeyError(name)
+
+
+def _ordered_inputs(info: dict):
+    order = info.get("input_order") or {s: list(info["input"].get(s, {}))
+                                        for s in ("required", "optional")}
+    return [*order.get("required", []), *order.get("optional", [])]
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _extra_widget_values(class_type: str, name: str, spec) -> list:
+    """Values the frontend stores after a widget: the seed's "control after generate" mode and
+    LoadImage's upload button."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if options.get("control_after_generate"):
+        return ["fixed"]
+    if options.get("image_upload"):
+        return ["image"]
+    return []
+
+
+def to_ui(graph: dict, object_info: dict) -> dict:
+    order = _topological_order(graph)
+    nodes, links = [], []
+    outputs = {}  # node id -> list of output dicts
+    for node_id, spec in graph.items():
+        info = object_info[spec[0]]
+        outputs[node_id] = [
+            {"name": name, "type": kind, "links": [], "slot_index": slot}
+            for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"]))]
+    for node_id, spec in graph.items():
+        class_type, inputs, pos = spec[0], spec[1], spec[2]
+        info = object_info[class_type]
+        ui_inputs, widgets = [], []
+        for name in _ordered_inputs(info):
+            input_spec = _input_spec(info, name)
+            value = inputs.get(name)
+            if isinstance(value, list):  # a link
+                link_id = len(links) + 1
+                source, slot = value
+                kind = outputs[source][slot]["type"]
+                links.append([link_id, source, slot, node_id, len(ui_inputs), kind])
+                outputs[source][slot]["links"].append(link_id)
+                ui_inputs.append({"name": name, "type": kind, "link": link_id})
+            elif _is_widget(input_spec):
+                if value is None:
+                    raise KeyError(f"{class_type}: widget {name} has no value")
+                widgets.append(value)
+                widgets.extend(_extra_widget_values(class_type, name, input_spec))
+        node = {"id": node_id, "type": class_type, "pos": list(pos), "size": [320, 160],
+                "flags": {}, "order": order.index(node_id), "mode": 0, "inputs": ui_inputs,
+                "outputs": outputs[node_id],
+                "properties": {"Node name for S&R": class_type}, "widgets_values": widgets}
+        if len(spec) > 3:
+            node["title"] = spec[3]
+        nodes.append(node)
+    return {"last_node_id": max(graph), "last_link_id": len(links), "nodes": nodes,
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _topological_order(graph: dict) -> list:
+    done = []
+
+    def visit(node_id):
+        if node_id in done:
+            return
+        for value in graph[node_id][1].values():
+            if isinstance(value, list):
+                visit(value[0])
+        done.append(node_id)
+
+    for node_id in graph:
+        visit(node_id)
+    return done
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """Convert a UI-format workflow to the API format, as the frontend's "queue" does."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name in _ordered_inputs(info):
+            spec = _input_spec(info, name)
+            if name in linked:
+                link = links[linked[name]]
+                inputs[name] = [str(link[1]), link[2]]
+                continue
+            if not _is_widget(spec):
+                continue
+            inputs[name] = values.pop(0)
+            for _ in _extra_widget_values(node["type"], name, spec):
+                values.pop(0)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                   "_meta": {"title": node.get("title", node["type"])}}
+    return prompt
+
+
+def write_input_image(path=INPUT_IMAGE, size=256) -> Path:
+    """A small procedural picture (sky, sun, hills) for the img2img example."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    image = np.zeros((size, size, 3))
+    image[...] = np.stack([0.35 + 0.4 * y, 0.55 + 0.3 * y, 0.95 - 0.2 * y], axis=-1)  # sky
+    sun = (x - 0.7) ** 2 + (y - 0.3) ** 2 < 0.012
+    image[sun] = [1.0, 0.85, 0.4]
+    hills = y > 0.62 + 0.08 * np.sin(6.0 * x)
+    image[hills] = np.stack([0.2 + 0.2 * y, 0.45 + 0.1 * x, 0.2 + 0 * x], axis=-1)[hills]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image.clip(0, 1) * 255).astype("uint8")).save(path, optimize=True)
+    return path
+
+
+def main():
+    from comfy_host import ComfyServer
+
+    API_DIR.mkdir(parents=True, exist_ok=True)
+    write_input_image()
+    with ComfyServer() as server:
+        object_info = server.object_info()
+    for name, graph in definitions().items():
+        api = to_api(graph)
+        ui = to_ui(graph, object_info)
+        assert ui_to_api(ui, object_info) == api, name
+        (EXAMPLES_DIR / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        (API_DIR / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        print("wrote", EXAMPLES_DIR / f"{name}.json", "and", API_DIR / f"{name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""One real ComfyUI server per test session, with this pack linked into custom_nodes.
+
+The server runs the host installed by scripts/install_host.sh on a free port in 8190-8260, with
+the random-weight SD1.5-layout test checkpoint (made once, cached under .host/models) and a
+64x64 copy of the img2img example's input image uploaded through /upload/image."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import comfy_host  # noqa: E402
+import workflows  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    if not comfy_host.HOST_PYTHON.exists():
+        pytest.fail("the ComfyUI host is missing: run scripts/install_host.sh (scripts/test.sh "
+                    "does this)")
+    comfy_host.ensure_checkpoint()
+    host = comfy_host.ComfyServer(base_dir=tmp_path_factory.mktemp("comfy_base"),
+                                  extra_args=["--preview-method", "latent2rgb"])
+    host.start()
+    try:
+        small = tmp_path_factory.mktemp("input") / workflows.INPUT_IMAGE.name
+        workflows.write_input_image(small, size=64)
+        host.upload_image(small)
+        yield host
+    finally:
+        host.stop()  # by PID; the base folder (with comfyui.log) stays in pytest's tmp dir
+
+
+@pytest.fixture(scope="session")
+def object_info(server):
+    return server.object_info()
+
+
+_seed = iter(range(1000, 10**6))
+
+
+@pytest.fixture
+def fresh_seed():
+    """A seed no earlier test used: identical prompts are served from ComfyUI's cache."""
+    return lambda: next(_seed)
