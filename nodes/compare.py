@@ -43,35 +43,41 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
     return lines + [current] if current else lines
 
 
-def label_panel(image: np.ndarray, lines: list[str]) -> np.ndarray:
+def label_panel(image: np.ndarray, lines: list[str]) -> tuple[np.ndarray, int]:
     """Draw ``lines`` (wrapped to the width) in white on a dark band at the top of an HxWx3
     uint8 image; the size is unchanged.  Under the band the image is darkened to at most a
-    third of its brightness, so the text stays readable on any picture."""
+    third of its brightness, so the text stays readable on any picture.  Returns the labelled
+    image and the height of the band."""
     panel = Image.fromarray(image).convert("RGBA")
     width = panel.width
     font = _font(max(8, min(16, width // 28)))
     draw = ImageDraw.Draw(panel)
     wrapped = [part for line in lines for part in _wrap(draw, line, font, width - 8)]
     line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + 2
+    band_height = min(panel.height, 4 + line_height * len(wrapped))
     band = Image.new("RGBA", panel.size, (0, 0, 0, 0))
-    ImageDraw.Draw(band).rectangle([0, 0, width, 4 + line_height * len(wrapped)],
-                                   fill=(0, 0, 0, 170))
+    ImageDraw.Draw(band).rectangle([0, 0, width, band_height - 1], fill=(0, 0, 0, 170))
     panel = Image.alpha_composite(panel, band)
     draw = ImageDraw.Draw(panel)
     for row, text in enumerate(wrapped):
         draw.text((4, 2 + row * line_height), text, fill=(255, 255, 255, 255), font=font)
-    return np.asarray(panel.convert("RGB"))
+    return np.asarray(panel.convert("RGB")), band_height
 
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, left_lines, right_lines):
-    """[B,H,W,C] float images -> [B,H,2W,C] with each half labelled."""
+    """[B,H,W,C] float images -> [B,H,2W,3] with each half labelled.  Only the label band is
+    redrawn: below it every pixel is the decoded image, unchanged."""
     grids = []
     for a, b in zip(left, right):
         panels = []
         for image, lines in ((a, left_lines), (b, right_lines)):
-            pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            panels.append(label_panel(pixels, lines))
-        grids.append(torch.from_numpy(np.concatenate(panels, axis=1).astype(np.float32) / 255.0))
+            image = image[..., :3].float().cpu()
+            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            labelled, band_height = label_panel(pixels, lines)
+            panel = image.clone()
+            panel[:band_height] = torch.from_numpy(labelled[:band_height].astype(np.float32) / 255)
+            panels.append(panel)
+        grids.append(torch.cat(panels, dim=1))
     return torch.stack(grids)
 
 
