@@ -58,7 +58,8 @@ def _compare_prompt(seed, size=128, steps=3):
     """LMLCompare beside the built-in KSampler and KSamplerLML with the same settings."""
     text = {"1": {"class_type": "CheckpointLoaderSimple",
                   "inputs": {"ckpt_name": comfy_host.CHECKPOINT_NAME}},
-            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["1", 1]}},
+            "2": {"class_type": "CLIPTextEncode",
+                  "inputs": {"text": "a red house", "clip": ["1", 1]}},
             "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
             "4": {"class_type": "EmptyLatentImage",
                   "inputs": {"width": size, "height": size, "batch_size": 1}}}
