@@ -1,0 +1,68 @@
+"""In-process tests: ComfyUI imported from .host/ComfyUI (CPU), the pack loaded the way ComfyUI
+loads a custom node package, and the random-weight test checkpoint as a real ModelPatcher."""
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import comfy_host  # noqa: E402
+
+if not comfy_host.COMFY_DIR.joinpath("main.py").exists():
+    raise pytest.UsageError("the ComfyUI host is missing: run scripts/install_host.sh "
+                            "(scripts/test.sh does this)")
+comfy_host.import_comfy()
+
+# One thread, as the server gets (OMP_NUM_THREADS=1): on a busy 2-core machine OpenMP's
+# spinning threads make these small models ~8x slower.
+torch.set_num_threads(1)
+
+
+_loads = itertools.count()
+
+
+def load_pack(module_name):
+    """Import the repository as a custom node package named ``module_name`` plus a counter (as
+    ComfyUI's nodes.load_custom_node does with each custom_nodes folder: spec_from_file_location
+    on the package's __init__.py); every call is a fresh load, like a second copy of the pack."""
+    module_name = f"{module_name}_{next(_loads)}"
+    spec = importlib.util.spec_from_file_location(
+        module_name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(name="load_pack")
+def load_pack_fixture():
+    return load_pack
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return load_pack("comfyui_lml_under_test")
+
+
+@pytest.fixture(scope="session")
+def sd15():
+    """(model patcher, clip, vae) of the test checkpoint, loaded once."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_host.ensure_checkpoint()), output_vae=True, output_clip=True,
+        embedding_directory=None)
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def conds(sd15):
+    _, clip, _ = sd15
+    encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return encode("a red house by a lake"), encode("blurry")
