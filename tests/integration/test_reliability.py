@@ -60,7 +60,8 @@ def test_extreme_but_valid_inputs_work(server, fresh_seed, override):
 
 
 @pytest.mark.parametrize("override, word", [
-    ({"damping": 1e30}, "damping"), ({"kappa": -0.1}, "kappa"), ({"kappa": 1.5}, "kappa"),
+    ({"damping": 1e30}, "damping"), ({"damping": float("inf")}, "damping"),
+    ({"kappa": -0.1}, "kappa"), ({"kappa": 1.5}, "kappa"),
     ({"omega": 5.0}, "omega"), ({"rank": 17}, "rank"), ({"eta": -1.0}, "eta"),
     ({"steps": 0}, "steps"), ({"denoise": 1.5}, "denoise"), ({"solver": "magic"}, "solver"),
 ])
@@ -169,7 +170,8 @@ def test_long_mixed_queue_two_clients_with_an_interruption(server, fresh_seed):
                 failures.append((name, seed, repr(error)[:300]))
 
     long_prompt = prompt_for(fresh_seed(), kinds[0], "interrupted")
-    next(n for n in long_prompt.values() if n["class_type"] == "KSamplerLML")["inputs"]["steps"] = 400
+    long_sampler = next(n for n in long_prompt.values() if n["class_type"] == "KSamplerLML")
+    long_sampler["inputs"]["steps"] = 400
     threads = [threading.Thread(target=client, args=("a", jobs[:25])),
                threading.Thread(target=client, args=("b", list(reversed(jobs))))]
     threads[0].start()
