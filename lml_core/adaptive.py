@@ -66,7 +66,8 @@ def _rotation_cos(gram: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> tor
     return out_g / (out_sq.clamp(min=0).sqrt() * gram[:, 0, 0].sqrt())
 
 
-def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, kappa: float, omega: float) -> torch.Tensor:
+def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, kappa: float,
+                    omega: float) -> torch.Tensor:
     """Per-sample lam giving the rotation ``omega * theta``; inf where no correction applies."""
     inf = torch.full_like(gram[:, 0, 0], float("inf"))
     if omega <= 0:

@@ -63,8 +63,8 @@ class LMOptions:
         start_percent = _number("start_percent", start_percent, 0.0, 1.0)
         end_percent = _number("end_percent", end_percent, 0.0, 1.0)
         if start_percent > end_percent:
-            raise ValueError(
-                f"start_percent ({start_percent}) must not be greater than end_percent ({end_percent})")
+            raise ValueError(f"start_percent ({start_percent}) must not be greater than "
+                             f"end_percent ({end_percent})")
         return cls(rank, damping, kappa, damping_mode, omega, start_percent, end_percent)
 
     def applies_at(self, step: int, total_steps: int) -> bool:

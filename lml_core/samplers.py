@@ -62,7 +62,8 @@ class _Run:
         self.name = name
         self.opts = LMOptions.from_kwargs(**options)
         if sigmas.ndim != 1:
-            raise ValueError(f"{name}: sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}")
+            raise ValueError(
+                f"{name}: sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}")
         self.sigma_values = [float(s) for s in sigmas.tolist()]
         if not all(math.isfinite(s) and s >= 0 for s in self.sigma_values):
             raise ValueError(f"{name}: sigmas must be finite and >= 0, got {self.sigma_values}")

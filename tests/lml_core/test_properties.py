@@ -31,7 +31,8 @@ def dense(g, history, lam, kappa):
         gb = g[b].reshape(-1)
         v = torch.stack([kappa * h[b].reshape(-1) + (1 - kappa) * gb for h in history], 1)
         lam_b = lam * (v * v).sum(0).mean()
-        out.append(lam_b * torch.linalg.solve(lam_b * torch.eye(len(gb), dtype=g.dtype) + v @ v.T, gb))
+        system = lam_b * torch.eye(len(gb), dtype=g.dtype) + v @ v.T
+        out.append(lam_b * torch.linalg.solve(system, gb))
     return torch.stack(out).reshape(g.shape)
 
 
