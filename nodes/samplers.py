@@ -43,18 +43,21 @@ def lml_inputs():
                        "estimate more."}),
         "kappa": ("FLOAT", {
             "default": float(DEFAULTS["kappa"]), "min": 0.0, "max": 1.0, "step": 0.01,
-            "tooltip": "Blend between the plain direction (0) and the fully LM-corrected "
-                       "direction (1)."}),
+            "tooltip": "Weight of the previous directions in the curvature estimate: 0 "
+                       "switches the correction off (the plain solver), 1 uses the history "
+                       "directions alone."}),
         "damping_mode": (list(DAMPING_MODES), {
             "default": DEFAULTS["damping_mode"],
-            "tooltip": "relative: damping scales with the size of the history (scale invariant); "
-                       "absolute: damping is used as given; adaptive: damping follows the "
-                       "agreement between successive directions."}),
+            "tooltip": "relative: lambda = damping x the mean squared size of the history "
+                       "(one setting for every model and resolution); absolute: lambda = "
+                       "damping; adaptive: lambda is solved per step so that the direction "
+                       "turns away from the history by omega times its angle to it."}),
         "omega": ("FLOAT", {
             "default": _widget_omega_default(), "min": -1.0, "max": 2.0, "step": 0.05,
-            "tooltip": "Extrapolation weight of the history term. -1 (any negative value) "
-                       "means auto: omega follows the step-size ratio of the schedule "
-                       "(h_n / 2 h_{n-1} in log-SNR, as in a second-order multistep method)."}),
+            "tooltip": "adaptive damping_mode only: the fraction of the angle between the "
+                       "direction and the history by which the direction is turned. -1 (any "
+                       "negative value) means auto: the Adams-Bashforth-2 weight "
+                       "h_n / (2 h_(n-1)) from the log-SNR step sizes."}),
         "start_percent": ("FLOAT", {
             "default": float(DEFAULTS["start_percent"]), "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "Fraction of the steps after which the correction starts (0 = from the "
