@@ -64,13 +64,23 @@ class StepDiagnostics:
     correction was not applied (first step, outside [start_percent, end_percent))."""
 
     def __init__(self):
-        self.sigmas: list[float] = []
-        self.strength: list[float] = []
+        self._sigmas = []
+        self._strength = []
 
     def __call__(self, info):
-        self.sigmas.append(float(info["sigma"]))
+        # Keep tensors during sampling (no host synchronisation per step); convert at the end.
+        self._sigmas.append(info["sigma"].detach() if torch.is_tensor(info["sigma"])
+                            else info["sigma"])
         cos = info.get("lml_cos")
-        self.strength.append(0.0 if cos is None else float(1.0 - cos.float().mean()))
+        self._strength.append(None if cos is None else (1.0 - cos.detach().float().mean()))
+
+    @property
+    def sigmas(self) -> list[float]:
+        return [float(s) for s in self._sigmas]
+
+    @property
+    def strength(self) -> list[float]:
+        return [0.0 if s is None else float(s) for s in self._strength]
 
     def as_ui(self, solver: str) -> dict:
-        return {"solver": solver, "sigmas": list(self.sigmas), "strength": list(self.strength)}
+        return {"solver": solver, "sigmas": self.sigmas, "strength": self.strength}
