@@ -149,3 +149,21 @@ def test_validate_inputs_names_the_input(pack):
     assert "start_percent" in validate(start_percent=0.8, end_percent=0.2)
     assert "end_percent" in validate(start_percent=0.0, end_percent=1.5)
     assert "start_percent" in validate(start_percent=float("nan"), end_percent=1.0)
+
+
+def test_widget_defaults_are_lml_core_defaults_within_bounds(pack):
+    defaults = pack.lml_core.DEFAULTS
+    for node_name in ("SamplerLML", "KSamplerLML"):
+        required = pack.nodes.NODE_CLASS_MAPPINGS[node_name].INPUT_TYPES()["required"]
+        for name, (kind, options) in ((n, (s[0], s[1])) for n, s in required.items()
+                                      if len(s) > 1):
+            if "default" not in options:
+                continue
+            if isinstance(kind, list):
+                assert options["default"] in kind, (node_name, name)
+            elif "min" in options:
+                assert options["min"] <= options["default"] <= options["max"], (node_name, name)
+        for name in ("damping", "kappa", "damping_mode", "start_percent", "end_percent"):
+            assert required[name][1]["default"] == defaults[name], (node_name, name)
+        omega = required["omega"][1]["default"]
+        assert omega == defaults["omega"] or (defaults["omega"] == "auto" and omega < 0)
