@@ -1,0 +1,86 @@
+"""Running samplers against a reference solution: the loop shared by the benchmark and the study."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .baselines import BASELINES, steps_for_nfe
+from .common import initial_noise, reference_solution, rms, schedule, sliced_w2, mode_weight_error
+from ..samplers import SAMPLERS
+
+
+class CountingModel:
+    """Wraps a denoiser and counts its calls, so that NFE is measured, not assumed."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x, sigma, **extra_args):
+        self.calls += 1
+        return self.model(x, sigma, **extra_args)
+
+
+def sampler_fn(name):
+    """(function, base name) for a sampler spec name: a baseline or an LML sampler."""
+    if name in BASELINES:
+        return BASELINES[name]
+    return SAMPLERS[name]
+
+
+def run_sampler(model, x_start, kind, name, nfe, options=None, flow=False):
+    """Sample with ``name`` at an NFE budget; returns (x, measured NFE)."""
+    fn = sampler_fn(name)
+    steps = steps_for_nfe(name, nfe)
+    sigmas = schedule(kind, steps).to(torch.float32)
+    counter = CountingModel(model)
+    x = fn(counter, x_start.to(torch.float32), sigmas, extra_args={}, disable=True, flow=flow,
+           **(options or {}))
+    return x, counter.calls
+
+
+class Problem:
+    """One (data set, schedule) pair: the start noise, the reference solution and the scorers."""
+
+    def __init__(self, name, kind, model, noise, ref_steps=250, check_subset=256, log=print):
+        self.name, self.kind, self.model = name, kind, model
+        self.flow = kind == "flow"
+        self.x_start = initial_noise(kind, noise)
+        t0 = time.time()
+        self.reference = reference_solution(model, self.x_start, kind, ref_steps)
+        # Convergence check on a subset: RK4 at half the steps against the full reference.
+        sub = self.x_start[:check_subset]
+        half = reference_solution(model, sub, kind, ref_steps // 2)
+        self.ref_check = rms(half, self.reference[:check_subset])
+        log(f"  reference {name}/{kind}: {ref_steps} RK4 steps ({4 * ref_steps + 1} NFE) in "
+            f"{time.time() - t0:.1f}s; |ref({ref_steps // 2}) - ref({ref_steps})| = "
+            f"{self.ref_check:.2e} (RK4: the {ref_steps}-step error is ~1/16 of that)")
+
+    def score(self, x):
+        return {"rms": rms(x, self.reference)}
+
+
+def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
+    """Rows of {sampler, nfe_budget, nfe, rms, ...} for every sampler spec and NFE budget.
+    ``samplers``: {label: (sampler name, options)}."""
+    rows = []
+    for label, (name, options) in samplers.items():
+        t0 = time.time()
+        for nfe in nfes:
+            x, calls = run_sampler(problem.model, problem.x_start, problem.kind, name, nfe,
+                                   options, problem.flow)
+            if not torch.isfinite(x).all():
+                raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
+            row = {"data": problem.name, "schedule": problem.kind, "sampler": label,
+                   "nfe_budget": nfe, "nfe": calls, "rms": rms(x, problem.reference)}
+            if extra_metrics is not None:
+                row.update(extra_metrics(x))
+            rows.append(row)
+        log(f"    {label:<24s} {time.time() - t0:6.1f}s  " + " ".join(
+            f"{r['rms']:.4f}" for r in rows[-len(nfes):]))
+    return rows
+
+
+__all__ = ["CountingModel", "Problem", "evaluate", "run_sampler", "mode_weight_error",
+           "sliced_w2"]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerate the LML quality benchmark (docs/bench/) from a clean clone, CPU only.
+#   bash scripts/bench.sh            # the default suite (< 10 min on 2 idle cores)
+#   bash scripts/bench.sh --quick    # smoke run; any other arguments go to the benchmark
+#   bash scripts/bench.sh study      # the parameter study instead (longer)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/install_host.sh
+PY="$ROOT/.host/venv/bin/python"
+if ! "$PY" -c "import matplotlib, sklearn, scipy" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/.host/constraints.txt" \
+    matplotlib scikit-learn
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+if [ "${1:-}" = "study" ]; then
+  shift
+  exec "$PY" -m lml_core.bench.study "$@"
+fi
+exec "$PY" -m lml_core.bench "$@"

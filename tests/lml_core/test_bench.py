@@ -1,0 +1,116 @@
+"""Tests of the quality benchmark's own machinery (lml_core.bench): exact posterior means, the
+reference solver, honest NFE counts, and the quick benchmark run."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+from lml_core.bench import baselines  # noqa: E402
+from lml_core.bench.common import initial_noise, reference_solution, rms, schedule  # noqa: E402
+from lml_core.bench.exact import GaussianMixture, MixtureModel, mixture_2d  # noqa: E402
+from lml_core.bench.suite import run_sampler  # noqa: E402
+
+
+def _dense_posterior_mean(mix, x, s, flow):
+    """E[x0 | x] from dense covariances (torch.linalg.solve), for x = a x0 + s n."""
+    a = 1 - s if flow else 1.0
+    x = x.double()
+    eye = torch.eye(mix.dim, dtype=torch.float64)
+    logs, means = [], []
+    for k in range(len(mix.weights)):
+        u, d = mix.bases[k], mix.variances[k]
+        sigma_k = u @ torch.diag(d) @ u.T + mix.iso * eye
+        cov = a * a * sigma_k + s * s * eye
+        y = x - a * mix.means[k]
+        sol = torch.linalg.solve(cov, y.T).T
+        logs.append(torch.log(mix.weights[k]) - 0.5 * (y * sol).sum(1) - 0.5 * torch.logdet(cov))
+        means.append(mix.means[k] + a * sol @ sigma_k)
+    post = torch.softmax(torch.stack(logs, 1), 1)
+    return (post[:, :, None] * torch.stack(means, 1)).sum(1)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("s", [0.05, 0.5, 0.97])
+def test_low_rank_posterior_mean_matches_dense_solve(flow, s):
+    gen = torch.Generator().manual_seed(0)
+    k, dim, r = 3, 7, 2
+    bases = torch.stack([torch.linalg.qr(torch.randn(dim, r, generator=gen, dtype=torch.float64))[0]
+                         for _ in range(k)])
+    mix = GaussianMixture("t", torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64),
+                          torch.randn(k, dim, generator=gen, dtype=torch.float64), bases,
+                          torch.rand(k, r, generator=gen, dtype=torch.float64) + 0.1, 0.03)
+    x = torch.randn(50, dim, generator=gen, dtype=torch.float64)
+    assert torch.allclose(mix.denoise(x, s, flow), _dense_posterior_mean(mix, x, s, flow),
+                          atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_full_rank_posterior_mean_matches_monte_carlo(flow):
+    mix = mixture_2d()
+    s = 0.4
+    a = 1 - s if flow else 1.0
+    x0, _ = mix.sample(400_000, torch.Generator().manual_seed(1))
+    x = torch.tensor([[2.0, 0.1], [0.0, 1.5], [-1.0, -1.0]], dtype=torch.float64)
+    # E[x0 | x] = sum_i w_i x0_i with w_i ~ N(x; a x0_i, s^2 I) (self-normalised)
+    logw = -((x[:, None, :] - a * x0[None]) ** 2).sum(-1) / (2 * s * s)
+    w = torch.softmax(logw, dim=1)
+    mc = w @ x0
+    assert torch.allclose(mix.denoise(x, s, flow), mc, atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["karras", "flow"])
+def test_reference_solver_converges(kind):
+    mix = mixture_2d()
+    model = MixtureModel(mix, kind == "flow")
+    x = initial_noise(kind, torch.randn(32, 2, generator=torch.Generator().manual_seed(3),
+                                        dtype=torch.float64))
+    fine = reference_solution(model, x, kind, 160)
+    err = [rms(reference_solution(model, x, kind, n), fine) for n in (10, 20, 40)]
+    assert err[0] > err[1] > err[2]
+    assert err[2] < 1e-3
+
+
+@pytest.mark.parametrize("name", list(baselines.BASELINES))
+@pytest.mark.parametrize("kind", ["karras", "flow"])
+def test_baselines_count_nfe_honestly_and_converge(name, kind):
+    mix = mixture_2d()
+    model = MixtureModel(mix, kind == "flow")
+    x = initial_noise(kind, torch.randn(32, 2, generator=torch.Generator().manual_seed(4),
+                                        dtype=torch.float64))
+    ref = reference_solution(model, x, kind, 40)
+    errors = []
+    for nfe in (10, 40):
+        out, calls = run_sampler(model, x, kind, name, nfe, flow=kind == "flow")
+        assert calls == baselines.nfe_of(name, baselines.steps_for_nfe(name, nfe)) <= nfe
+        errors.append(rms(out, ref))
+    assert errors[1] < errors[0]
+
+
+def test_uni_pc_first_order_step_is_ddim():
+    # With two steps (order 1 everywhere) and no corrector, bh1/bh2 both reduce to
+    # x_1 = (s_1/s_0) x_0 + (1 - s_1/s_0) D_0 (DDIM / DPM-Solver-1), then x_2 = D_1.
+    mix = mixture_2d()
+    model = MixtureModel(mix, False)
+    x = 10 * torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sig = torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64)
+    # steps = 2 -> order 1: predictor (DDIM) then, on the last step, the data prediction
+    out = baselines.sample_uni_pc(model, x, sig)
+    x1 = 0.1 * x + 0.9 * model(x, sig[0:1].expand(8))
+    assert torch.allclose(out, model(x1, sig[1:2].expand(8)))
+    assert baselines.nfe_of("heun", 3) == 5 and baselines.steps_for_nfe("heun", 6) == 3
+
+
+def test_quick_benchmark_writes_its_table(tmp_path):
+    from lml_core.bench.run import main
+
+    rows, meta = main(["--quick", "--out", str(tmp_path)])
+    text = (tmp_path / "results.md").read_text()
+    assert "**mix2d / karras** (rms)" in text and "| lml_euler |" in text
+    data = json.loads((tmp_path / "results.json").read_text())
+    samplers = {r["sampler"] for r in data["rows"]}
+    assert {"euler", "heun", "dpmpp_2m", "uni_pc", "lml_euler", "lml_dpmpp_2m"} <= samplers
+    assert all(r["rms"] >= 0 and r["nfe"] <= r["nfe_budget"] for r in data["rows"])
