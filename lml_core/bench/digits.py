@@ -27,7 +27,7 @@ from torch import nn
 
 WEIGHTS = Path(__file__).parent / "weights" / "digits.pt"
 ARCH = dict(width=256, depth=3, freqs=16)
-TRAIN = dict(steps=6000, batch=256, lr=2e-3, seed=0)
+TRAIN = dict(steps=2500, batch=256, lr=2e-3, seed=0)
 SIGMA_TILDE_RANGE = (0.002, 1000.0)
 
 
@@ -95,7 +95,7 @@ def train(log=print):
         loss.backward()
         opt.step()
         sched.step()
-        if step % 2000 == 0 or step == TRAIN["steps"] - 1:
+        if step % 1000 == 0 or step == TRAIN["steps"] - 1:
             log(f"    digits training step {step}: loss {loss.item():.4f}")
     return model.eval(), time.time() - t0
 
@@ -129,7 +129,7 @@ class DigitsModel:
 class FeatureDistance:
     """Frechet distance between classifier features of generated and real digits."""
 
-    def __init__(self, seed=0, steps=600):
+    def __init__(self, seed=0, steps=300):
         torch.manual_seed(seed)
         data, labels = load_digits_tensor()
         data = data.float()

@@ -32,7 +32,11 @@ def study_settings():
     grid = {}
 
     def add(sampler, label, **opts):
-        grid[f"{sampler}[{label}]"] = (sampler, opts)
+        # Options a label does not name are pinned (rank 1, relative damping 1, kappa 1), so
+        # that the study does not change meaning when options.DEFAULTS changes.
+        pinned = dict(rank=1, damping=1.0, kappa=1.0, damping_mode="relative",
+                      start_percent=0.0, end_percent=1.0)
+        grid[f"{sampler}[{label}]"] = (sampler, {**pinned, **opts})
 
     e = "lml_euler"
     for damping in (0.3, 1.0, 3.0):
@@ -95,14 +99,15 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--ref-steps", type=int, default=150)
     parser.add_argument("--data", nargs="*", default=list(EXACT_DATASETS))
-    parser.add_argument("--filter", default="", help="only settings whose label contains this")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="only these setting labels (e.g. 'lml_euler[rel1,k0.5]')")
     parser.add_argument("--out", default="docs/bench")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in study_settings().items() if args.filter in k}
+    settings = {k: v for k, v in study_settings().items() if args.only is None or k in args.only}
     samplers = {b: (b, {}) for b in BASELINE_NAMES}
     samplers.update(settings)
     rows, t0 = [], time.time()
