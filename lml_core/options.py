@@ -11,7 +11,7 @@ from .precondition import DAMPING_MODES
 DEFAULTS = {
     "rank": 1,
     "damping": 1.0,
-    "kappa": 1.0,
+    "kappa": 0.5,
     "damping_mode": "relative",
     "omega": 0.75,
     "start_percent": 0.0,
