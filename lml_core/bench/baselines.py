@@ -45,7 +45,8 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                      "denoised": denoised})
         x = x + (x - denoised) / sig[i] * (sig[i + 1] - sig[i])
     return x
 
@@ -59,7 +60,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = (x - denoised) / sig[i]
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                      "denoised": denoised})
         dt = sig[i + 1] - sig[i]
         if sig[i + 1] == 0:
             x = x + d * dt  # Euler into sigma = 0 (the model is not called at sigma = 0)
@@ -79,7 +81,8 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                      "denoised": denoised})
         ratio = sig[i + 1] / sig[i]  # sigma_fn(t_next) / sigma_fn(t) = exp(-h)
         if old_denoised is None or sig[i + 1] == 0:
             x = ratio * x + (1 - ratio) * denoised

@@ -24,7 +24,8 @@ def karras_sigmas(n, sigma_min=KARRAS["sigma_min"], sigma_max=KARRAS["sigma_max"
 
 
 def flow_sigmas(n, shift=FLOW_SHIFT):
-    """A flow-matching schedule (SD3's time shift): t uniform 1 -> 0, s = shift t / (1 + (shift-1) t)."""
+    """A flow-matching schedule (SD3's time shift): t uniform 1 -> 0,
+    s = shift t / (1 + (shift - 1) t)."""
     t = torch.linspace(1, 0, n + 1, dtype=torch.float64)
     return shift * t / (1 + (shift - 1) * t)
 

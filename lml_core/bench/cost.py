@@ -74,8 +74,9 @@ def measure(repeats=7, log=print):
         "median_seconds": med,
         "overhead_vs_model_call": {k: med[k] / med["model call"] for k in cases},
         "history_bytes_per_rank": numel * 4,
-        "history_note": (f"each history vector is one float32 copy of the latent: {numel * 4 / 1024:.0f} "
-                         f"KiB at 4x128x128 (x rank); inside the call the basis is stacked in "
+        "history_note": (f"each history vector is one float32 copy of the latent: "
+                         f"{numel * 4 / 1024:.0f} KiB at 4x128x128 (x rank); inside the call "
+                         f"the basis is stacked in "
                          f"float64: {(numel * 8) / 1024:.0f} KiB x (rank + 1), transient"),
     }
     log(f"  cost: model {med['model call'] * 1e3:.1f} ms ({result['model_gflops']:.1f} GFLOP); " +

@@ -109,7 +109,8 @@ def load_or_train(log=print, retrain=False):
     model, seconds = train(log)
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), WEIGHTS)
-    log(f"    digits: trained in {seconds:.0f}s, saved {WEIGHTS} ({WEIGHTS.stat().st_size / 1e6:.2f} MB)")
+    size_mb = WEIGHTS.stat().st_size / 1e6
+    log(f"    digits: trained in {seconds:.0f}s, saved {WEIGHTS} ({size_mb:.2f} MB)")
     return model, seconds
 
 

@@ -42,7 +42,8 @@ class GaussianMixture:
         """n exact samples and their component labels (float64)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         r = self.bases.shape[2]
-        coef = torch.randn(n, r, generator=generator, dtype=torch.float64) * self.variances[k].sqrt()
+        coef = torch.randn(n, r, generator=generator, dtype=torch.float64)
+        coef = coef * self.variances[k].sqrt()
         x = self.means[k] + torch.einsum("ndr,nr->nd", self.bases[k], coef)
         if self.iso > 0:
             x = x + math.sqrt(self.iso) * torch.randn(n, self.dim, generator=generator,

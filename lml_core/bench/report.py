@@ -69,12 +69,15 @@ def ratio_table(rows):
         for s in LML:
             if (data, kind, s, nfes[0]) not in idx:
                 continue
-            for label, ref in (("vs wrapped", lambda n: idx[(data, kind, WRAPPED[s], n)]["rms"]),
-                               ("vs best baseline", lambda n: min(
-                                   idx[(data, kind, b, n)]["rms"] for b in DETERMINISTIC_BASELINES
-                                   if (data, kind, b, n) in idx)),
-                               ("vs dpmpp_2m", lambda n: idx[(data, kind, "dpmpp_2m", n)]["rms"])):
-                cells = [f"{idx[(data, kind, s, n)]['rms'] / ref(n):.2f}" for n in nfes]
+            refs = {
+                "vs wrapped": [idx[(data, kind, WRAPPED[s], n)]["rms"] for n in nfes],
+                "vs best baseline": [min(idx[(data, kind, b, n)]["rms"]
+                                         for b in DETERMINISTIC_BASELINES
+                                         if (data, kind, b, n) in idx) for n in nfes],
+                "vs dpmpp_2m": [idx[(data, kind, "dpmpp_2m", n)]["rms"] for n in nfes],
+            }
+            for label, ref in refs.items():
+                cells = [f"{idx[(data, kind, s, n)]['rms'] / r:.2f}" for n, r in zip(nfes, ref)]
                 out.append(f"| {data} / {kind} | {s} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

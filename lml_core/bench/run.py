@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ..options import DEFAULTS
 from . import report
-from .common import KARRAS, FLOW_SHIFT, mode_weight_error, sliced_w2
+from .common import FLOW_SHIFT, KARRAS, mode_weight_error, sliced_w2
 from .exact import EXACT_DATASETS, MixtureModel
 from .suite import Problem, evaluate, run_sampler
-from ..options import DEFAULTS
 
 NFES = [5, 6, 8, 10, 15, 20, 50]
 BASELINES = ["euler", "heun", "dpmpp_2m", "uni_pc", "uni_pc_bh2"]
@@ -39,7 +39,8 @@ def exact_suite(names, samples, ref_steps, nfes, log, scatter_path=None):
         def metrics(x, mixture=mixture, true=true):
             x = x.reshape(x.shape[0], -1)
             labels = mixture.responsibilities(x, 0.01).argmax(1)
-            return {"sw2": sliced_w2(x, true), "mode_tv": mode_weight_error(labels, mixture.weights)}
+            return {"sw2": sliced_w2(x, true),
+                    "mode_tv": mode_weight_error(labels, mixture.weights)}
 
         for kind in SCHEDULES:
             noise = torch.randn(samples, mixture.dim, dtype=torch.float64,
@@ -73,7 +74,8 @@ def digits_suite(samples, ref_steps, nfes, log, retrain=False):
     for kind in SCHEDULES:
         noise = torch.randn(samples, 64, dtype=torch.float64,
                             generator=torch.Generator().manual_seed(77))
-        problem = Problem("digits", kind, DigitsModel(net, kind == "flow"), noise, ref_steps, log=log)
+        problem = Problem("digits", kind, DigitsModel(net, kind == "flow"), noise, ref_steps,
+                          log=log)
         ref_fd = fd(problem.reference)
         rows += evaluate(problem, sampler_specs(), nfes, lambda x: {"fd": fd(x)}, log=log)
         for r in rows[-len(sampler_specs()) * len(nfes):]:
@@ -124,7 +126,8 @@ def main(argv=None):
     meta = {"defaults": DEFAULTS, "samples": samples, "nfes": nfes, "ref_rk4_steps": ref_steps,
             "karras": KARRAS, "flow_shift": FLOW_SHIFT, "floors": floors, "digits": digits_info,
             "cost": cost, "wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads,
-            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+            "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     write_markdown(out, rows, meta)
     if not args.quick:
@@ -163,7 +166,8 @@ def write_markdown(out, rows, meta):
                   f"Classifier accuracy {d['classifier_accuracy']:.3f}; real half vs real half "
                   f"{d['fd_real_split']:.3f}; the reference solution's own distance: " + ", ".join(
                       f"{r['schedule']} {r['fd_reference']:.3f}" for r in rows
-                      if r["data"] == "digits" and r["sampler"] == "euler" and r["nfe_budget"] == 5),
+                      if r["data"] == "digits" and r["sampler"] == "euler"
+                      and r["nfe_budget"] == 5),
                   "", report.error_tables([r for r in rows if "fd" in r], "fd", "{:.3f}"), ""]
     if meta.get("cost"):
         c = meta["cost"]

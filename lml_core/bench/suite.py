@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from .baselines import BASELINES, steps_for_nfe
-from .common import initial_noise, reference_solution, rms, schedule, sliced_w2, mode_weight_error
 from ..samplers import SAMPLERS
+from .baselines import BASELINES, steps_for_nfe
+from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
 
 
 class CountingModel:

@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 from lml_core.bench import baselines  # noqa: E402
-from lml_core.bench.common import initial_noise, reference_solution, rms, schedule  # noqa: E402
+from lml_core.bench.common import initial_noise, reference_solution, rms  # noqa: E402
 from lml_core.bench.exact import GaussianMixture, MixtureModel, mixture_2d  # noqa: E402
 from lml_core.bench.suite import run_sampler  # noqa: E402
 
