@@ -4,7 +4,7 @@ Pure torch; never imports comfy.  See lml_core/README.md for the math.
 """
 
 from .adaptive import adaptive_lambda, auto_omega
-from .options import DEFAULTS, LMOptions
+from .options import DEFAULTS, DPMPP_2M_DEFAULTS, SOLVER_DEFAULTS, LMOptions
 from .precondition import DAMPING_MODES, lm_precondition
 from .samplers import (
     SAMPLERS,
@@ -16,8 +16,10 @@ from .samplers import (
 __all__ = [
     "DAMPING_MODES",
     "DEFAULTS",
+    "DPMPP_2M_DEFAULTS",
     "LMOptions",
     "SAMPLERS",
+    "SOLVER_DEFAULTS",
     "adaptive_lambda",
     "auto_omega",
     "lm_precondition",

@@ -37,13 +37,14 @@ SEED = 42
 def _lml_widgets(solver):
     # Defaults as lml_core has them when the files are written.
     sys.path.insert(0, str(ROOT))
-    from lml_core import DEFAULTS
+    from lml_core import SOLVER_DEFAULTS
 
-    omega = -1.0 if DEFAULTS["omega"] == "auto" else DEFAULTS["omega"]
-    return {"solver": solver, "rank": DEFAULTS["rank"], "damping": DEFAULTS["damping"],
-            "kappa": DEFAULTS["kappa"], "damping_mode": DEFAULTS["damping_mode"],
-            "omega": omega, "start_percent": DEFAULTS["start_percent"],
-            "end_percent": DEFAULTS["end_percent"], "eta": 1.0, "s_noise": 1.0}
+    defaults = SOLVER_DEFAULTS[f"lml_{solver}"]
+    omega = -1.0 if defaults["omega"] == "auto" else defaults["omega"]
+    return {"solver": solver, "rank": defaults["rank"], "damping": defaults["damping"],
+            "kappa": defaults["kappa"], "damping_mode": defaults["damping_mode"],
+            "omega": omega, "start_percent": defaults["start_percent"],
+            "end_percent": defaults["end_percent"], "eta": 1.0, "s_noise": 1.0}
 
 
 def _text_nodes():

@@ -78,7 +78,8 @@ def test_converges_to_reference_solution(name, schedule):
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-@pytest.mark.parametrize("off", [{"rank": 0}, {"start_percent": 1.0}, {"damping": 1e30}])
+@pytest.mark.parametrize("off", [{"rank": 0}, {"start_percent": 1.0, "end_percent": 1.0},
+                                 {"damping": 1e30, "damping_mode": "relative"}])
 def test_correction_off_is_the_plain_solver(schedule, off):
     flow, make_sigmas = SCHEDULES[schedule]
     model = MixtureDenoiser(flow=flow)
@@ -137,7 +138,7 @@ def test_any_latent_rank_and_callback_once_per_step(name, shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 80
     sigmas = karras_sigmas(5)
     seen = []
-    out = SAMPLERS[name](model, x, sigmas, callback=seen.append, disable=True)
+    out = SAMPLERS[name](model, x, sigmas, callback=seen.append, disable=True, end_percent=1.0)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert [s["i"] for s in seen] == list(range(5))
     assert all({"x", "i", "sigma", "sigma_hat", "denoised", "lml_cos"} <= set(s) for s in seen)

@@ -71,9 +71,9 @@ def test_ancestral_is_seeded_by_the_prompt_seed(pack, sd15, conds):
 
 
 def test_dropdown_names_run_with_lml_core_defaults(pack, sd15, conds):
-    defaults = pack.lml_core.DEFAULTS
-    omega = -1.0 if defaults["omega"] == "auto" else defaults["omega"]
     for name in ("lml_euler", "lml_dpmpp_2m"):
+        defaults = pack.lml_core.SOLVER_DEFAULTS[name]
+        omega = -1.0 if defaults["omega"] == "auto" else defaults["omega"]
         via_dropdown = sample(sd15, conds, comfy.samplers.sampler_object(name))
         via_node = sample(sd15, conds, lml_sampler(
             pack, solver=name[len("lml_"):], rank=max(1, defaults["rank"]),
