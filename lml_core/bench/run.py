@@ -1,4 +1,4 @@
-"""The quality benchmark (python -m lml_core.bench): see docs/bench/README_SECTION.md."""
+"""The quality benchmark (python -m lml_core.bench): see the Benchmark section of README.md."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     parser.add_argument("--out", default="docs/bench")
     parser.add_argument("--samples", type=int, default=4000)
-    parser.add_argument("--ref-steps", type=int, default=150, help="RK4 steps of the reference")
+    parser.add_argument("--ref-steps", type=int, default=100, help="RK4 steps of the reference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--no-cost", action="store_true")
