@@ -126,16 +126,17 @@ def lm_precondition(
                                                                     device=gram.device))
     y = _solve_coefficients(safe_gram, a, safe_lam)
 
-    out = (y[:, :, None] * basis).sum(dim=1)  # B y, float64 [N, D]
+    out = torch.bmm(y[:, None, :], basis)[:, 0]  # B y, float64 [N, D], no [N, m, D] temporary
     g_flat = basis[:, 0]
-    out_norm = out.norm(dim=1)
+    raw_norm = out.norm(dim=1)
+    out_norm = g_sq.sqrt() if renormalize else raw_norm
     if renormalize:
-        out = out * (g_sq.sqrt() / out_norm)[:, None]
-    good = usable & torch.isfinite(out).all(dim=1) & (out_norm > 0)
+        out = out * (out_norm / raw_norm)[:, None]
+    good = usable & torch.isfinite(out).all(dim=1) & (raw_norm > 0)
     out = torch.where(good[:, None], out, g_flat)
     result = out.reshape(g.shape).to(g.dtype)
     if not return_info:
         return result
-    cos = (out * g_flat).sum(dim=1) / (out.norm(dim=1) * g_sq.sqrt())
+    cos = (out * g_flat).sum(dim=1) / (out_norm * g_sq.sqrt())
     cos = torch.where(good, cos, ones)
     return result, {"lam": torch.where(good, lam, ones * float("inf")), "cos": cos}
