@@ -7,11 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install_host.sh
-PY="$ROOT/.host/venv/bin/python"
-if ! "$PY" -c "import matplotlib, sklearn, scipy" 2>/dev/null; then
-  "$PY" -m pip install -q --disable-pip-version-check -c "$ROOT/.host/constraints.txt" \
-    matplotlib scikit-learn
-fi
+PY="$ROOT/.host/venv/bin/python"  # install_host.sh also installs matplotlib and scikit-learn
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ "${1:-}" = "study" ]; then
   shift
