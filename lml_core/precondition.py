@@ -102,7 +102,10 @@ def lm_precondition(
         return (g, {"lam": ones * float("inf"), "cos": ones}) if return_info else g
 
     rank = len(history)
-    basis = torch.stack([g] + history, dim=1).reshape(batch, rank + 1, -1).to(torch.float64)
+    # One float64 copy of [g, h_1..h_r] ([N, m, D]); everything else is m x m per sample.
+    basis = torch.empty(batch, rank + 1, g[0].numel(), dtype=torch.float64, device=g.device)
+    for j, vec in enumerate([g] + history):
+        basis[:, j].copy_(vec.reshape(batch, -1))
     gram = basis @ basis.transpose(1, 2)
     a = _coefficients(rank, float(kappa)).to(g.device)
     v_gram = a.T @ gram @ a  # V^T V, [N, r, r]
@@ -126,17 +129,22 @@ def lm_precondition(
                                                                     device=gram.device))
     y = _solve_coefficients(safe_gram, a, safe_lam)
 
+    # Norm of B y and its product with g, from the Gram matrix: |B y|^2 = y^T G y and
+    # <B y, g> = (G y)_0.  Renormalising (and falling back to g) is then a change of y, and
+    # the one pass over D-sized data is the final combination.
+    gy = (gram @ y[:, :, None])[:, :, 0]
+    raw_sq = (y * gy).sum(dim=1)
+    good = usable & torch.isfinite(y).all(dim=1) & torch.isfinite(raw_sq) & (raw_sq > 0)
+    raw_norm = raw_sq.clamp(min=0).sqrt()
+    g_norm = g_sq.sqrt()
+    scale = g_norm / raw_norm if renormalize else ones
+    e0 = torch.zeros_like(y)
+    e0[:, 0] = 1.0
+    y = torch.where(good[:, None], y * torch.where(good, scale, ones)[:, None], e0)
     out = torch.bmm(y[:, None, :], basis)[:, 0]  # B y, float64 [N, D], no [N, m, D] temporary
-    g_flat = basis[:, 0]
-    raw_norm = out.norm(dim=1)
-    out_norm = g_sq.sqrt() if renormalize else raw_norm
-    if renormalize:
-        out = out * (out_norm / raw_norm)[:, None]
-    good = usable & torch.isfinite(out).all(dim=1) & (raw_norm > 0)
-    out = torch.where(good[:, None], out, g_flat)
     result = out.reshape(g.shape).to(g.dtype)
     if not return_info:
         return result
-    cos = (out * g_flat).sum(dim=1) / (out_norm * g_sq.sqrt())
-    cos = torch.where(good, cos, ones)
-    return result, {"lam": torch.where(good, lam, ones * float("inf")), "cos": cos}
+    out_norm = g_norm if renormalize else raw_norm
+    cos = torch.where(good, scale * gy[:, 0] / (out_norm * g_norm), ones)
+    return result, {"lam": torch.where(good, lam, ones * float("inf")), "cos": cos.clamp(-1, 1)}
