@@ -29,15 +29,36 @@ def sampler_fn(name):
     return SAMPLERS[name]
 
 
+# Rows per chunk: ~3 MB of float32 state.  Every sampler and the reference treat samples
+# independently, so a big batch is run in slices; on 2 cores that is 2-4x faster for the
+# 4000 x 3072 set (the slices stay in cache and reuse freed memory instead of faulting in fresh
+# pages for every temporary).
+CHUNK_ELEMENTS = 3 * 2**18
+
+
+def chunk_rows(x):
+    return max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
+
+
 def run_sampler(model, x_start, kind, name, nfe, options=None, flow=False):
-    """Sample with ``name`` at an NFE budget; returns (x, measured NFE)."""
+    """Sample with ``name`` at an NFE budget; returns (x, measured NFE per sample)."""
     fn = sampler_fn(name)
     steps = steps_for_nfe(name, nfe)
     sigmas = schedule(kind, steps).to(torch.float32)
-    counter = CountingModel(model)
-    x = fn(counter, x_start.to(torch.float32), sigmas, extra_args={}, disable=True, flow=flow,
-           **(options or {}))
-    return x, counter.calls
+    outs, calls = [], set()
+    for part in torch.split(x_start, chunk_rows(x_start)):
+        counter = CountingModel(model)
+        outs.append(fn(counter, part.to(torch.float32), sigmas, extra_args={}, disable=True,
+                       flow=flow, **(options or {})))
+        calls.add(counter.calls)
+    if len(calls) != 1:
+        raise RuntimeError(f"{name}: model calls differ between chunks: {sorted(calls)}")
+    return torch.cat(outs), calls.pop()
+
+
+def chunked_reference(model, x, kind, steps):
+    return torch.cat([reference_solution(model, part, kind, steps)
+                      for part in torch.split(x, chunk_rows(x))])
 
 
 class Problem:
@@ -48,7 +69,7 @@ class Problem:
         self.flow = kind == "flow"
         self.x_start = initial_noise(kind, noise)
         t0 = time.time()
-        self.reference = reference_solution(model, self.x_start, kind, ref_steps)
+        self.reference = chunked_reference(model, self.x_start, kind, ref_steps)
         # Convergence check on a subset: RK4 at half the steps against the full reference.
         sub = self.x_start[:check_subset]
         half = reference_solution(model, sub, kind, ref_steps // 2)
