@@ -3,6 +3,7 @@
 #   bash scripts/bench.sh            # the default suite (< 10 min on 2 idle cores)
 #   bash scripts/bench.sh --quick    # smoke run; any other arguments go to the benchmark
 #   bash scripts/bench.sh study      # the parameter study instead (longer)
+#   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,5 +13,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ "${1:-}" = "study" ]; then
   shift
   exec "$PY" -m lml_core.bench.study "$@"
+fi
+if [ "${1:-}" = "rotation" ]; then
+  shift
+  exec "$PY" -m lml_core.bench.rotation "$@"
 fi
 exec "$PY" -m lml_core.bench "$@"

@@ -23,7 +23,9 @@ class CountingModel:
 
 
 def sampler_fn(name):
-    """(function, base name) for a sampler spec name: a baseline or an LML sampler."""
+    """The sampler function for a name (a baseline or an LML sampler) or a function itself."""
+    if callable(name):
+        return name
     if name in BASELINES:
         return BASELINES[name]
     return SAMPLERS[name]

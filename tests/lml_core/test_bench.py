@@ -113,3 +113,34 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     samplers = {r["sampler"] for r in data["rows"]}
     assert {"euler", "heun", "dpmpp_2m", "uni_pc", "lml_euler", "lml_dpmpp_2m"} <= samplers
     assert all(r["rms"] >= 0 and r["nfe"] <= r["nfe_budget"] for r in data["rows"])
+
+
+def test_rotation_study_ab2_comparison_is_second_order():
+    # docs/bench/rotation.md argues with an AB2 step on Euler's direction as the second-order
+    # yardstick; it must be one: doubling the steps cuts its error ~4x, Euler's ~2x.
+    from lml_core.bench.common import schedule
+    from lml_core.bench.exact import mixture_64d
+    from lml_core.bench.rotation import ab2_direction
+
+    model = MixtureModel(mixture_64d(), False)
+    x = initial_noise("karras", torch.randn(64, 64, generator=torch.Generator().manual_seed(6),
+                                            dtype=torch.float64))
+    ref = reference_solution(model, x, "karras", 200)
+
+    def error(fn, steps):
+        return rms(fn(model, x, schedule("karras", steps)), ref)
+
+    ab2 = [error(ab2_direction, n) for n in (40, 80)]
+    euler = [error(baselines.sample_euler, n) for n in (40, 80)]
+    assert ab2[0] / ab2[1] > 3.0
+    assert 1.5 < euler[0] / euler[1] < 2.5
+    assert ab2[1] < euler[1]
+
+
+def test_rotation_study_writes_its_table(tmp_path):
+    from lml_core.bench.rotation import main
+
+    main(["--samples", "64", "--ref-steps", "20", "--data", "mix2d", "--out", str(tmp_path)])
+    text = (tmp_path / "rotation.md").read_text()
+    assert "| lml_euler adaptive, omega 0.75 (issue 7) | " in text
+    assert "**mix2d / flow**" in text and "| AB2 direction, omega 0.75 (not LM) | " in text
