@@ -34,7 +34,8 @@ def schedule(kind: str, n: int) -> torch.Tensor:
     return karras_sigmas(n) if kind == "karras" else flow_sigmas(n)
 
 
-def _rk4(f, x, grid):
+def rk4(f, x, grid):
+    """Classic RK4 for dx/du = f(x, u) over the points of ``grid``."""
     for u0, u1 in zip(grid[:-1], grid[1:]):
         h = u1 - u0
         k1 = f(x, u0)
@@ -63,11 +64,11 @@ def reference_solution(model, x, kind: str, steps: int = 250):
     if kind == "karras":
         grid = torch.linspace(math.log(KARRAS["sigma_max"]), math.log(KARRAS["sigma_min"]),
                               steps + 1, dtype=torch.float64).tolist()
-        x = _rk4(lambda x, u: x - model(x, math.exp(u) * s_in), x, grid)
+        x = rk4(lambda x, u: x - model(x, math.exp(u) * s_in), x, grid)
         return model(x, KARRAS["sigma_min"] * s_in)
 
     s_switch = 1.0 - 1e-3
-    x = _rk4(lambda x, s: (x - model(x, s * s_in)) / s, x,
+    x = rk4(lambda x, s: (x - model(x, s * s_in)) / s, x,
              torch.linspace(1.0, s_switch, 5, dtype=torch.float64).tolist())
 
     def flow_s(u):  # s from sigma~ = e^u
@@ -80,7 +81,7 @@ def reference_solution(model, x, kind: str, steps: int = 250):
     u_hi = math.log(s_switch / (1 - s_switch))
     u_lo = math.log(FLOW_FLOOR / (1 - FLOW_FLOOR))
     grid = torch.linspace(u_hi, u_lo, steps + 1, dtype=torch.float64).tolist()
-    xt = _rk4(f, x / (1 - s_switch), grid)
+    xt = rk4(f, x / (1 - s_switch), grid)
     return model((1 - FLOW_FLOOR) * xt, FLOW_FLOOR * s_in)
 
 
