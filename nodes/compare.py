@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .samplers import core_options, lml_inputs, validate_percent_range
+from .samplers import ValidatesStepWindow, core_options, lml_inputs
 from .sampling import StepDiagnostics, comfy_sampler
 
 
@@ -95,7 +95,7 @@ def lml_settings(options: dict) -> str:
     return text
 
 
-class LMLCompare:
+class LMLCompare(ValidatesStepWindow):
     """Baseline sampler vs LML, same model/seed/steps/conditioning, one labelled image."""
 
     DESCRIPTION = ("Runs the same model, seed, steps, scheduler and conditioning twice - with a "
@@ -129,10 +129,6 @@ class LMLCompare:
                 **lml_inputs(),
             }
         }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
-        return validate_percent_range(start_percent, end_percent)
 
     def compare(self, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
                 baseline_sampler, solver, rank, damping, kappa, damping_mode, omega,

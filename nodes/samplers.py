@@ -108,7 +108,15 @@ def core_options(solver, rank, damping, kappa, damping_mode, omega, start_percen
     return options
 
 
-class SamplerLML:
+class ValidatesStepWindow:
+    """Base of the nodes with the LM inputs: ComfyUI calls VALIDATE_INPUTS before it queues."""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
+        return validate_percent_range(start_percent, end_percent)
+
+
+class SamplerLML(ValidatesStepWindow):
     """The LML sampler as a SAMPLER, for SamplerCustom / SamplerCustomAdvanced."""
 
     @classmethod
@@ -125,10 +133,6 @@ class SamplerLML:
         "estimate built from the previous steps. Connect it to SamplerCustom or "
         "SamplerCustomAdvanced.")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
-        return validate_percent_range(start_percent, end_percent)
-
     def get_sampler(self, solver, rank, damping, kappa, damping_mode, omega, start_percent,
                     end_percent, eta, s_noise):
         options = core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
@@ -136,7 +140,7 @@ class SamplerLML:
         return (comfy.samplers.KSAMPLER(comfy_sampler(f"lml_{solver}"), extra_options=options),)
 
 
-class KSamplerLML:
+class KSamplerLML(ValidatesStepWindow):
     """KSampler with the LML sampler and its settings, plus per-step diagnostics for the UI."""
 
     @classmethod
@@ -172,10 +176,6 @@ class KSamplerLML:
         "KSampler with the Levenberg-Marquardt-Langevin (LML) sampler: denoises the latent "
         "with the chosen solver, correcting each step with a damped low-rank curvature "
         "estimate from the previous steps. Shows per-step sigma and correction strength.")
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
-        return validate_percent_range(start_percent, end_percent)
 
     def sample(self, model, seed, steps, cfg, solver, scheduler, positive, negative,
                latent_image, denoise, rank, damping, kappa, damping_mode, omega, start_percent,
