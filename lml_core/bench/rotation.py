@@ -43,9 +43,11 @@ def _ab2_omega(sig, i, flow):
     return (lam[2] - lam[1]) / (2 * (lam[1] - lam[0]))
 
 
-def _extrapolated_euler(model, x, sigmas, omega, norm_only=False, flow=False):
-    """Euler along c turned by the adaptive LM operator (norm extrapolated), or along the AB2
-    extrapolation c + omega (c - p); omega a number or "auto" (AB2's weight)."""
+def _extrapolated_euler(model, x, sigmas, omega, lm_rotation=False, flow=False):
+    """Euler steps along an extrapolation of c from the previous direction p: with
+    ``lm_rotation``, c turned by the adaptive LM operator and its length set to
+    ``|c| + omega (|c| - |p|)``; otherwise ``c + omega (c - p)``.  ``omega``: a number or "auto"
+    (AB2's weight).  The first step and the final step to sigma = 0 are plain Euler."""
     sig = [float(s) for s in sigmas.tolist()]
     s_in = x.new_ones([x.shape[0]])
     prev = None
@@ -54,7 +56,7 @@ def _extrapolated_euler(model, x, sigmas, omega, norm_only=False, flow=False):
         w = _ab2_omega(sig, i, flow) if omega == "auto" else (omega if i > 0 else 0.0)
         step = c
         if prev is not None and w > 0 and sig[i + 1] > 0:
-            if norm_only:
+            if lm_rotation:
                 turned = lm_precondition(c, [prev], kappa=0.5, damping_mode="adaptive", omega=w)
                 c_norm, p_norm = c.norm(dim=1, keepdim=True), prev.norm(dim=1, keepdim=True)
                 target = (c_norm + w * (c_norm - p_norm)).clamp(min=0.1 * c_norm)
@@ -68,7 +70,7 @@ def _extrapolated_euler(model, x, sigmas, omega, norm_only=False, flow=False):
 
 def rotation_norm(model, x, sigmas, extra_args=None, callback=None, disable=None, flow=False,
                   omega=0.75, **_):
-    return _extrapolated_euler(model, x, sigmas, omega, norm_only=True, flow=flow)
+    return _extrapolated_euler(model, x, sigmas, omega, lm_rotation=True, flow=flow)
 
 
 def ab2_direction(model, x, sigmas, extra_args=None, callback=None, disable=None, flow=False,
