@@ -9,9 +9,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LML = ("lml_euler", "lml_dpmpp_2m")
-WRAPPED = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m"}
-DETERMINISTIC_BASELINES = ("euler", "heun", "dpmpp_2m", "uni_pc", "uni_pc_bh2")
+from .suite import BASELINE_NAMES as DETERMINISTIC_BASELINES  # noqa: E402
+from .suite import WRAPPED  # noqa: E402
+
+LML = tuple(WRAPPED)
 
 
 def _index(rows):

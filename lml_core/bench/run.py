@@ -14,47 +14,49 @@ import torch
 from ..options import DEFAULTS
 from . import report
 from .common import FLOW_SHIFT, KARRAS, mode_weight_error, sliced_w2
-from .exact import EXACT_DATASETS, MixtureModel
-from .suite import Problem, evaluate, run_sampler
-
-NFES = [5, 6, 8, 10, 15, 20, 50]
-BASELINES = ["euler", "heun", "dpmpp_2m", "uni_pc", "uni_pc_bh2"]
-LML_SAMPLERS = ["lml_euler", "lml_dpmpp_2m"]  # with the node defaults (options.DEFAULTS)
-SCHEDULES = ["karras", "flow"]
+from .exact import EXACT_DATASETS
+from .suite import (
+    BASELINE_NAMES,
+    NFES,
+    NOISE_SEED,
+    SCHEDULES,
+    WRAPPED,
+    Problem,
+    evaluate,
+    exact_problems,
+    run_sampler,
+)
 
 
 def sampler_specs():
-    return {name: (name, {}) for name in BASELINES + LML_SAMPLERS}
+    """The baselines and the LML samplers with the node defaults (options.DEFAULTS)."""
+    return {name: (name, {}) for name in BASELINE_NAMES + tuple(WRAPPED)}
 
 
 def exact_suite(names, samples, ref_steps, nfes, log, scatter_path=None):
-    rows, floors, panels = [], {}, {}
-    for name in names:
-        mixture = EXACT_DATASETS[name]()
-        true = mixture.sample(samples, torch.Generator().manual_seed(11))[0]
-        true2, labels2 = mixture.sample(samples, torch.Generator().manual_seed(12))
-        floors[name] = {"sw2_true_vs_true": sliced_w2(true2, true),
-                        "mode_tv_true": mode_weight_error(labels2, mixture.weights)}
+    rows, floors, panels, truth = [], {}, {}, {}
+    for mixture, problem in exact_problems(names, samples, ref_steps, lambda _: NOISE_SEED, log):
+        name, kind = problem.name, problem.kind
+        if name not in truth:
+            truth[name] = mixture.sample(samples, torch.Generator().manual_seed(11))[0]
+            true2, labels2 = mixture.sample(samples, torch.Generator().manual_seed(12))
+            floors[name] = {"sw2_true_vs_true": sliced_w2(true2, truth[name]),
+                            "mode_tv_true": mode_weight_error(labels2, mixture.weights)}
 
-        def metrics(x, mixture=mixture, true=true):
+        def metrics(x, mixture=mixture, true=truth[name]):
             x = x.reshape(x.shape[0], -1)
             labels = mixture.responsibilities(x, 0.01).argmax(1)
             return {"sw2": sliced_w2(x, true),
                     "mode_tv": mode_weight_error(labels, mixture.weights)}
 
-        for kind in SCHEDULES:
-            noise = torch.randn(samples, mixture.dim, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(2024))
-            problem = Problem(name, kind, MixtureModel(mixture, kind == "flow"), noise,
-                              ref_steps, log=log)
-            rows += evaluate(problem, sampler_specs(), nfes, metrics, log=log)
-            for r in rows[-len(sampler_specs()) * len(nfes):]:
-                r["ref_check"] = problem.ref_check
-            if scatter_path is not None and mixture.dim == 2 and 6 in nfes:
-                panels[kind] = {"true": true}
-                for s in ("euler", "dpmpp_2m", "lml_euler"):
-                    panels[kind][f"{s}, 6 NFE"] = run_sampler(problem.model, problem.x_start, kind,
-                                                            s, 6, flow=kind == "flow")[0]
+        rows += evaluate(problem, sampler_specs(), nfes, metrics, log=log)
+        for r in rows[-len(sampler_specs()) * len(nfes):]:
+            r["ref_check"] = problem.ref_check
+        if scatter_path is not None and mixture.dim == 2 and 6 in nfes:
+            panels[kind] = {"true": truth[name]}
+            for s in ("euler", "dpmpp_2m", "lml_euler"):
+                panels[kind][f"{s}, 6 NFE"] = run_sampler(problem.model, problem.x_start, kind,
+                                                        s, 6, flow=kind == "flow")[0]
     if panels:
         report.scatter_2d(panels, scatter_path, "mix2d: true samples vs samplers at 6 NFE "
                           "(same noise; Karras top, flow shift 3 bottom)")

@@ -19,12 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .exact import EXACT_DATASETS, MixtureModel
-from .suite import Problem, evaluate
-
-NFES = [5, 6, 8, 10, 15, 20, 50]
-BASELINE_NAMES = ["euler", "heun", "dpmpp_2m", "uni_pc", "uni_pc_bh2"]
-WRAPS = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m"}
+from .exact import EXACT_DATASETS
+from .suite import BASELINE_NAMES, NFES, WRAPPED, evaluate, exact_problems
 
 
 def study_settings():
@@ -69,7 +65,7 @@ def summarise(rows, settings):
     problems = sorted({(r["data"], r["schedule"]) for r in rows})
     out = {}
     for label, (sampler, _) in settings.items():
-        wrapped = WRAPS[sampler]
+        wrapped = WRAPPED[sampler]
         ratios, vs_best, vs_2m, worst_at = [], [], [], None
         for p in problems:
             for n in NFES:
@@ -111,14 +107,9 @@ def main(argv=None):
     samplers = {b: (b, {}) for b in BASELINE_NAMES}
     samplers.update(settings)
     rows, t0 = [], time.time()
-    for name in args.data:
-        mixture = EXACT_DATASETS[name]()
-        for kind in ("karras", "flow"):
-            noise = torch.randn(args.samples, mixture.dim, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(1000 + len(name)))
-            problem = Problem(name, kind, MixtureModel(mixture, kind == "flow"), noise,
-                              args.ref_steps)
-            rows += evaluate(problem, samplers, NFES)
+    for _, problem in exact_problems(args.data, args.samples, args.ref_steps,
+                                     lambda name: 1000 + len(name)):
+        rows += evaluate(problem, samplers, NFES)
     summary = summarise(rows, settings)
     (out / "study.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
     lines = [f"# LML parameter study (exact-score suite, {args.samples} samples, "

@@ -9,6 +9,13 @@ import torch
 from ..samplers import SAMPLERS
 from .baselines import BASELINES, steps_for_nfe
 from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
+from .exact import EXACT_DATASETS, MixtureModel
+
+NFES = [5, 6, 8, 10, 15, 20, 50]  # the NFE budgets of every benchmark table
+SCHEDULES = ("karras", "flow")
+BASELINE_NAMES = tuple(BASELINES)  # ComfyUI's deterministic samplers, as written in baselines.py
+WRAPPED = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m"}  # LML sampler -> the solver it wraps
+NOISE_SEED = 2024  # the benchmark's start noise for every exact data set
 
 
 class CountingModel:
@@ -84,6 +91,18 @@ class Problem:
         return {"rms": rms(x, self.reference)}
 
 
+def exact_problems(names, samples, ref_steps, seed, log=print):
+    """(mixture, Problem) for each exact data set in ``names`` and each schedule; the start noise
+    of data set ``name`` comes from a generator seeded with ``seed(name)``."""
+    for name in names:
+        mixture = EXACT_DATASETS[name]()
+        for kind in SCHEDULES:
+            noise = torch.randn(samples, mixture.dim, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(seed(name)))
+            yield mixture, Problem(name, kind, MixtureModel(mixture, kind == "flow"), noise,
+                                   ref_steps, log=log)
+
+
 def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
     """Rows of {sampler, nfe_budget, nfe, rms, ...} for every sampler spec and NFE budget.
     ``samplers``: {label: (sampler name, options)}."""
@@ -105,5 +124,5 @@ def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
     return rows
 
 
-__all__ = ["CountingModel", "Problem", "evaluate", "run_sampler", "mode_weight_error",
-           "sliced_w2"]
+__all__ = ["BASELINE_NAMES", "CountingModel", "NFES", "Problem", "SCHEDULES", "WRAPPED",
+           "evaluate", "exact_problems", "run_sampler", "mode_weight_error", "sliced_w2"]
