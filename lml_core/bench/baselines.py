@@ -37,6 +37,13 @@ def _sigma_list(sigmas):
     return [float(s) for s in sigmas.tolist()]
 
 
+def _report(callback, x, i, sigmas, denoised):
+    """k-diffusion's per-step callback (previews, progress), when one is given."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                  "denoised": denoised})
+
+
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
     extra_args = {} if extra_args is None else extra_args
@@ -44,9 +51,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     sig = _sigma_list(sigmas)
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": denoised})
+        _report(callback, x, i, sigmas, denoised)
         x = x + (x - denoised) / sig[i] * (sig[i + 1] - sig[i])
     return x
 
@@ -59,9 +64,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         d = (x - denoised) / sig[i]
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": denoised})
+        _report(callback, x, i, sigmas, denoised)
         dt = sig[i + 1] - sig[i]
         if sig[i + 1] == 0:
             x = x + d * dt  # Euler into sigma = 0 (the model is not called at sigma = 0)
@@ -80,9 +83,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     old_denoised = None
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": denoised})
+        _report(callback, x, i, sigmas, denoised)
         ratio = sig[i + 1] / sig[i]  # sigma_fn(t_next) / sigma_fn(t) = exp(-h)
         if old_denoised is None or sig[i + 1] == 0:
             x = ratio * x + (1 - ratio) * denoised
@@ -151,8 +152,7 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
     for i in range(steps):
         s, t = prev_sigmas[-1], sig[i + 1]
         m0 = prev_models[-1]
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": m0})
+        _report(callback, x, i, sigmas, m0)
         if t == 0:
             x = m0  # the limit h -> inf of every order: the data prediction
             break
