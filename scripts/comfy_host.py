@@ -89,8 +89,6 @@ def ensure_checkpoint() -> Path:
     return path
 
 
-
-
 def make_checkpoint(path: Path) -> None:
     """Write a random-weight checkpoint that ComfyUI detects as SD1.5 (about 300 MB, fp16).
 
@@ -188,12 +186,15 @@ class ComfyServer:
     """One headless ComfyUI process on 127.0.0.1 with this pack linked into custom_nodes.
 
     ``base_dir`` (default: a fresh temporary folder, removed on stop) holds custom_nodes/,
-    models/checkpoints/ (the test checkpoint, linked), input/, output/, user/ and comfyui.log."""
+    models/checkpoints/ (the test checkpoint, linked), input/, output/, user/ and comfyui.log.
+    The server listens on ``port``, or on the first free port of ``ports``."""
 
-    def __init__(self, base_dir=None, port=None, extra_args=(), threads=1, startup_timeout=180):
+    def __init__(self, base_dir=None, port=None, extra_args=(), threads=1, startup_timeout=180,
+                 ports=PORTS):
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="lml-comfy-"))
         self.port = port
+        self.ports = ports
         self.extra_args = list(extra_args)
         self.threads = threads
         self.startup_timeout = startup_timeout
@@ -227,10 +228,13 @@ class ComfyServer:
             ckpt.symlink_to(ensure_checkpoint())
 
     def start(self):
+        if not HOST_PYTHON.exists():
+            raise RuntimeError(f"the ComfyUI host is missing ({HOST_PYTHON}): run "
+                               "scripts/install_host.sh (scripts/test.sh does this)")
         self._prepare_base()
         tried = set()
         for _attempt in range(5):
-            port = self.port if self.port and not tried else free_port(avoid=tried)
+            port = self.port if self.port and not tried else free_port(self.ports, avoid=tried)
             tried.add(port)
             self.port = port
             if self._launch():
