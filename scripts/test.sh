@@ -11,9 +11,7 @@ PY="$HOST/venv/bin/python"
 start=$(date +%s)
 
 bash scripts/install_host.sh
-if [ -f scripts/install_browser.sh ]; then
-  bash scripts/install_browser.sh
-fi
+bash scripts/install_browser.sh
 
 # One thread per process, like the test server: on 2 busy cores OpenMP's spinning threads
 # make the small test models several times slower.
