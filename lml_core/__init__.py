@@ -1,29 +1,46 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
-Pure torch; never imports comfy.  See lml_core/README.md for the math.
+Pure torch; never imports comfy.  Modules import one way, each only from those above it:
+gram -> options -> adaptive -> precondition -> sampling.  See lml_core/README.md.
 """
 
-from .adaptive import adaptive_lambda, auto_omega
-from .options import DEFAULTS, DPMPP_2M_DEFAULTS, SOLVER_DEFAULTS, LMOptions
-from .precondition import DAMPING_MODES, lm_precondition
-from .samplers import (
+from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
+from .options import (
+    ANCESTRAL_DEFAULTS,
+    DAMPING_MODES,
+    DEFAULTS,
+    DPMPP_2M_DEFAULTS,
+    OMEGA_AUTO_WIDGET,
+    SOLVER_DEFAULTS,
+    LMOptions,
+    omega_widget,
+)
+from .precondition import lm_precondition
+from .sampling import (
     SAMPLERS,
     sample_lml_dpmpp_2m,
     sample_lml_euler,
     sample_lml_euler_ancestral,
+    sample_lml_euler_ancestral_RF,
 )
 
 __all__ = [
+    "ANCESTRAL_DEFAULTS",
     "DAMPING_MODES",
     "DEFAULTS",
     "DPMPP_2M_DEFAULTS",
     "LMOptions",
+    "OMEGA_AUTO_WIDGET",
     "SAMPLERS",
     "SOLVER_DEFAULTS",
     "adaptive_lambda",
     "auto_omega",
+    "half_log_snr",
     "lm_precondition",
+    "omega_widget",
     "sample_lml_dpmpp_2m",
     "sample_lml_euler",
     "sample_lml_euler_ancestral",
+    "sample_lml_euler_ancestral_RF",
+    "step_omega",
 ]

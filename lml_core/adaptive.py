@@ -35,35 +35,11 @@ import math
 
 import torch
 
+from .gram import history_angle, output_cosine
+
 _MIN_ANGLE = 1e-6
 _MIN_RELATIVE_LAM = 1e-6
 _BISECTION_STEPS = 48
-
-
-def history_angle(gram: torch.Tensor) -> torch.Tensor:
-    """Angle between g (column 0 of the basis) and its projection on span{h_1..h_r}."""
-    g_sq = gram[:, 0, 0]
-    g_h = gram[:, 1:, 0:1]
-    h_h = gram[:, 1:, 1:]
-    # A tiny Tikhonov term keeps rank-deficient histories solvable; solve_ex avoids the host
-    # synchronisation that pinv/eigh error checks would cost on a GPU.
-    trace = torch.diagonal(h_h, dim1=1, dim2=2).sum(dim=1)
-    eye = torch.eye(h_h.shape[1], dtype=h_h.dtype, device=h_h.device)
-    reg = h_h + (1e-13 * trace + 1e-300)[:, None, None] * eye
-    coef, _ = torch.linalg.solve_ex(reg, g_h)
-    proj_sq = (g_h.transpose(1, 2) @ coef)[:, 0, 0]
-    cos = (proj_sq.clamp(min=0) / g_sq).sqrt().clamp(max=1.0)
-    return torch.arccos(cos)
-
-
-def _rotation_cos(gram: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """cos of the angle between the LM output at damping lam and g, from Gram space alone."""
-    from .precondition import _solve_coefficients
-
-    y = _solve_coefficients(gram, a, lam)[:, :, None]
-    out_g = (y.transpose(1, 2) @ gram[:, :, 0:1])[:, 0, 0]
-    out_sq = (y.transpose(1, 2) @ gram @ y)[:, 0, 0]
-    return out_g / (out_sq.clamp(min=0).sqrt() * gram[:, 0, 0].sqrt())
 
 
 def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, kappa: float,
@@ -100,7 +76,7 @@ def adaptive_lambda(gram: torch.Tensor, a: torch.Tensor, kappa: float,
         for _ in range(_BISECTION_STEPS):
             mid = 0.5 * (lo + hi)
             # larger lam -> smaller rotation -> larger cos
-            too_much_rotation = _rotation_cos(safe_gram, a, mid.exp()) < target_cos
+            too_much_rotation = output_cosine(safe_gram, a, mid.exp()) < target_cos
             lo = torch.where(too_much_rotation, mid, lo)
             hi = torch.where(too_much_rotation, hi, mid)
         lam = (0.5 * (lo + hi)).exp()
@@ -115,3 +91,23 @@ def auto_omega(h: float, h_prev: float) -> float:
     if not (h_prev > 0 and h > 0 and math.isfinite(h) and math.isfinite(h_prev)):
         return 0.0
     return h / (2.0 * h_prev)
+
+
+def half_log_snr(sigma: float, flow: bool) -> float:
+    """lambda = log(alpha / sigma): -log(sigma) for VE, log((1 - sigma) / sigma) for flow."""
+    if sigma <= 0:
+        return math.inf
+    if flow:
+        return math.log(max(1.0 - sigma, 1e-12) / sigma)
+    return -math.log(sigma)
+
+
+def step_omega(omega, sigmas: list[float], step: int, flow: bool) -> float:
+    """omega at ``step``: the fixed setting, or for "auto" AB2's weight from the log-SNR step
+    sizes (0 at the first step, and at a final step to sigma 0, where the step is infinite)."""
+    if omega != "auto":
+        return omega
+    if step == 0:
+        return 0.0
+    lam_prev, lam, lam_next = (half_log_snr(s, flow) for s in sigmas[step - 1: step + 2])
+    return auto_omega(lam_next - lam, lam - lam_prev)

@@ -1,15 +1,19 @@
-"""LML sampler options: defaults and validation (a ValueError that names the input)."""
+"""The LM settings: the one defaults table and the validated options object.
+
+``LMOptions`` is built once per sampling call (by a node, or by a sampler function from plain
+keyword arguments) and validated when it is built; a bad value raises a ValueError that names
+the input.  Everything downstream reads its typed fields.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from .precondition import DAMPING_MODES
+DAMPING_MODES = ("relative", "absolute", "adaptive")
 
-# Defaults measured by the quality benchmark (python -m lml_core.bench); see README.md.
-# DEFAULTS: lml_euler and lml_euler_ancestral, and the node widgets (best geometric-mean error
-# ratio against euler over the parameter study, docs/bench/study.md).
+# The defaults, measured by the benchmark (bench/, see README.md "Recommended settings"):
+# lml_euler and lml_euler_ancestral, and the node widgets.
 DEFAULTS = {
     "rank": 1,
     "damping": 1.0,
@@ -20,9 +24,8 @@ DEFAULTS = {
     "end_percent": 1.0,
 }
 
-# DPM++ 2M is already second order; the LM rotation is an O(h) change of direction, so on our
-# suite every setting made it worse.  Its default is the mildest measured: the reference's
-# update-term correction, turned by a quarter of the angle, on the first 30% of the steps only.
+# lml_dpmpp_2m: the mildest measured setting (docs/bench/study.md): DPM++ 2M is already second
+# order and the LM turn is a first-order change of direction.
 DPMPP_2M_DEFAULTS = {**DEFAULTS, "damping_mode": "adaptive", "omega": 0.25, "end_percent": 0.3}
 
 SOLVER_DEFAULTS = {
@@ -30,6 +33,19 @@ SOLVER_DEFAULTS = {
     "lml_dpmpp_2m": DPMPP_2M_DEFAULTS,
     "lml_euler_ancestral": DEFAULTS,
 }
+
+# The Langevin (ancestral) solver's own settings, as k-diffusion names them.
+ANCESTRAL_DEFAULTS = {"eta": 1.0, "s_noise": 1.0}
+
+OMEGA_AUTO_WIDGET = -1.0  # the node widget's value for omega "auto" (any negative value)
+
+
+def omega_widget(value):
+    """Translate omega between the node widget and lml_core, either way: the widget's float
+    uses a negative value (-1) for "auto"; other values are the same on both sides."""
+    if value == "auto":
+        return OMEGA_AUTO_WIDGET
+    return "auto" if value < 0 else value
 
 
 def _number(name: str, value, low=None, high=None, low_open=False) -> float:
@@ -48,9 +64,19 @@ def _number(name: str, value, low=None, high=None, low_open=False) -> float:
     return value
 
 
+def _whole_number(name: str, value) -> int:
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class LMOptions:
-    """The validated LM-correction settings of one sampling call."""
+    """The validated LM-correction settings of one sampling call (see lml_core/README.md)."""
 
     rank: int
     damping: float
@@ -60,25 +86,43 @@ class LMOptions:
     start_percent: float
     end_percent: float
 
-    @classmethod
-    def from_kwargs(cls, rank, damping, kappa, damping_mode, omega, start_percent, end_percent):
-        if isinstance(rank, bool) or not float(rank).is_integer():
-            raise ValueError(f"rank must be a whole number, got {rank!r}")
-        rank = int(rank)
+    def __post_init__(self):
+        rank = _whole_number("rank", self.rank)
         if rank < 0:
             raise ValueError(f"rank must be >= 0 (0 switches the correction off), got {rank}")
-        if damping_mode not in DAMPING_MODES:
-            raise ValueError(f"damping_mode must be one of {DAMPING_MODES}, got {damping_mode!r}")
-        damping = _number("damping", damping, low=0.0, low_open=True)
-        kappa = _number("kappa", kappa, 0.0, 1.0)
-        if omega != "auto":
-            omega = _number("omega", omega, 0.0, 10.0)
-        start_percent = _number("start_percent", start_percent, 0.0, 1.0)
-        end_percent = _number("end_percent", end_percent, 0.0, 1.0)
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be greater than "
-                             f"end_percent ({end_percent})")
-        return cls(rank, damping, kappa, damping_mode, omega, start_percent, end_percent)
+        if self.damping_mode not in DAMPING_MODES:
+            raise ValueError(f"damping_mode must be one of {DAMPING_MODES}, "
+                             f"got {self.damping_mode!r}")
+        values = {
+            "rank": rank,
+            "damping": _number("damping", self.damping, low=0.0, low_open=True),
+            "kappa": _number("kappa", self.kappa, 0.0, 1.0),
+            "omega": "auto" if self.omega == "auto" else _number("omega", self.omega, 0.0, 10.0),
+            "start_percent": _number("start_percent", self.start_percent, 0.0, 1.0),
+            "end_percent": _number("end_percent", self.end_percent, 0.0, 1.0),
+        }
+        if values["start_percent"] > values["end_percent"]:
+            raise ValueError(f"start_percent ({values['start_percent']}) must not be greater "
+                             f"than end_percent ({values['end_percent']})")
+        for name, value in values.items():  # store the normalised values (int, float)
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def for_sampler(cls, sampler: str, options=None, **settings) -> LMOptions:
+        """The options of one call of ``sampler``: ``options`` as given (already validated), or
+        the sampler's defaults (SOLVER_DEFAULTS) updated with keyword ``settings``."""
+        unknown = sorted(set(settings) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"{sampler}: unknown option(s) {unknown}; "
+                             f"the LM options are {sorted(DEFAULTS)}")
+        if options is None:
+            return cls(**{**SOLVER_DEFAULTS[sampler], **settings})
+        if not isinstance(options, LMOptions):
+            raise ValueError(f"{sampler}: lm must be an LMOptions, got {type(options).__name__}")
+        return cls(**{**options.as_dict(), **settings}) if settings else options
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     def applies_at(self, step: int, total_steps: int) -> bool:
         """Whether the correction is used at step ``step`` (0-based) of ``total_steps``."""

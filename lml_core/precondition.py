@@ -41,38 +41,19 @@ from __future__ import annotations
 
 import torch
 
-DAMPING_MODES = ("relative", "absolute", "adaptive")
-
-
-def _coefficients(rank: int, kappa: float) -> torch.Tensor:
-    """The m x r matrix A with V = B A, for B = [g, h_1..h_r]."""
-    a = torch.zeros(rank + 1, rank, dtype=torch.float64)
-    a[0, :] = 1.0 - kappa
-    a[torch.arange(1, rank + 1), torch.arange(rank)] = kappa
-    return a
-
-
-def _solve_coefficients(gram: torch.Tensor, a: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """y solving (lam I + A A^T G) y = lam e_0, batched over samples; float64 [N, m]."""
-    n, m, _ = gram.shape
-    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
-    system = lam[:, None, None] * eye + (a @ a.T) @ gram
-    rhs = torch.zeros(n, m, 1, dtype=gram.dtype, device=gram.device)
-    rhs[:, 0, 0] = lam
-    # solve_ex: no host synchronisation for the singular-matrix check (there are none: lam > 0
-    # is enforced by the caller, and samples where it is not are masked out afterwards).
-    y, _ = torch.linalg.solve_ex(system, rhs)
-    return y[..., 0]
+from .adaptive import adaptive_lambda
+from .gram import lm_coefficients, solve_lm_system
+from .options import DAMPING_MODES, DEFAULTS
 
 
 def lm_precondition(
     g: torch.Tensor,
     history,
-    damping: float = 1.0,
-    kappa: float = 1.0,
-    damping_mode: str = "relative",
+    damping: float = DEFAULTS["damping"],
+    kappa: float = DEFAULTS["kappa"],
+    damping_mode: str = DEFAULTS["damping_mode"],
     renormalize: bool = True,
-    omega: float = 0.75,
+    omega: float = DEFAULTS["omega"],
     return_info: bool = False,
 ):
     """Return ``lam * (lam I + V V^T)^(-1) g`` (renormalised to ``|g|`` if ``renormalize``).
@@ -107,14 +88,12 @@ def lm_precondition(
     for j, vec in enumerate([g] + history):
         basis[:, j].copy_(vec.reshape(batch, -1))
     gram = basis @ basis.transpose(1, 2)
-    a = _coefficients(rank, float(kappa)).to(g.device)
+    a = lm_coefficients(rank, float(kappa)).to(g.device)
     v_gram = a.T @ gram @ a  # V^T V, [N, r, r]
     mean_v_sq = torch.diagonal(v_gram, dim1=1, dim2=2).mean(dim=1)
     g_sq = gram[:, 0, 0]
 
     if damping_mode == "adaptive":
-        from .adaptive import adaptive_lambda
-
         lam = adaptive_lambda(gram, a, float(kappa), float(omega))
     else:
         damping = torch.as_tensor(damping, dtype=torch.float64, device=g.device).expand(batch)
@@ -127,7 +106,7 @@ def lm_precondition(
     safe_lam = torch.where(usable, lam, ones)
     safe_gram = torch.where(usable[:, None, None], gram, torch.eye(rank + 1, dtype=gram.dtype,
                                                                     device=gram.device))
-    y = _solve_coefficients(safe_gram, a, safe_lam)
+    y = solve_lm_system(safe_gram, a, safe_lam)
 
     # Norm of B y and its product with g, from the Gram matrix: |B y|^2 = y^T G y and
     # <B y, g> = (G y)_0.  Renormalising (and falling back to g) is then a change of y, and

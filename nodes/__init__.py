@@ -4,12 +4,12 @@ Importing it registers the LML names in the built-in sampler dropdowns (idempote
 merges the node mappings of the node modules.
 """
 
-from . import compare, samplers
+from . import compare_node, sampler_nodes
 from .dropdown import register_dropdown_samplers
 
-NODE_CLASS_MAPPINGS = {**samplers.NODE_CLASS_MAPPINGS, **compare.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**samplers.NODE_DISPLAY_NAME_MAPPINGS,
-                              **compare.NODE_DISPLAY_NAME_MAPPINGS}
+NODE_CLASS_MAPPINGS = {**sampler_nodes.NODE_CLASS_MAPPINGS, **compare_node.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**sampler_nodes.NODE_DISPLAY_NAME_MAPPINGS,
+                              **compare_node.NODE_DISPLAY_NAME_MAPPINGS}
 
 register_dropdown_samplers()
 

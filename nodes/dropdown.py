@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ..lml_core import SAMPLERS
-from .sampling import comfy_sampler
+from .bridge import comfy_sampler
 
 DROPDOWN_NAMES = tuple(SAMPLERS)  # ("lml_euler", "lml_dpmpp_2m", "lml_euler_ancestral")
 

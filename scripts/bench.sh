@@ -12,10 +12,10 @@ PY="$ROOT/.host/venv/bin/python"  # install_host.sh also installs matplotlib and
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ "${1:-}" = "study" ]; then
   shift
-  exec "$PY" -m lml_core.bench.study "$@"
+  exec "$PY" -m bench.study "$@"
 fi
 if [ "${1:-}" = "rotation" ]; then
   shift
-  exec "$PY" -m lml_core.bench.rotation "$@"
+  exec "$PY" -m bench.rotation "$@"
 fi
-exec "$PY" -m lml_core.bench "$@"
+exec "$PY" -m bench "$@"

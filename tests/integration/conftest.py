@@ -4,16 +4,9 @@ The server runs the host installed by scripts/install_host.sh on a free port in 
 the random-weight SD1.5-layout test checkpoint (made once, cached under .host/models) and a
 64x64 copy of the img2img example's input image uploaded through /upload/image."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import comfy_host  # noqa: E402
-import workflows  # noqa: E402
+from harness import comfy_host, workflows
 
 
 @pytest.fixture(scope="session")

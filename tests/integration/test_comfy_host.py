@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-import workflows
-from comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
 from PIL import Image
+
+from harness import workflows
+from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
 
 LML_NAMES = ("lml_euler", "lml_dpmpp_2m", "lml_euler_ancestral")
 LML_WIDGETS = ("solver", "rank", "damping", "kappa", "damping_mode", "omega", "start_percent",

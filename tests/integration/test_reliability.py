@@ -8,10 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import comfy_host
 import pytest
-import workflows
 from PIL import Image
+
+from harness import comfy_host, workflows
 
 
 def txt2img(seed, **lml):

@@ -1,5 +1,5 @@
 """The core tests' exact-score model: the benchmark's closed-form mixture
-(lml_core.bench.exact), here with isotropic components x0 ~ N(mu_k, s_k^2 I), well separated
+(bench.exact), here with isotropic components x0 ~ N(mu_k, s_k^2 I), well separated
 when ``spread`` is large, so that the convergence tests are not dominated by samples that switch
 modes."""
 
@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from lml_core.bench import common
-from lml_core.bench.exact import GaussianMixture, MixtureModel
+from bench import common
+from bench.exact import GaussianMixture, MixtureModel
 
 
 def MixtureDenoiser(dim=8, components=3, flow=False, seed=0, spread=1.5):

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from lml_core import auto_omega, lm_precondition, sample_lml_euler
-from lml_core.samplers import _half_log_snr
+from lml_core import auto_omega, half_log_snr, lm_precondition, sample_lml_euler
 
 
 def angle(a, b):
@@ -66,10 +65,11 @@ def test_guards_return_g():
     g, h = pair(3, shape=(3, 10))
     h[0] = -h[0]             # reversal: angle > 90 degrees
     h[1] = 2.0 * g[1]        # no angle at all
-    out, info = lm_precondition(g, [h], damping_mode="adaptive", omega=0.75, return_info=True)
+    out, info = lm_precondition(g, [h], kappa=1.0, damping_mode="adaptive", omega=0.75,
+                                return_info=True)
     assert torch.equal(out[:2], g[:2])
     assert torch.isinf(info["lam"][:2]).all() and torch.isfinite(info["lam"][2])
-    assert torch.equal(lm_precondition(g, [h], damping_mode="adaptive", omega=0.0), g)
+    assert torch.equal(lm_precondition(g, [h], kappa=1.0, damping_mode="adaptive", omega=0.0), g)
 
 
 def test_unreachable_rotation_is_clamped_finite():
@@ -77,7 +77,7 @@ def test_unreachable_rotation_is_clamped_finite():
     g = torch.tensor([[math.cos(math.radians(80)), math.sin(math.radians(80))]],
                      dtype=torch.float64)
     h = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    out = lm_precondition(g, [h], damping_mode="adaptive", omega=1.0)
+    out = lm_precondition(g, [h], kappa=1.0, damping_mode="adaptive", omega=1.0)
     assert torch.isfinite(out).all()
     assert float(angle(out, g)[0]) <= math.radians(10) + 1e-6
 
@@ -98,6 +98,6 @@ def test_auto_omega_is_the_ab2_weight_with_guards():
     assert auto_omega(math.inf, 0.3) == 0.0  # final step to sigma = 0
     assert auto_omega(0.3, 0.0) == 0.0       # no previous step
     # log-SNR step sizes: VE lambda = -log sigma, flow lambda = log((1 - sigma) / sigma)
-    assert _half_log_snr(0.5, flow=False) == pytest.approx(math.log(2))
-    assert _half_log_snr(0.25, flow=True) == pytest.approx(math.log(3))
-    assert _half_log_snr(0.0, flow=True) == math.inf
+    assert half_log_snr(0.5, flow=False) == pytest.approx(math.log(2))
+    assert half_log_snr(0.25, flow=True) == pytest.approx(math.log(3))
+    assert half_log_snr(0.0, flow=True) == math.inf

@@ -63,8 +63,8 @@ def test_renormalisation_keeps_norm_and_direction():
     gen = torch.Generator().manual_seed(2)
     g = torch.randn(3, 4, 6, 6, generator=gen)
     history = [torch.randn(3, 4, 6, 6, generator=gen)]
-    raw = lm_precondition(g, history, damping=0.5, renormalize=False)
-    out = lm_precondition(g, history, damping=0.5)
+    raw = lm_precondition(g, history, damping=0.5, kappa=1.0, renormalize=False)
+    out = lm_precondition(g, history, damping=0.5, kappa=1.0)
     for b in range(3):
         assert float(out[b].norm()) == pytest.approx(float(g[b].norm()), rel=1e-6)
         assert rel_err(out[b], raw[b] * g[b].norm() / raw[b].norm()) < 1e-6
@@ -117,13 +117,13 @@ def test_guards_give_defined_output():
     h[2] = 0.0                      # zero history -> g unchanged
     g[3, 0, 0] = float("nan")       # non-finite input -> g unchanged (NaN stays NaN)
     h[4] = 3.0 * g[4]               # history parallel to g (rank deficient) -> finite
-    out = lm_precondition(g, [h], damping=0.3)
+    out = lm_precondition(g, [h], damping=0.3, kappa=1.0)
     assert torch.equal(out[1], g[1])
     assert torch.equal(out[2], g[2])
     assert torch.isnan(out[3, 0, 0]) and torch.equal(out[3, 1:], g[3, 1:])
     assert torch.isfinite(out[4]).all()
     assert rel_err(out[4], g[4]) < 1e-6  # parallel history only rescales, renormalised -> g
-    assert rel_err(out[0], lm_precondition(g[:1], [h[:1]], damping=0.3)[0]) < 1e-7
+    assert rel_err(out[0], lm_precondition(g[:1], [h[:1]], damping=0.3, kappa=1.0)[0]) < 1e-7
 
 
 def test_rank_deficient_history_matches_dense_solve():
@@ -138,7 +138,7 @@ def test_rank_deficient_history_matches_dense_solve():
 def test_empty_history_and_huge_damping_are_identity():
     g = torch.randn(2, 3, 4)
     assert torch.equal(lm_precondition(g, []), g)
-    out = lm_precondition(g, [torch.randn(2, 3, 4)], damping=1e30)
+    out = lm_precondition(g, [torch.randn(2, 3, 4)], damping=1e30, kappa=1.0)
     assert rel_err(out, g) < 1e-7
 
 
@@ -155,7 +155,7 @@ def test_batch_independence():
 def test_info_reports_cosine():
     g = torch.tensor([[1.0, 0.0]])
     h = torch.tensor([[1.0, 1.0]])
-    out, info = lm_precondition(g, [h], damping=1.0, return_info=True)
+    out, info = lm_precondition(g, [h], damping=1.0, kappa=1.0, return_info=True)
     cos = float((out[0] @ g[0]) / (out[0].norm() * g[0].norm()))
     assert float(info["cos"][0]) == pytest.approx(cos, abs=1e-7)
     assert cos < 0.999

@@ -4,15 +4,12 @@ loads a custom node package, and the random-weight test checkpoint as a real Mod
 import importlib.util
 import itertools
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import comfy_host  # noqa: E402
+from harness import comfy_host
+from harness.comfy_host import ROOT
 
 if not comfy_host.COMFY_DIR.joinpath("main.py").exists():
     raise pytest.UsageError("the ComfyUI host is missing: run scripts/install_host.sh "

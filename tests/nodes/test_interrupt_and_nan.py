@@ -33,7 +33,7 @@ def wrapped(model, on_call):
 
 
 def module_state(pack):
-    modules = [pack.nodes, pack.nodes.samplers, pack.nodes.sampling]
+    modules = [pack.nodes, pack.nodes.sampler_nodes, pack.nodes.bridge]
     return [{k: v for k, v in vars(m).items() if not k.startswith("__")} for m in modules]
 
 

@@ -95,7 +95,7 @@ def test_mask_keeps_the_unmasked_latent(pack, sd15, conds):
     assert (out[..., 4:] - latent[..., 4:]).abs().max().item() <= 1e-6 * scale
     assert (out[..., :4] - latent[..., :4]).abs().max().item() > 1e-2 * scale
 
-    # Why nodes/sampling.py copies the kept region back: the LM correction acts on the whole
+    # Why nodes/bridge.py copies the kept region back: the LM correction acts on the whole
     # latent, so lml_core alone moves the kept half at the last step.
     core_only = comfy.samplers.KSAMPLER(pack.lml_core.sample_lml_euler,
                                         extra_options={"rank": 2, "damping": 0.5})
@@ -128,14 +128,14 @@ def test_ksampler_lml_node_batch_and_diagnostics(pack, sd15, conds):
 
 
 def test_node_functions_reject_what_lml_core_rejects(pack):
-    samplers = pack.nodes.samplers
+    samplers = pack.nodes.sampler_nodes
     options = widget_defaults(samplers.SamplerLML)
     with pytest.raises(ValueError, match="damping"):
         samplers.SamplerLML().get_sampler(**{**options, "damping": float("nan")})
     with pytest.raises(ValueError, match="solver"):
         samplers.SamplerLML().get_sampler(**{**options, "solver": "heun"})
     sampler = samplers.SamplerLML().get_sampler(**{**options, "omega": -1.0})[0]
-    assert sampler.extra_options["omega"] == "auto"
+    assert sampler.extra_options["lm"].omega == "auto"
     assert "eta" not in sampler.extra_options  # only the ancestral solver takes eta/s_noise
     sampler = samplers.SamplerLML().get_sampler(**{**options, "solver": "euler_ancestral",
                                                    "eta": 0.5})[0]
@@ -143,7 +143,7 @@ def test_node_functions_reject_what_lml_core_rejects(pack):
 
 
 def test_validate_inputs_names_the_input(pack):
-    validate = pack.nodes.samplers.KSamplerLML.VALIDATE_INPUTS
+    validate = pack.nodes.sampler_nodes.KSamplerLML.VALIDATE_INPUTS
     assert validate(start_percent=0.0, end_percent=1.0) is True
     assert validate(start_percent=0.5, end_percent=None) is True  # a linked input: run time
     assert "start_percent" in validate(start_percent=0.8, end_percent=0.2)

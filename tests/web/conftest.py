@@ -1,17 +1,11 @@
 """A real ComfyUI server for the web tests (pack linked in, test checkpoint), one per session.
 
-Same harness as tests/integration (scripts/comfy_host.py), on a port in 8270-8299 so it never
+Same harness as tests/integration (harness.comfy_host), on a port in 8270-8299 so it never
 collides with the integration server when both run."""
-
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import comfy_host  # noqa: E402
+from harness import comfy_host
 
 WEB_PORTS = range(8270, 8300)
 

@@ -13,15 +13,12 @@ Playwright only drives the system chromium, it never downloads a browser.
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import comfy_host  # noqa: E402
+from harness import comfy_host
+from harness.comfy_host import ROOT
 
 ARTIFACTS = ROOT / "test_artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -3,17 +3,13 @@ workflows as templates with thumbnails, and LMLCompare's labelled side-by-side i
 
 import io
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import comfy_host  # noqa: E402
+from harness import comfy_host
+from harness.comfy_host import ROOT
 
 PACK = comfy_host.PACK_NAME
 EXAMPLES = ROOT / "example_workflows"

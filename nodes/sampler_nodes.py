@@ -12,16 +12,17 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..lml_core import DAMPING_MODES, DEFAULTS, SAMPLERS, LMOptions
-from .sampling import StepDiagnostics, comfy_sampler
+from ..lml_core import (
+    ANCESTRAL_DEFAULTS,
+    DAMPING_MODES,
+    DEFAULTS,
+    SAMPLERS,
+    LMOptions,
+    omega_widget,
+)
+from .bridge import StepDiagnostics, comfy_sampler
 
 SOLVERS = tuple(name[len("lml_"):] for name in SAMPLERS)  # ("euler", "dpmpp_2m", "euler_ancestral")
-OMEGA_AUTO = -1.0  # the omega widget's value for "auto" (any negative value means auto)
-
-
-def _widget_omega_default():
-    return OMEGA_AUTO if DEFAULTS["omega"] == "auto" else float(DEFAULTS["omega"])
-
 
 def lml_inputs():
     """The LM-correction widgets shared by both nodes, in display order."""
@@ -53,7 +54,8 @@ def lml_inputs():
                        "damping; adaptive: lambda is solved per step so that the direction "
                        "turns away from the history by omega times its angle to it."}),
         "omega": ("FLOAT", {
-            "default": _widget_omega_default(), "min": -1.0, "max": 2.0, "step": 0.05,
+            "default": float(omega_widget(DEFAULTS["omega"])), "min": -1.0, "max": 2.0,
+            "step": 0.05,
             "tooltip": "adaptive damping_mode only: the fraction of the angle between the "
                        "direction and the history by which the direction is turned. -1 (any "
                        "negative value) means auto: the Adams-Bashforth-2 weight "
@@ -67,11 +69,12 @@ def lml_inputs():
             "tooltip": "Fraction of the steps at which the correction stops (1 = until the "
                        "last step)."}),
         "eta": ("FLOAT", {
-            "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
+            "default": ANCESTRAL_DEFAULTS["eta"], "min": 0.0, "max": 100.0, "step": 0.01,
+            "round": False,
             "tooltip": "euler_ancestral only: amount of fresh noise per step (0 = lml euler)."}),
         "s_noise": ("FLOAT", {
-            "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
-            "tooltip": "euler_ancestral only: scale of the fresh noise."}),
+            "default": ANCESTRAL_DEFAULTS["s_noise"], "min": 0.0, "max": 100.0, "step": 0.01,
+            "round": False, "tooltip": "euler_ancestral only: scale of the fresh noise."}),
     }
 
 
@@ -94,29 +97,31 @@ def validate_percent_range(start_percent=None, end_percent=None):
     return True
 
 
-def core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent, end_percent,
-                 eta, s_noise):
-    """Map the widgets to lml_core keyword options; raise ValueError naming a bad input."""
+def sampler_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
+                    end_percent, eta, s_noise):
+    """The widgets as the sampler's ``extra_options``: one validated ``LMOptions`` (``lm``),
+    plus eta and s_noise for euler_ancestral.  A bad value raises a ValueError naming it, at
+    the node, before any model is loaded."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    options = {"rank": rank, "damping": damping, "kappa": kappa, "damping_mode": damping_mode,
-               "omega": "auto" if omega < 0 else omega,
-               "start_percent": start_percent, "end_percent": end_percent}
-    LMOptions.from_kwargs(**options)  # fail at the node, before any model is loaded
+    lm = LMOptions(rank=rank, damping=damping, kappa=kappa, damping_mode=damping_mode,
+                   omega=omega_widget(omega), start_percent=start_percent,
+                   end_percent=end_percent)
     if solver == "euler_ancestral":
-        options.update(eta=eta, s_noise=s_noise)
-    return options
+        return {"lm": lm, "eta": eta, "s_noise": s_noise}
+    return {"lm": lm}
 
 
-class ValidatesStepWindow:
-    """Base of the nodes with the LM inputs: ComfyUI calls VALIDATE_INPUTS before it queues."""
+class LMSettingsNode:
+    """Base of the nodes that show the LM widgets: ComfyUI calls VALIDATE_INPUTS on the step
+    window before it queues the prompt."""
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
         return validate_percent_range(start_percent, end_percent)
 
 
-class SamplerLML(ValidatesStepWindow):
+class SamplerLML(LMSettingsNode):
     """The LML sampler as a SAMPLER, for SamplerCustom / SamplerCustomAdvanced."""
 
     @classmethod
@@ -135,12 +140,12 @@ class SamplerLML(ValidatesStepWindow):
 
     def get_sampler(self, solver, rank, damping, kappa, damping_mode, omega, start_percent,
                     end_percent, eta, s_noise):
-        options = core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
-                               end_percent, eta, s_noise)
+        options = sampler_options(solver, rank, damping, kappa, damping_mode, omega,
+                                  start_percent, end_percent, eta, s_noise)
         return (comfy.samplers.KSAMPLER(comfy_sampler(f"lml_{solver}"), extra_options=options),)
 
 
-class KSamplerLML(ValidatesStepWindow):
+class KSamplerLML(LMSettingsNode):
     """KSampler with the LML sampler and its settings, plus per-step diagnostics for the UI."""
 
     @classmethod
@@ -180,8 +185,8 @@ class KSamplerLML(ValidatesStepWindow):
     def sample(self, model, seed, steps, cfg, solver, scheduler, positive, negative,
                latent_image, denoise, rank, damping, kappa, damping_mode, omega, start_percent,
                end_percent, eta, s_noise):
-        options = core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
-                               end_percent, eta, s_noise)
+        options = sampler_options(solver, rank, damping, kappa, damping_mode, omega,
+                                  start_percent, end_percent, eta, s_noise)
         # The same preparation as nodes.common_ksampler, with an LML KSAMPLER object.
         latent = latent_image
         samples_in = comfy.sample.fix_empty_latent_channels(model, latent["samples"])

@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from ..precondition import lm_precondition
+from lml_core import lm_precondition
 
 
 class ConvStack(nn.Module):
@@ -48,9 +48,10 @@ def measure(repeats=7, log=print):
     g = torch.randn_like(x)
     history = [torch.randn_like(x) for _ in range(4)]
     cases = {
-        "rank 1, relative": dict(history=history[:1], damping_mode="relative"),
-        "rank 1, adaptive": dict(history=history[:1], damping_mode="adaptive", omega=0.75),
-        "rank 4, relative": dict(history=history, damping_mode="relative"),
+        "rank 1, relative": dict(history=history[:1], kappa=1.0, damping_mode="relative"),
+        "rank 1, adaptive": dict(history=history[:1], kappa=1.0, damping_mode="adaptive",
+                                 omega=0.75),
+        "rank 4, relative": dict(history=history, kappa=1.0, damping_mode="relative"),
     }
     model(x)  # warm-up
     for c in cases.values():

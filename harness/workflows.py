@@ -1,7 +1,8 @@
 """The example workflows: their definitions, the UI-format <-> API-format conversion, and the
 "smoke" variant the tests and the example runner submit to the random-weight test host.
 
-    python scripts/workflows.py     # (re)write example_workflows/*.json, api/*.json, input PNG
+    python -m harness.workflows     # (re)write example_workflows/*.json, api/*.json, the input
+                                    # PNG and the thumbnails (needs the host: a server runs)
 
 Each example is written twice from one definition: ``example_workflows/<name>.json`` in the UI
 format that ComfyUI's "Save" writes (drag it onto the canvas) and ``example_workflows/api/
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lml_core import ANCESTRAL_DEFAULTS, SOLVER_DEFAULTS, omega_widget
 
-from comfy_host import CHECKPOINT_NAME, ROOT  # noqa: E402
+from .comfy_host import CHECKPOINT_NAME, ROOT
 
 EXAMPLES_DIR = ROOT / "example_workflows"
 API_DIR = EXAMPLES_DIR / "api"
@@ -35,16 +35,12 @@ SEED = 42
 
 
 def _lml_widgets(solver):
-    # Defaults as lml_core has them when the files are written.
-    sys.path.insert(0, str(ROOT))
-    from lml_core import SOLVER_DEFAULTS
-
+    """The LM widgets with lml_core's defaults for ``solver`` when the files are written."""
     defaults = SOLVER_DEFAULTS[f"lml_{solver}"]
-    omega = -1.0 if defaults["omega"] == "auto" else defaults["omega"]
     return {"solver": solver, "rank": defaults["rank"], "damping": defaults["damping"],
             "kappa": defaults["kappa"], "damping_mode": defaults["damping_mode"],
-            "omega": omega, "start_percent": defaults["start_percent"],
-            "end_percent": defaults["end_percent"], "eta": 1.0, "s_noise": 1.0}
+            "omega": omega_widget(defaults["omega"]), "start_percent": defaults["start_percent"],
+            "end_percent": defaults["end_percent"], **ANCESTRAL_DEFAULTS}
 
 
 def _text_nodes():
@@ -104,6 +100,15 @@ def definitions() -> dict:
                                 **_lml_widgets("euler")}, (880, 120)),
             7: ("VAEDecode", {"samples": [6, 0], "vae": [1, 2]}, (1260, 120)),
             8: ("SaveImage", {"images": [7, 0], "filename_prefix": "lml/img2img"}, (1480, 120)),
+        },
+        "lml_compare": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("LMLCompare", {"model": [1, 0], "seed": SEED, "steps": 10, "cfg": 7.0,
+                               "scheduler": "karras", "positive": [2, 0], "negative": [3, 0],
+                               "latent_image": [4, 0], "vae": [1, 2], "baseline_sampler": "euler",
+                               **_lml_widgets("euler")}, (880, 120)),
+            6: ("SaveImage", {"images": [5, 0], "filename_prefix": "lml/compare"}, (1300, 120)),
         },
     }
 
@@ -281,7 +286,8 @@ def write_input_image(path=INPUT_IMAGE, size=256) -> Path:
 
 
 def main():
-    from comfy_host import ComfyServer
+    from .comfy_host import ComfyServer
+    from .thumbnails import write_thumbnails
 
     API_DIR.mkdir(parents=True, exist_ok=True)
     write_input_image()
@@ -294,6 +300,8 @@ def main():
         (EXAMPLES_DIR / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
         (API_DIR / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
         print("wrote", EXAMPLES_DIR / f"{name}.json", "and", API_DIR / f"{name}.json")
+    for path in write_thumbnails():
+        print("wrote", path, path.stat().st_size, "bytes")
 
 
 if __name__ == "__main__":

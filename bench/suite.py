@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from ..samplers import SAMPLERS
+from lml_core import SAMPLERS
+
 from .baselines import BASELINES, steps_for_nfe
 from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
 from .exact import EXACT_DATASETS, MixtureModel

@@ -1,15 +1,15 @@
-"""The real ComfyUI host: test checkpoint, headless server, HTTP client.  Reused by the tests, the
-example runner (scripts/run_examples.py) and the browser test.
+"""The real ComfyUI host: test checkpoint, headless server, HTTP client.  Used by the tests, the
+example runner (harness.examples) and the browser test.
 
-    from comfy_host import ComfyServer, ensure_checkpoint
+    from harness.comfy_host import ComfyServer, ensure_checkpoint
     with ComfyServer() as server:                 # a fresh base directory, the pack linked in
         prompt_id = server.queue(api_prompt)       # raises PromptRejected on validation errors
         entry = server.wait(prompt_id)             # the /history entry, status "success"
         png = server.view(entry["outputs"]["9"]["images"][0])
 
-Command line (run with .host/venv/bin/python):
-    python scripts/comfy_host.py checkpoint        # make (or find) the test checkpoint, print path
-    python scripts/comfy_host.py serve [PORT]      # run a server until Ctrl-C
+Command line (from the repository root, with .host/venv/bin/python):
+    python -m harness.comfy_host checkpoint        # make (or find) the test checkpoint, print path
+    python -m harness.comfy_host serve [PORT]      # run a server until Ctrl-C
 
 The host itself (ComfyUI 0.3.75 and its venv in .host/) comes from scripts/install_host.sh.
 Nothing here imports comfy at module level: the server runs in its own process, and only
@@ -84,8 +84,8 @@ def ensure_checkpoint() -> Path:
     with open(CHECKPOINT_DIR / ".lock", "w") as lock:  # one maker at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            subprocess.run([str(HOST_PYTHON), str(Path(__file__).resolve()), "checkpoint"],
-                           check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+            subprocess.run([str(HOST_PYTHON), "-m", "harness.comfy_host", "checkpoint"],
+                           check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return path
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .samplers import ValidatesStepWindow, core_options, lml_inputs
-from .sampling import StepDiagnostics, comfy_sampler
+from .bridge import StepDiagnostics, comfy_sampler
+from .sampler_nodes import LMSettingsNode, lml_inputs, sampler_options
 
 
 def _font(size: int):
@@ -82,20 +82,19 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, left_lines, right_line
 
 
 def lml_settings(options: dict) -> str:
-    """A one-line summary of the LML settings for the panel label."""
-    text = (f"rank {options['rank']}, damping {options['damping']:g} ({options['damping_mode']}),"
-            f" kappa {options['kappa']:g}")
-    if options["damping_mode"] == "adaptive":
-        omega = options["omega"]
-        text += f", omega {omega if omega == 'auto' else format(omega, 'g')}"
-    if (options["start_percent"], options["end_percent"]) != (0.0, 1.0):
-        text += f", steps {options['start_percent']:g}-{options['end_percent']:g}"
+    """A one-line summary of the sampler options (``sampler_options``) for the panel label."""
+    lm = options["lm"]
+    text = f"rank {lm.rank}, damping {lm.damping:g} ({lm.damping_mode}), kappa {lm.kappa:g}"
+    if lm.damping_mode == "adaptive":
+        text += f", omega {lm.omega if lm.omega == 'auto' else format(lm.omega, 'g')}"
+    if (lm.start_percent, lm.end_percent) != (0.0, 1.0):
+        text += f", steps {lm.start_percent:g}-{lm.end_percent:g}"
     if "eta" in options:
         text += f", eta {options['eta']:g}"
     return text
 
 
-class LMLCompare(ValidatesStepWindow):
+class LMLCompare(LMSettingsNode):
     """Baseline sampler vs LML, same model/seed/steps/conditioning, one labelled image."""
 
     DESCRIPTION = ("Runs the same model, seed, steps, scheduler and conditioning twice - with a "
@@ -133,8 +132,8 @@ class LMLCompare(ValidatesStepWindow):
     def compare(self, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
                 baseline_sampler, solver, rank, damping, kappa, damping_mode, omega,
                 start_percent, end_percent, eta, s_noise):
-        options = core_options(solver, rank, damping, kappa, damping_mode, omega, start_percent,
-                               end_percent, eta, s_noise)
+        options = sampler_options(solver, rank, damping, kappa, damping_mode, omega,
+                                  start_percent, end_percent, eta, s_noise)
         lml_name = f"lml_{solver}"
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))

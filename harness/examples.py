@@ -1,7 +1,8 @@
 """Run every example workflow (example_workflows/api/*.json) in a real, headless ComfyUI with this
 pack, through the HTTP API, and write the images to output/examples/.
 
-    .host/venv/bin/python scripts/run_examples.py [--checkpoint FILE] [--size N] [--steps N]
+    bash scripts/run_examples.sh [--checkpoint FILE] [--size N] [--steps N]
+    (= .host/venv/bin/python -m harness.examples ..., from the repository root)
 
 Without --checkpoint the random-weight test checkpoint is used (no weights can be downloaded
 here), so the pictures are structured noise: the run shows the plumbing, not image quality.
@@ -17,10 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import comfy_host  # noqa: E402
-import workflows  # noqa: E402
+from . import comfy_host, workflows
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Tests of the quality benchmark's own machinery (lml_core.bench): exact posterior means, the
+"""Tests of the quality benchmark's own machinery (bench): exact posterior means, the
 reference solver, honest NFE counts, and the quick benchmark run."""
 
 import json
@@ -8,10 +8,10 @@ import torch
 
 # matplotlib and scikit-learn come with the host (scripts/install_host.sh): no skip here, a
 # missing dependency must fail the suite rather than hide these tests.
-from lml_core.bench import baselines
-from lml_core.bench.common import initial_noise, reference_solution, rms
-from lml_core.bench.exact import GaussianMixture, MixtureModel, mixture_2d
-from lml_core.bench.suite import run_sampler
+from bench import baselines
+from bench.common import initial_noise, reference_solution, rms
+from bench.exact import GaussianMixture, MixtureModel, mixture_2d
+from bench.suite import run_sampler
 
 
 def _dense_posterior_mean(mix, x, s, flow):
@@ -104,7 +104,7 @@ def test_uni_pc_first_order_step_is_ddim():
 
 
 def test_quick_benchmark_writes_its_table(tmp_path):
-    from lml_core.bench.run import main
+    from bench.run import main
 
     rows, meta = main(["--quick", "--out", str(tmp_path)])
     text = (tmp_path / "results.md").read_text()
@@ -118,9 +118,9 @@ def test_quick_benchmark_writes_its_table(tmp_path):
 def test_rotation_study_ab2_comparison_is_second_order():
     # docs/bench/rotation.md argues with an AB2 step on Euler's direction as the second-order
     # yardstick; it must be one: doubling the steps cuts its error ~4x, Euler's ~2x.
-    from lml_core.bench.common import schedule
-    from lml_core.bench.exact import mixture_64d
-    from lml_core.bench.rotation import ab2_direction
+    from bench.common import schedule
+    from bench.exact import mixture_64d
+    from bench.rotation import ab2_direction
 
     model = MixtureModel(mixture_64d(), False)
     x = initial_noise("karras", torch.randn(64, 64, generator=torch.Generator().manual_seed(6),
@@ -138,7 +138,7 @@ def test_rotation_study_ab2_comparison_is_second_order():
 
 
 def test_rotation_study_writes_its_table(tmp_path):
-    from lml_core.bench.rotation import main
+    from bench.rotation import main
 
     main(["--samples", "64", "--ref-steps", "20", "--data", "mix2d", "--out", str(tmp_path)])
     text = (tmp_path / "rotation.md").read_text()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import comfy_host
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
@@ -46,16 +48,14 @@ def test_changelog_mentions_the_current_version():
 
 def test_comfyui_reads_the_pack_config():
     """ComfyUI's own parser (comfy_config, used when the pack loads) accepts the file."""
-    host = ROOT / ".host" / "ComfyUI"
-    python = ROOT / ".host" / "venv" / "bin" / "python"
+    host, python = comfy_host.COMFY_DIR, comfy_host.HOST_PYTHON
     if not python.exists():
         pytest.fail("the ComfyUI host is missing: run scripts/install_host.sh")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from comfy_config import config_parser as c;"
-            "cfg = c.extract_node_configuration(sys.argv[2]);"
+    code = ("import sys; from comfy_config import config_parser as c;"  # run in the host tree
+            "cfg = c.extract_node_configuration(sys.argv[1]);"
             "print(cfg.project.name, cfg.tool_comfy.publisher_id, cfg.tool_comfy.display_name,"
             " cfg.tool_comfy.web)")
-    out = subprocess.run([str(python), "-c", code, str(host), str(ROOT)], capture_output=True,
+    out = subprocess.run([str(python), "-c", code, str(ROOT)], cwd=host, capture_output=True,
                          text=True, check=True, timeout=60).stdout.split("\n")[-2]
     comfy = PYPROJECT["tool"]["comfy"]
     assert out == f"comfyui-lml {comfy['PublisherId']} {comfy['DisplayName']} None", out

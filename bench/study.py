@@ -1,4 +1,4 @@
-"""Parameter study of the LM correction on the exact-score suite (python -m lml_core.bench.study).
+"""Parameter study of the LM correction on the exact-score suite (python -m bench.study).
 
 For each base solver (lml_euler, lml_dpmpp_2m) and each setting, the solver error (RMS against
 the reference ODE solution) is measured on every data set x schedule x NFE and divided by the

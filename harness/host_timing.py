@@ -5,7 +5,7 @@ server, alternating, with a fresh seed each time (ComfyUI caches identical promp
 of one run is ComfyUI's own execution_start -> execution_success interval from /history; only
 the sampler node and a SaveLatent re-execute.  Reports medians and their ratio.
 
-    .host/venv/bin/python scripts/bench_host.py [--repeats 7] [--size 256] [--steps 10]
+    .host/venv/bin/python -m harness.host_timing [--repeats 7] [--size 256] [--steps 10]
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from comfy_host import CHECKPOINT_NAME, ComfyServer, install_host  # noqa: E402
+from .comfy_host import CHECKPOINT_NAME, ComfyServer, install_host
 
 
 def graph(sampler_node: dict, size: int) -> dict:

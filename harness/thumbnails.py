@@ -1,6 +1,6 @@
 """Draw the template-browser thumbnail of every example workflow.
 
-    .host/venv/bin/python scripts/make_thumbnails.py      # example_workflows/<name>.jpg
+    python -m harness.thumbnails      # example_workflows/<name>.jpg (harness.workflows does it too)
 
 ComfyUI's template browser shows ``/api/workflow_templates/<pack>/<name>.jpg`` for each
 ``example_workflows/<name>.json``.  A random-weight test model cannot render a meaningful

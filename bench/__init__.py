@@ -1,0 +1,5 @@
+"""Quality benchmark of the LML samplers (python -m bench), the parameter study
+(python -m bench.study) and the rotation study (python -m bench.rotation).
+
+Not shipped inside lml_core: it uses lml_core's public API only, and needs torch, numpy,
+matplotlib and scikit-learn; never comfy."""
