@@ -1,7 +1,7 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
-Pure torch; never imports comfy.  Modules import one way, each only from those above it:
-gram -> options -> adaptive -> precondition -> sampling.  See lml_core/README.md.
+Pure torch; never imports comfy.  Modules import one way, each only from those before it:
+gram, options -> adaptive -> precondition -> sampling -> wrap.  See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
@@ -12,17 +12,20 @@ from .options import (
     DPMPP_2M_DEFAULTS,
     OMEGA_AUTO_WIDGET,
     SOLVER_DEFAULTS,
+    WRAP_DEFAULTS,
     LMOptions,
     omega_widget,
 )
 from .precondition import lm_precondition
 from .sampling import (
     SAMPLERS,
+    is_flow_model,
     sample_lml_dpmpp_2m,
     sample_lml_euler,
     sample_lml_euler_ancestral,
     sample_lml_euler_ancestral_RF,
 )
+from .wrap import lml_wrap
 
 __all__ = [
     "ANCESTRAL_DEFAULTS",
@@ -36,11 +39,14 @@ __all__ = [
     "adaptive_lambda",
     "auto_omega",
     "half_log_snr",
+    "is_flow_model",
     "lm_precondition",
+    "lml_wrap",
     "omega_widget",
     "sample_lml_dpmpp_2m",
     "sample_lml_euler",
     "sample_lml_euler_ancestral",
     "sample_lml_euler_ancestral_RF",
     "step_omega",
+    "WRAP_DEFAULTS",
 ]

@@ -22,16 +22,22 @@ DEFAULTS = {
     "omega": 0.75,
     "start_percent": 0.0,
     "end_percent": 1.0,
+    "fade": 0.0,
 }
 
 # lml_dpmpp_2m: the mildest measured setting (docs/bench/study.md): DPM++ 2M is already second
 # order and the LM turn is a first-order change of direction.
 DPMPP_2M_DEFAULTS = {**DEFAULTS, "damping_mode": "adaptive", "omega": 0.25, "end_percent": 0.3}
 
+# lml_wrap (LML around any sampler): the setting closest to never hurting the field's samplers
+# in docs/bench/lml_v2.md (strong damping, fading with the step length).
+WRAP_DEFAULTS = {**DEFAULTS, "damping": 10.0, "fade": 5.0}
+
 SOLVER_DEFAULTS = {
     "lml_euler": DEFAULTS,
     "lml_dpmpp_2m": DPMPP_2M_DEFAULTS,
     "lml_euler_ancestral": DEFAULTS,
+    "lml_wrap": WRAP_DEFAULTS,
 }
 
 # The Langevin (ancestral) solver's own settings, as k-diffusion names them.
@@ -85,6 +91,7 @@ class LMOptions:
     omega: float | str
     start_percent: float
     end_percent: float
+    fade: float = DEFAULTS["fade"]
 
     def __post_init__(self):
         rank = _whole_number("rank", self.rank)
@@ -100,6 +107,7 @@ class LMOptions:
             "omega": "auto" if self.omega == "auto" else _number("omega", self.omega, 0.0, 10.0),
             "start_percent": _number("start_percent", self.start_percent, 0.0, 1.0),
             "end_percent": _number("end_percent", self.end_percent, 0.0, 1.0),
+            "fade": _number("fade", self.fade, 0.0, 10.0),
         }
         if values["start_percent"] > values["end_percent"]:
             raise ValueError(f"start_percent ({values['start_percent']}) must not be greater "

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .adaptive import step_omega
+from .adaptive import half_log_snr, step_omega
 from .options import ANCESTRAL_DEFAULTS, LMOptions
 from .precondition import lm_precondition
 
@@ -64,14 +64,25 @@ def is_flow_model(model) -> bool:
     return sampling is not None and any(c.__name__ == "CONST" for c in type(sampling).__mro__)
 
 
+def faded_damping(lm: LMOptions, sigmas: list[float], step: int, flow: bool) -> float:
+    """``damping * max(1, h^-fade)``, h the step's length in log-SNR: with fade > 0 the
+    correction fades as the steps shorten (the turn, about angle / damping with the angle itself
+    O(h), then shrinks like h^(fade + 1)); long steps (h >= 1) keep ``damping``."""
+    if lm.fade <= 0:
+        return lm.damping
+    h = half_log_snr(sigmas[step + 1], flow) - half_log_snr(sigmas[step], flow)
+    return lm.damping * max(1.0, h ** -lm.fade) if 0 < h < math.inf else lm.damping
+
+
 def lm_correct(direction, history, lm: LMOptions, step: int, sigmas: list[float], flow: bool):
     """``P(direction; history)`` where the correction applies at ``step``, else ``direction``;
     with the per-sample cosine between the two (None where not applied)."""
     if not history or not lm.applies_at(step, len(sigmas) - 1):
         return direction, None
     corrected, info = lm_precondition(
-        direction, history, damping=lm.damping, kappa=lm.kappa, damping_mode=lm.damping_mode,
-        omega=step_omega(lm.omega, sigmas, step, flow), return_info=True)
+        direction, history, damping=faded_damping(lm, sigmas, step, flow), kappa=lm.kappa,
+        damping_mode=lm.damping_mode, omega=step_omega(lm.omega, sigmas, step, flow),
+        return_info=True)
     return corrected, info["cos"]
 
 
