@@ -1,4 +1,5 @@
-"""A small trained diffusion model: scikit-learn's 8x8 digits (1797 images, 64 pixels in [-1, 1]).
+"""A small trained class-conditional diffusion model: scikit-learn's 8x8 digits (1797 images, 64
+pixels in [-1, 1], 10 classes), sampled with classifier-free guidance as ComfyUI does it.
 
 The denoiser is an MLP with EDM's preconditioning (Karras et al. 2022), written for a general
 ``x = a x0 + s n`` so that one network serves VE (a = 1) and flow-matching (a = 1 - s)
@@ -8,8 +9,16 @@ sampling: with the VE-equivalent ``sigma~ = s / a`` and ``q = s^2 + a^2 sd^2``
 
 which is EDM's ``c_skip x~ + c_out F(c_in x~, c_noise)`` for ``x~ = x / a`` and stays finite at
 a = 0 (flow, s = 1).  Trained with EDM's loss on sigma~ drawn half from EDM's log-normal, half
-log-uniformly in [0.002, 1000].  Deterministic (fixed seeds, 2 threads); the weights
-(< 1 MB) live in weights/digits.pt and are retrained if absent.
+log-uniformly in [0.002, 1000].  The class label enters as a one-hot input with an 11th "no
+label" class; 15% of the training labels are dropped to it, so one network gives the
+conditional and the unconditional prediction (classifier-free guidance, Ho & Salimans 2022).
+Deterministic (fixed seeds, 2 threads); the weights (< 1 MB) live in weights/digits_cond.pt and
+are retrained (seconds) if absent.
+
+``CFGDigitsModel`` combines them as ComfyUI's ``cfg_function``:
+``D = D_uncond + cfg (D_cond - D_uncond)`` (one model call: ComfyUI batches both), skipping the
+unconditional pass at cfg 1 unless ``model_options["disable_cfg1_optimization"]``, and then
+applies every ``model_options["sampler_post_cfg_function"]`` (the CFG++ samplers' hook).
 
 The feature distance is a Frechet distance (as FID) between Gaussian fits of the penultimate
 activations of a small MLP classifier trained on the same digits.
@@ -25,9 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-WEIGHTS = Path(__file__).parent / "weights" / "digits.pt"
+WEIGHTS = Path(__file__).parent / "weights" / "digits_cond.pt"
 ARCH = dict(width=256, depth=3, freqs=16)
-TRAIN = dict(steps=2500, batch=256, lr=2e-3, seed=0)
+TRAIN = dict(steps=3000, batch=256, lr=2e-3, seed=0, label_dropout=0.15)
+CLASSES = 10
+NO_LABEL = CLASSES  # the "unconditional" class index
 SIGMA_TILDE_RANGE = (0.002, 1000.0)
 
 
@@ -43,31 +54,32 @@ class DigitsDenoiser(nn.Module):
         super().__init__()
         self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
         self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(64), freqs)))
-        layers, dim_in = [], 64 + 2 * freqs
+        layers, dim_in = [], 64 + 2 * freqs + CLASSES + 1
         for _ in range(depth):
             layers += [nn.Linear(dim_in, width), nn.SiLU()]
             dim_in = width
         layers.append(nn.Linear(width, 64))
         self.net = nn.Sequential(*layers)
 
-    def raw(self, x_in, c_noise):
+    def raw(self, x_in, c_noise, labels):
         angle = c_noise[:, None] * self.freq[None]
-        return self.net(torch.cat([x_in, angle.sin(), angle.cos()], dim=1))
+        onehot = nn.functional.one_hot(labels, CLASSES + 1).to(x_in.dtype)
+        return self.net(torch.cat([x_in, angle.sin(), angle.cos(), onehot], dim=1))
 
-    def forward(self, x, s, a):
-        """D(x, s) for x = a x0 + s n; s, a: [N] tensors."""
+    def forward(self, x, s, a, labels):
+        """D(x, s | label) for x = a x0 + s n; s, a: [N] tensors, labels [N] (NO_LABEL: none)."""
         sd = self.sigma_data
         q = s**2 + (a * sd) ** 2
         sigma_t = (s / a.clamp(min=1e-12)).clamp(*SIGMA_TILDE_RANGE)
         c_noise = sigma_t.log() / 4
-        f = self.raw(x / q.sqrt()[:, None], c_noise)
+        f = self.raw(x / q.sqrt()[:, None], c_noise, labels)
         return (sd**2 * a / q)[:, None] * x + (s * sd / q.sqrt())[:, None] * f
 
 
 def train(log=print):
     """Train the denoiser deterministically; returns (model, seconds)."""
     torch.manual_seed(TRAIN["seed"])
-    data, _ = load_digits_tensor()
+    data, targets = load_digits_tensor()
     data = data.float()
     sd = float(data.std())
     model = DigitsDenoiser(sd)
@@ -79,6 +91,8 @@ def train(log=print):
     for step in range(TRAIN["steps"]):
         idx = torch.randint(0, data.shape[0], (TRAIN["batch"],), generator=gen)
         x0 = data[idx]
+        dropped = torch.rand(TRAIN["batch"], generator=gen) < TRAIN["label_dropout"]
+        labels = torch.where(dropped, NO_LABEL, targets[idx])
         half = TRAIN["batch"] // 2
         log_sigma = torch.cat([-1.2 + 1.2 * torch.randn(half, generator=gen),
                                lo + (hi - lo) * torch.rand(TRAIN["batch"] - half, generator=gen)])
@@ -89,7 +103,7 @@ def train(log=print):
         c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
         target = (x0 - c_skip[:, None] * noisy) / c_out[:, None]
         pred = model.raw(noisy / (sigma**2 + sd**2).sqrt()[:, None],
-                         sigma.clamp(*SIGMA_TILDE_RANGE).log() / 4)
+                         sigma.clamp(*SIGMA_TILDE_RANGE).log() / 4, labels)
         loss = ((pred - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -114,17 +128,32 @@ def load_or_train(log=print, retrain=False):
     return model, seconds
 
 
-class DigitsModel:
-    """k-diffusion-style wrapper: model(x, sigma) -> denoised, VE or flow."""
+class CFGDigitsModel:
+    """k-diffusion-style denoiser ``model(x, sigma, model_options=...)`` of the digits network
+    with classifier-free guidance at scale ``cfg``, VE or flow.  Row i of a batch is guided
+    towards digit i mod 10: balanced classes, and the same label for a row in every run (the
+    benchmark splits batches the same way for the reference and for every sampler)."""
 
-    def __init__(self, net, flow):
-        self.net, self.flow = net, flow
+    def __init__(self, net, flow, cfg):
+        self.net, self.flow, self.cfg = net, flow, float(cfg)
 
     @torch.no_grad()
-    def __call__(self, x, sigma, **extra_args):
+    def __call__(self, x, sigma, model_options=None, **extra_args):
+        model_options = model_options or {}
         s = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         a = 1 - s if self.flow else torch.ones_like(s)
-        return self.net(x.to(torch.float32), s, a).to(x.dtype)
+        x32 = x.to(torch.float32)
+        labels = torch.arange(x.shape[0]) % CLASSES
+        cond = self.net(x32, s, a, labels)
+        uncond = None
+        if self.cfg != 1.0 or model_options.get("disable_cfg1_optimization", False):
+            uncond = self.net(x32, s, a, torch.full_like(labels, NO_LABEL))
+        out = cond if uncond is None else uncond + (cond - uncond) * self.cfg
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            out = fn({"denoised": out, "cond": None, "uncond": None, "cond_scale": self.cfg,
+                      "model": self, "uncond_denoised": uncond, "cond_denoised": cond,
+                      "sigma": sigma, "model_options": model_options, "input": x32})
+        return out.to(x.dtype)
 
 
 class FeatureDistance:

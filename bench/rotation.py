@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lml_core import lm_precondition, step_omega
+from lml_core import is_flow_model, lm_precondition, step_omega
 
 from .exact import EXACT_DATASETS
 from .suite import NFES, NOISE_SEED, SCHEDULES, evaluate, exact_problems
@@ -33,12 +33,13 @@ from .suite import NFES, NOISE_SEED, SCHEDULES, evaluate, exact_problems
 TARGET_NFES = (6, 10, 15)
 
 
-def _extrapolated_euler(model, x, sigmas, omega, lm_rotation=False, flow=False):
+def _extrapolated_euler(model, x, sigmas, omega, lm_rotation=False):
     """Euler steps along an extrapolation of c from the previous direction p: with
     ``lm_rotation``, c turned by the adaptive LM operator and its length set to
     ``|c| + omega (|c| - |p|)``; otherwise ``c + omega (c - p)``.  ``omega``: a number or "auto"
     (AB2's weight).  The first step and the final step to sigma = 0 are plain Euler."""
     sig = [float(s) for s in sigmas.tolist()]
+    flow = is_flow_model(model)
     s_in = x.new_ones([x.shape[0]])
     prev = None
     for i in range(len(sig) - 1):
@@ -58,14 +59,14 @@ def _extrapolated_euler(model, x, sigmas, omega, lm_rotation=False, flow=False):
     return x
 
 
-def rotation_norm(model, x, sigmas, extra_args=None, callback=None, disable=None, flow=False,
-                  omega=0.75, **_):
-    return _extrapolated_euler(model, x, sigmas, omega, lm_rotation=True, flow=flow)
+def rotation_norm(model, x, sigmas, extra_args=None, callback=None, disable=None, omega=0.75,
+                  **_):
+    return _extrapolated_euler(model, x, sigmas, omega, lm_rotation=True)
 
 
-def ab2_direction(model, x, sigmas, extra_args=None, callback=None, disable=None, flow=False,
-                  omega="auto", **_):
-    return _extrapolated_euler(model, x, sigmas, omega, flow=flow)
+def ab2_direction(model, x, sigmas, extra_args=None, callback=None, disable=None, omega="auto",
+                  **_):
+    return _extrapolated_euler(model, x, sigmas, omega)
 
 
 def settings():

@@ -1,4 +1,12 @@
-"""The quality benchmark (python -m bench): see the Benchmark section of README.md."""
+"""The quality benchmark (python -m bench): see the Benchmark section of README.md.
+
+Deterministic table: every deterministic sampler of the host and every deterministic LML sampler
+at each NFE budget, RMS (and median per-sample) distance to the reference ODE solution from the
+same noise.  Stochastic table: every stochastic sampler of the host and every stochastic LML
+sampler, sliced W2 to fresh samples of the target distribution (median and range over seeds).
+Data: the exact-score mixtures (Karras and flow schedules) and the class-conditional digits
+network with classifier-free guidance at several scales (where the CFG++ samplers join).
+"""
 
 from __future__ import annotations
 
@@ -11,170 +19,213 @@ from pathlib import Path
 
 import torch
 
-from lml_core import DEFAULTS
+from lml_core import DEFAULTS, SOLVER_DEFAULTS
 
-from . import report
-from .common import FLOW_SHIFT, KARRAS, mode_weight_error, sliced_w2
+from . import field, report
+from .common import FLOW_SHIFT, KARRAS, initial_noise, sliced_w2
 from .exact import EXACT_DATASETS
 from .suite import (
-    BASELINE_NAMES,
+    LML_DETERMINISTIC,
+    LML_STOCHASTIC,
     NFES,
     NOISE_SEED,
     SCHEDULES,
+    STOCHASTIC_NFES,
     WRAPPED,
     Problem,
+    chunked_reference,
     evaluate,
+    evaluate_stochastic,
     exact_problems,
     run_sampler,
 )
 
+CFG_SCALES = (1.0, 3.0, 6.0)
+STOCHASTIC_DATA = ("mix2d", "mix64d")  # the exact sets the stochastic table runs on (+ digits)
+# Samples per data set: as many as the 10-minute budget on 2 cores allows (each model call on
+# sub3072d costs ~20x one on mix64d).
+SAMPLES = {"mix2d": 2000, "mix64d": 1000, "sub3072d": 500, "digits": 500}
 
-def sampler_specs():
-    """The baselines and the LML samplers with the node defaults (options.DEFAULTS)."""
-    return {name: (name, {}) for name in BASELINE_NAMES + tuple(WRAPPED)}
+
+def specs(names):
+    return {name: (name, {}) for name in names}
 
 
-def exact_suite(names, samples, ref_steps, nfes, log, scatter_path=None):
-    rows, floors, panels, truth = [], {}, {}, {}
-    for mixture, problem in exact_problems(names, samples, ref_steps, lambda _: NOISE_SEED, log):
-        name, kind = problem.name, problem.kind
-        if name not in truth:
-            truth[name] = mixture.sample(samples, torch.Generator().manual_seed(11))[0]
-            true2, labels2 = mixture.sample(samples, torch.Generator().manual_seed(12))
-            floors[name] = {"sw2_true_vs_true": sliced_w2(true2, truth[name]),
-                            "mode_tv_true": mode_weight_error(labels2, mixture.weights)}
+def deterministic_specs(guided=False):
+    names = field.DETERMINISTIC + (field.GUIDED_DETERMINISTIC if guided else ())
+    return specs(names + LML_DETERMINISTIC)
 
-        def metrics(x, mixture=mixture, true=truth[name]):
-            x = x.reshape(x.shape[0], -1)
-            labels = mixture.responsibilities(x, 0.01).argmax(1)
-            return {"sw2": sliced_w2(x, true),
-                    "mode_tv": mode_weight_error(labels, mixture.weights)}
 
-        rows += evaluate(problem, sampler_specs(), nfes, metrics, log=log)
-        for r in rows[-len(sampler_specs()) * len(nfes):]:
-            r["ref_check"] = problem.ref_check
-        if scatter_path is not None and mixture.dim == 2 and 6 in nfes:
-            panels[kind] = {"true": truth[name]}
-            for s in ("euler", "dpmpp_2m", "lml_euler"):
-                panels[kind][f"{s}, 6 NFE"] = run_sampler(problem.model, problem.x_start, kind,
-                                                        s, 6, flow=kind == "flow")[0]
+def stochastic_specs(guided=False):
+    names = field.STOCHASTIC + (field.GUIDED_STOCHASTIC if guided else ())
+    return specs(names + LML_STOCHASTIC)
+
+
+def exact_suite(args, log, scatter_path=None):
+    det, sto, floors, panels = [], [], {}, {}
+    for mixture, problem in exact_problems(args.names, args.samples, args.ref_steps,
+                                           lambda _: NOISE_SEED, log):
+        floors[problem.name] = problem.floor
+        det += evaluate(problem, deterministic_specs(), args.nfes, log=log)
+        if args.stochastic and problem.name in args.stochastic_data:
+            sto += evaluate_stochastic(problem, stochastic_specs(), args.stochastic_nfes,
+                                       args.seeds, log=log)
+        if scatter_path is not None and mixture.dim == 2 and 6 in args.nfes:
+            panels[problem.kind] = {"true": problem.truth}
+            for s in ("euler", "ipndm_v", "lml_euler"):
+                panels[problem.kind][f"{s}, 6 NFE"] = run_sampler(
+                    problem.model, problem.x_start, problem.kind, s, 6)[0]
     if panels:
         report.scatter_2d(panels, scatter_path, "mix2d: true samples vs samplers at 6 NFE "
                           "(same noise; Karras top, flow shift 3 bottom)")
-    return rows, floors
+    return det, sto, floors
 
 
-def digits_suite(samples, ref_steps, nfes, log, retrain=False):
-    from .digits import DigitsModel, FeatureDistance, load_or_train
+def digits_suite(args, log):
+    """The class-conditional digits network with CFG.  Its target distribution is the converged
+    guided ODE itself, so the stochastic samplers are scored against a second reference solution
+    from fresh noise (floor: the two reference sets against each other)."""
+    from .digits import CFGDigitsModel, load_or_train
 
-    t0 = time.time()
-    net, train_seconds = load_or_train(log, retrain)
-    fd = FeatureDistance()
-    log(f"  digits: model ready ({'trained' if train_seconds else 'loaded'}), classifier accuracy "
-        f"{fd.accuracy:.3f}, feature distance real-half vs real-half {fd.split_floor:.3f} "
-        f"({time.time() - t0:.0f}s)")
-    rows = []
-    for kind in SCHEDULES:
-        noise = torch.randn(samples, 64, dtype=torch.float64,
-                            generator=torch.Generator().manual_seed(77))
-        problem = Problem("digits", kind, DigitsModel(net, kind == "flow"), noise, ref_steps,
-                          log=log)
-        ref_fd = fd(problem.reference)
-        rows += evaluate(problem, sampler_specs(), nfes, lambda x: {"fd": fd(x)}, log=log)
-        for r in rows[-len(sampler_specs()) * len(nfes):]:
-            r["ref_check"], r["fd_reference"] = problem.ref_check, ref_fd
-    return rows, {"train_seconds": train_seconds, "classifier_accuracy": fd.accuracy,
-                  "fd_real_split": fd.split_floor}
+    net, train_seconds = load_or_train(log, args.retrain_digits)
+    log(f"  digits: model {'trained' if train_seconds else 'loaded'}")
+    det, sto, floors = [], [], {}
+    for cfg in args.cfg:
+        name = f"digits cfg {cfg:g}"
+        for kind in SCHEDULES:
+            model = CFGDigitsModel(net, kind == "flow", cfg)
+            noise, fresh = (torch.randn(args.samples("digits"), 64, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(seed))
+                            for seed in (77, 78))
+            problem = Problem(name, kind, model, noise, args.ref_steps, log=log)
+            truth = chunked_reference(model, initial_noise(kind, fresh), kind, args.ref_steps)
+            problem.truth, problem.floor = truth, {"sw2": sliced_w2(problem.reference, truth)}
+            problem.distribution_metrics = lambda x, truth=truth: {"sw2": sliced_w2(x, truth)}
+            floors[name] = problem.floor
+            det += evaluate(problem, deterministic_specs(guided=True), args.nfes, log=log)
+            if args.stochastic:
+                sto += evaluate_stochastic(problem, stochastic_specs(guided=True),
+                                           args.stochastic_nfes, args.seeds, log=log)
+    return det, sto, floors, {"train_seconds": train_seconds}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="LML quality benchmark")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
+def parse(argv):
+    parser = argparse.ArgumentParser(description="LML quality benchmark against the host's "
+                                                 "whole sampler field")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every table (<1 min)")
     parser.add_argument("--out", default="docs/bench")
-    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples for every data set (default: SAMPLES per data set)")
     parser.add_argument("--ref-steps", type=int, default=100, help="RK4 steps of the reference")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3, help="noise seeds per stochastic point")
     parser.add_argument("--no-digits", action="store_true")
+    parser.add_argument("--no-stochastic", action="store_true")
     parser.add_argument("--no-cost", action="store_true")
     parser.add_argument("--retrain-digits", action="store_true")
     parser.add_argument("--data", nargs="*", default=None, help="exact data sets to run")
     args = parser.parse_args(argv)
+    args.stochastic = not args.no_stochastic
+    if args.quick:
+        args.names, fixed, args.ref_steps = ["mix2d"], 256, 40
+        args.nfes, args.stochastic_nfes, args.seeds = [5, 10], [6, 10], [0, 1]
+        args.cfg, args.no_cost = (3.0,), True
+    else:
+        args.names, fixed = list(EXACT_DATASETS), args.samples
+        args.nfes, args.stochastic_nfes = NFES, STOCHASTIC_NFES
+        args.seeds, args.cfg = list(range(args.seeds)), CFG_SCALES
+    args.samples = lambda name, fixed=fixed: fixed or SAMPLES[name]
+    args.names = args.data or args.names
+    args.stochastic_data = STOCHASTIC_DATA if not args.quick else tuple(args.names)
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_lines = []
 
     def log(msg):
         print(msg, flush=True)
-        log_lines.append(msg)
 
     t_start, cpu_start = time.time(), time.process_time()
-    if args.quick:
-        names, samples, ref_steps, nfes = ["mix2d"], 256, 40, [5, 10]
-    else:
-        names, samples, ref_steps, nfes = list(EXACT_DATASETS), args.samples, args.ref_steps, NFES
-    names = args.data or names
-    log(f"LML benchmark: data {names}, {samples} samples, NFE {nfes}, reference {ref_steps} RK4 "
-        f"steps, {args.threads} threads, defaults {DEFAULTS}")
-    rows, floors = exact_suite(names, samples, ref_steps, nfes, log,
-                               None if args.quick else out / "scatter_2d_6nfe.png")
+    log(f"LML benchmark: data {args.names}, samples {[args.samples(n) for n in args.names]}, "
+        f"NFE {args.nfes}, stochastic "
+        f"NFE {args.stochastic_nfes} x {len(args.seeds)} seeds, reference {args.ref_steps} RK4 "
+        f"steps, {args.threads} threads")
+    det, sto, floors = exact_suite(args, log, None if args.quick else out / "scatter_2d_6nfe.png")
     digits_info = None
-    if not (args.quick or args.no_digits):
-        digit_rows, digits_info = digits_suite(min(samples, 2000), ref_steps, nfes, log,
-                                               args.retrain_digits)
-        rows += digit_rows
+    if not args.no_digits:
+        d_det, d_sto, d_floors, digits_info = digits_suite(args, log)
+        det, sto, floors = det + d_det, sto + d_sto, {**floors, **d_floors}
     cost = None
-    if not (args.quick or args.no_cost):
+    if not args.no_cost:
         from .cost import measure
 
         cost = measure(log=log)
     wall, cpu = time.time() - t_start, time.process_time() - cpu_start
-    meta = {"defaults": DEFAULTS, "samples": samples, "nfes": nfes, "ref_rk4_steps": ref_steps,
-            "karras": KARRAS, "flow_shift": FLOW_SHIFT, "floors": floors, "digits": digits_info,
-            "cost": cost, "wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads,
+    host_names = field.host_sampler_names()
+    samples = {n: args.samples(n) for n in [*args.names, "digits"]}
+    meta = {"solver_defaults": SOLVER_DEFAULTS, "samples": samples, "nfes": args.nfes,
+            "stochastic_nfes": args.stochastic_nfes, "seeds": args.seeds,
+            "ref_rk4_steps": args.ref_steps, "karras": KARRAS, "flow_shift": FLOW_SHIFT,
+            "floors": floors, "digits": digits_info, "cfg": list(args.cfg), "cost": cost,
+            "wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads,
             "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    write_markdown(out, rows, meta)
+            "python": platform.python_version(),
+            "host_samplers": {name: field.classify(name) for name in host_names}}
+    (out / "results.json").write_text(json.dumps(
+        {"meta": meta, "deterministic": det, "stochastic": sto}, indent=1))
+    write_markdown(out, det, sto, meta)
     if not args.quick:
-        report.plot_metric(rows, out / "error_vs_nfe.png")
-        report.plot_metric([r for r in rows if "sw2" in r], out / "sw2_vs_nfe.png", "sw2",
-                           "sliced W2 vs true samples")
+        report.plot_metric(det, out / "error_vs_nfe.png")
+        if sto:
+            report.plot_metric(sto, out / "sw2_vs_nfe.png", "sw2", "sliced W2 vs target samples")
     log(f"done in {wall:.0f}s wall ({cpu:.0f}s CPU); wrote {out}")
-    return rows, meta
+    return det, sto, meta
 
 
-def write_markdown(out, rows, meta):
-    lines = ["# LML quality benchmark: results", "",
-             f"Generated by `python -m bench` ({meta['samples']} samples, reference: "
-             f"{meta['ref_rk4_steps']} RK4 steps = {4 * meta['ref_rk4_steps'] + 1} NFE, "
-             f"{meta['threads']} threads; {meta['wall_seconds']:.0f} s wall, "
-             f"{meta['cpu_seconds']:.0f} s CPU). LML settings = node defaults: "
-             f"`{meta['defaults']}`.", "",
-             "Solver error = RMS (per coordinate) distance to the reference solution of the same "
-             "ODE from the same noise. Bold: an LML sampler below the best deterministic baseline "
-             "at that NFE. A number in parentheses is the actual NFE where it differs from the "
-             "budget (Heun: 2 per step, the last step Euler).", "",
-             "## Solver error", "", report.error_tables(rows), "",
-             "## Ratios (LML / other)", "", report.ratio_table(rows), ""]
-    if any("sw2" in r for r in rows):
-        lines += ["## Sliced W2 against fresh true samples", "",
-                  "Floors (true vs true, same sample size): " + ", ".join(
-                      f"{k} {v['sw2_true_vs_true']:.4f}" for k, v in meta["floors"].items()), "",
-                  report.error_tables([r for r in rows if "sw2" in r], "sw2"), "",
-                  "## Mode-weight error (total variation of component frequencies)", "",
-                  "Floors (true samples): " + ", ".join(
-                      f"{k} {v['mode_tv_true']:.4f}" for k, v in meta["floors"].items()), "",
-                  report.error_tables([r for r in rows if "mode_tv" in r], "mode_tv"), ""]
-    if any("fd" in r for r in rows):
-        d = meta["digits"]
-        lines += ["## Digits: feature distance (FID-style)", "",
-                  f"Classifier accuracy {d['classifier_accuracy']:.3f}; real half vs real half "
-                  f"{d['fd_real_split']:.3f}; the reference solution's own distance: " + ", ".join(
-                      f"{r['schedule']} {r['fd_reference']:.3f}" for r in rows
-                      if r["data"] == "digits" and r["sampler"] == "euler"
-                      and r["nfe_budget"] == 5),
-                  "", report.error_tables([r for r in rows if "fd" in r], "fd", "{:.3f}"), ""]
+def write_markdown(out, det, sto, meta):
+    det_headline, _ = report.headline(det)
+    lines = [
+        "# LML quality benchmark: results", "",
+        "Generated by `python -m bench` (samples: " + ", ".join(
+            f"{k} {v}" for k, v in meta["samples"].items()) + "; reference: "
+        f"{meta['ref_rk4_steps']} RK4 steps = {4 * meta['ref_rk4_steps'] + 1} NFE, "
+        f"{meta['threads']} threads; {meta['wall_seconds']:.0f} s wall, "
+        f"{meta['cpu_seconds']:.0f} s CPU). Built-in samplers: the host's own functions "
+        "(ComfyUI's `comfy.samplers.sampler_object(name).sampler_function`), called with the "
+        "schedule KSampler gives them. LML samplers with their shipped defaults: "
+        f"`{DEFAULTS}` (lml_dpmpp_2m: "
+        f"`{SOLVER_DEFAULTS['lml_dpmpp_2m']}`).", "",
+        "## The field", "",
+        "| host sampler | in this benchmark |", "|---|---|",
+        *[f"| {name} | {group} |" for name, group in meta["host_samplers"].items()], "",
+        "## Deterministic: best LML over best built-in", "",
+        "Per point: the best LML sampler's RMS error over the best built-in's (names in "
+        "parentheses); below 1 means LML is ahead.", "", det_headline, "",
+        "## Deterministic: solver error", "",
+        "RMS (per coordinate) distance to the reference solution of the same ODE from the same "
+        "noise. Bold: an LML sampler below the best built-in at that NFE. `[n]`: the measured "
+        "model calls where they differ from the budget (heun's 2 per step, ...).", "",
+        report.error_tables(det), "",
+        "## Deterministic: median per-sample error", "",
+        "At high NFE a few samples that flip mode dominate the RMS; the median shows the "
+        "typical sample.", "", report.error_tables(det, "median"), "",
+        "## LML over the solver it wraps (RMS)", "", report.wrapped_table(det, WRAPPED), ""]
+    if sto:
+        sto_headline, _ = report.headline(sto, "sw2")
+        lines += [
+            "## Stochastic: best LML over best built-in (sliced W2)", "", sto_headline, "",
+            "## Stochastic: sliced W2 to the target distribution", "",
+            f"Median over {len(meta['seeds'])} noise seeds (range in parentheses), against fresh "
+            "samples of the target: the mixture itself, or for digits the converged guided ODE "
+            "from other noise. The floor is the same metric between two independent sets of "
+            "the target: values near it cannot be told apart.", "",
+            report.error_tables(sto, "sw2", spread=True), "",
+            "## LML over the solver it wraps (sliced W2)", "",
+            report.wrapped_table(sto, WRAPPED, "sw2"), ""]
     if meta.get("cost"):
         c = meta["cost"]
         lines += ["## Cost of the LM correction", "",

@@ -1,48 +1,105 @@
-"""Running samplers against a reference solution: the loop shared by the benchmark and the study."""
+"""Running samplers against a reference: the loop shared by the benchmark, the study and the
+rotation study.  Built-in samplers are the host's own functions (bench.field); LML samplers are
+lml_core's; both get the same HostModel, schedule, noise and seed."""
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 
 import torch
 
-from lml_core import SAMPLERS
+from lml_core import SAMPLERS, lml_wrap
 
-from .baselines import BASELINES, steps_for_nfe
+from . import field
 from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
 from .exact import EXACT_DATASETS, MixtureModel
 
-NFES = [5, 6, 8, 10, 15, 20, 50]  # the NFE budgets of every benchmark table
+NFES = [4, 5, 6, 8, 10, 15, 20, 30, 50]  # the deterministic tables' NFE budgets
+STOCHASTIC_NFES = [6, 10, 20, 40]
 SCHEDULES = ("karras", "flow")
-BASELINE_NAMES = tuple(BASELINES)  # ComfyUI's deterministic samplers, as written in baselines.py
-WRAPPED = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m"}  # LML sampler -> the solver it wraps
+BASELINE_NAMES = field.DETERMINISTIC  # the deterministic built-ins of the host
+STOCHASTIC_BASELINES = field.STOCHASTIC
+WRAPPED = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m",
+           "lml_euler_ancestral": "euler_ancestral"}  # LML sampler -> the solver it wraps
+LML_DETERMINISTIC = ("lml_euler", "lml_dpmpp_2m")
+LML_STOCHASTIC = ("lml_euler_ancestral",)
 NOISE_SEED = 2024  # the benchmark's start noise for every exact data set
 
 
-class CountingModel:
-    """Wraps a denoiser and counts its calls, so that NFE is measured, not assumed."""
+WRAP_PREFIX = "lml_wrap("  # "lml_wrap(ipndm_v)": lml_core.lml_wrap around a host sampler
 
-    def __init__(self, model):
-        self.model, self.calls = model, 0
 
-    def __call__(self, x, sigma, **extra_args):
-        self.calls += 1
-        return self.model(x, sigma, **extra_args)
+def wrapped_base(name):
+    """The sampler inside "lml_wrap(<base>)", else None."""
+    if isinstance(name, str) and name.startswith(WRAP_PREFIX) and name.endswith(")"):
+        return name[len(WRAP_PREFIX):-1]
+    return None
 
 
 def sampler_fn(name):
-    """The sampler function for a name (a baseline or an LML sampler) or a function itself."""
+    """The function for a name (an LML sampler or a host sampler), or a function itself."""
     if callable(name):
         return name
-    if name in BASELINES:
-        return BASELINES[name]
-    return SAMPLERS[name]
+    if wrapped_base(name):
+        return lml_wrap(sampler_fn(wrapped_base(name)))
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    return field.host_function(name)
+
+
+def prepared(name, options=None):
+    """(function, keyword options of the call): the options of a wrapped sampler are the
+    wrapper's LM settings, given when it is built."""
+    if wrapped_base(name):
+        return lml_wrap(sampler_fn(wrapped_base(name)), **(options or {})), {}
+    return sampler_fn(name), dict(options or {})
+
+
+def sigmas_for(name, kind: str, steps: int) -> torch.Tensor:
+    """The schedule a user's KSampler gives ``name`` at ``steps`` steps (float32)."""
+    name = wrapped_base(name) or name
+    if isinstance(name, str) and field.discards_penultimate(name):
+        sigmas = schedule(kind, steps + 1)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = schedule(kind, steps)
+    return sigmas.to(torch.float32)
+
+
+def _gaussian_denoiser(x, sigma, model_options=None, **_):
+    """D(x, sigma) of N(0, I) data, with the post-CFG hooks applied as ComfyUI's cfg_function
+    does (cond = uncond): a cheap model for counting calls."""
+    out = x / (1 + sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2)
+    for fn in (model_options or {}).get("sampler_post_cfg_function", []):
+        out = fn({"denoised": out, "cond_denoised": out, "uncond_denoised": out, "input": x,
+                  "sigma": sigma, "cond_scale": 1.0, "model_options": model_options})
+    return out
+
+
+@functools.cache
+def nfe_of(name, steps: int) -> int:
+    """Model calls ``name`` makes at ``steps`` steps, counted on a tiny problem."""
+    model = field.HostModel(_gaussian_denoiser, flow=False)
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0)) * 80
+    with torch.no_grad():
+        sampler_fn(name)(model, x, sigmas_for(name, "karras", steps), extra_args={"seed": 0},
+                         disable=True)
+    return model.calls
+
+
+def steps_for_nfe(name, nfe: int) -> int:
+    """The most steps whose model calls fit the budget ``nfe`` (at least 1 step)."""
+    steps = nfe
+    while steps > 1 and nfe_of(name, steps) > nfe:
+        steps -= 1
+    return steps
 
 
 # Rows per chunk: ~3 MB of float32 state.  Every sampler and the reference treat samples
 # independently, so a big batch is run in slices; on 2 cores that is 2-4x faster for the
-# 4000 x 3072 set (the slices stay in cache and reuse freed memory instead of faulting in fresh
-# pages for every temporary).
+# 4000 x 3072 set (the slices stay in cache and reuse freed memory).
 CHUNK_ELEMENTS = 3 * 2**18
 
 
@@ -50,19 +107,20 @@ def chunk_rows(x):
     return max(1, CHUNK_ELEMENTS // max(1, x[0].numel()))
 
 
-def run_sampler(model, x_start, kind, name, nfe, options=None, flow=False):
-    """Sample with ``name`` at an NFE budget; returns (x, measured NFE per sample)."""
-    fn = sampler_fn(name)
-    steps = steps_for_nfe(name, nfe)
-    sigmas = schedule(kind, steps).to(torch.float32)
+@torch.no_grad()
+def run_sampler(model, x_start, kind, name, nfe, options=None, seed=0):
+    """Sample with ``name`` at an NFE budget; returns (x, measured NFE per sample).  Each slice
+    gets its own noise seed (``seed`` and the slice index), as separate prompts would."""
+    fn, options = prepared(name, options)
+    sigmas = sigmas_for(name, kind, steps_for_nfe(name, nfe))
     outs, calls = [], set()
-    for part in torch.split(x_start, chunk_rows(x_start)):
-        counter = CountingModel(model)
-        outs.append(fn(counter, part.to(torch.float32), sigmas, extra_args={}, disable=True,
-                       flow=flow, **(options or {})))
-        calls.add(counter.calls)
+    for index, part in enumerate(torch.split(x_start, chunk_rows(x_start))):
+        host = field.HostModel(model, flow=kind == "flow")
+        outs.append(fn(host, part.to(torch.float32), sigmas.clone(),  # uni_pc edits sigmas
+                       extra_args={"seed": seed * 10007 + index}, disable=True, **options))
+        calls.add(host.calls)
     if len(calls) != 1:
-        raise RuntimeError(f"{name}: model calls differ between chunks: {sorted(calls)}")
+        raise RuntimeError(f"{name}: model calls differ between slices: {sorted(calls)}")
     return torch.cat(outs), calls.pop()
 
 
@@ -72,7 +130,9 @@ def chunked_reference(model, x, kind, steps):
 
 
 class Problem:
-    """One (data set, schedule) pair: the start noise, the reference solution and the scorers."""
+    """One (data set, schedule) pair: the start noise, the reference ODE solution, and the
+    distribution the stochastic samplers are scored against (``truth``, with ``floor``: the
+    metric between two independent sets of it)."""
 
     def __init__(self, name, kind, model, noise, ref_steps=250, check_subset=256, log=print):
         self.name, self.kind, self.model = name, kind, model
@@ -84,46 +144,102 @@ class Problem:
         sub = self.x_start[:check_subset]
         half = reference_solution(model, sub, kind, ref_steps // 2)
         self.ref_check = rms(half, self.reference[:check_subset])
+        self.truth, self.floor, self.distribution_metrics = None, None, None
         log(f"  reference {name}/{kind}: {ref_steps} RK4 steps ({4 * ref_steps + 1} NFE) in "
             f"{time.time() - t0:.1f}s; |ref({ref_steps // 2}) - ref({ref_steps})| = "
             f"{self.ref_check:.2e} (RK4: the {ref_steps}-step error is ~1/16 of that)")
 
-    def score(self, x):
-        return {"rms": rms(x, self.reference)}
-
 
 def exact_problems(names, samples, ref_steps, seed, log=print):
     """(mixture, Problem) for each exact data set in ``names`` and each schedule; the start noise
-    of data set ``name`` comes from a generator seeded with ``seed(name)``."""
+    of data set ``name`` comes from a generator seeded with ``seed(name)``.  ``samples``: a count,
+    or a function of the data set's name.  Stochastic samplers are scored against fresh true
+    samples of the mixture."""
     for name in names:
         mixture = EXACT_DATASETS[name]()
+        n = samples(name) if callable(samples) else samples
+        true = mixture.sample(n, torch.Generator().manual_seed(11))[0]
+        true2, labels2 = mixture.sample(n, torch.Generator().manual_seed(12))
+        floor = {"sw2": sliced_w2(true2, true),
+                 "mode_tv": mode_weight_error(labels2, mixture.weights)}
+
+        def metrics(x, mixture=mixture, true=true):
+            x = x.reshape(x.shape[0], -1)
+            labels = mixture.responsibilities(x, 0.01).argmax(1)
+            return {"sw2": sliced_w2(x, true),
+                    "mode_tv": mode_weight_error(labels, mixture.weights)}
+
         for kind in SCHEDULES:
-            noise = torch.randn(samples, mixture.dim, dtype=torch.float64,
+            noise = torch.randn(n, mixture.dim, dtype=torch.float64,
                                 generator=torch.Generator().manual_seed(seed(name)))
-            yield mixture, Problem(name, kind, MixtureModel(mixture, kind == "flow"), noise,
-                                   ref_steps, log=log)
+            problem = Problem(name, kind, MixtureModel(mixture, kind == "flow"), noise,
+                              ref_steps, log=log)
+            problem.truth, problem.floor, problem.distribution_metrics = true, floor, metrics
+            yield mixture, problem
+
+
+def _row(problem, label, nfe, calls):
+    return {"data": problem.name, "schedule": problem.kind, "sampler": label,
+            "nfe_budget": nfe, "nfe": calls}
 
 
 def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
-    """Rows of {sampler, nfe_budget, nfe, rms, ...} for every sampler spec and NFE budget.
-    ``samplers``: {label: (sampler name, options)}."""
+    """Deterministic rows {sampler, nfe_budget, nfe, rms, median, ...} for every sampler spec and
+    NFE budget; ``median`` is the median over samples of the per-sample RMS error (at high NFE
+    a few samples that flip mode dominate ``rms``).  ``samplers``: {label: (name, options)}."""
     rows = []
     for label, (name, options) in samplers.items():
         t0 = time.time()
         for nfe in nfes:
             x, calls = run_sampler(problem.model, problem.x_start, problem.kind, name, nfe,
-                                   options, problem.flow)
+                                   options)
             if not torch.isfinite(x).all():
                 raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
-            row = {"data": problem.name, "schedule": problem.kind, "sampler": label,
-                   "nfe_budget": nfe, "nfe": calls, "rms": rms(x, problem.reference)}
+            per_sample = ((x.double() - problem.reference.double()) ** 2).reshape(
+                x.shape[0], -1).mean(1).sqrt()
+            row = {**_row(problem, label, nfe, calls), "rms": rms(x, problem.reference),
+                   "median": float(per_sample.median())}
             if extra_metrics is not None:
                 row.update(extra_metrics(x))
             rows.append(row)
-        log(f"    {label:<24s} {time.time() - t0:6.1f}s  " + " ".join(
+        log(f"    {label:<28s} {time.time() - t0:6.1f}s  " + " ".join(
             f"{r['rms']:.4f}" for r in rows[-len(nfes):]))
     return rows
 
 
-__all__ = ["BASELINE_NAMES", "CountingModel", "NFES", "Problem", "SCHEDULES", "WRAPPED",
-           "evaluate", "exact_problems", "run_sampler", "mode_weight_error", "sliced_w2"]
+def evaluate_stochastic(problem, samplers, nfes, seeds, log=print):
+    """Stochastic rows: per sampler and NFE budget, the distribution metrics (median over
+    ``seeds`` of the sampler's noise, and their spread) against ``problem.truth``.  A
+    non-finite sample is counted and left out of the metrics."""
+    rows = []
+    for label, (name, options) in samplers.items():
+        t0 = time.time()
+        for nfe in nfes:
+            per_seed, calls, bad = [], None, 0
+            for seed in seeds:
+                x, calls = run_sampler(problem.model, problem.x_start, problem.kind, name, nfe,
+                                       options, seed=seed)
+                finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+                bad += int((~finite).sum())
+                per_seed.append(problem.distribution_metrics(x[finite]))
+            row = {**_row(problem, label, nfe, calls), "seeds": len(seeds), "non_finite": bad}
+            for metric in per_seed[0]:
+                values = sorted(m[metric] for m in per_seed)
+                row[metric] = values[len(values) // 2] if len(values) % 2 else (
+                    0.5 * (values[len(values) // 2 - 1] + values[len(values) // 2]))
+                row[f"{metric}_min"], row[f"{metric}_max"] = values[0], values[-1]
+            row["sw2_floor"] = problem.floor["sw2"]
+            rows.append(row)
+        log(f"    {label:<28s} {time.time() - t0:6.1f}s  sw2 " + " ".join(
+            f"{r['sw2']:.4f}" for r in rows[-len(nfes):]))
+    return rows
+
+
+def geometric_mean(values):
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+__all__ = ["BASELINE_NAMES", "NFES", "Problem", "SCHEDULES", "STOCHASTIC_NFES", "WRAPPED",
+           "evaluate", "evaluate_stochastic", "exact_problems", "run_sampler", "sampler_fn",
+           "steps_for_nfe"]

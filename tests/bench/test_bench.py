@@ -1,17 +1,20 @@
 """Tests of the quality benchmark's own machinery (bench): exact posterior means, the
-reference solver, honest NFE counts, and the quick benchmark run."""
+reference solver, the field (the host's own samplers, honest NFE counts), and the quick run."""
 
 import json
 
+# matplotlib and scikit-learn come with the host (scripts/install_host.sh): no skip here, a
+# missing dependency must fail the suite rather than hide these tests.
+import comfy.extra_samplers.uni_pc
+import comfy.k_diffusion.sampling
+import comfy.samplers
 import pytest
 import torch
 
-# matplotlib and scikit-learn come with the host (scripts/install_host.sh): no skip here, a
-# missing dependency must fail the suite rather than hide these tests.
-from bench import baselines
+from bench import field
 from bench.common import initial_noise, reference_solution, rms
 from bench.exact import GaussianMixture, MixtureModel, mixture_2d
-from bench.suite import run_sampler
+from bench.suite import nfe_of, run_sampler, sampler_fn, sigmas_for, steps_for_nfe
 
 
 def _dense_posterior_mean(mix, x, s, flow):
@@ -73,9 +76,50 @@ def test_reference_solver_converges(kind):
     assert err[2] < 1e-3
 
 
-@pytest.mark.parametrize("name", list(baselines.BASELINES))
+def test_baselines_are_the_hosts_own_functions():
+    for name in field.DETERMINISTIC + field.STOCHASTIC + field.GUIDED_DETERMINISTIC:
+        assert sampler_fn(name) is comfy.samplers.sampler_object(name).sampler_function, name
+    assert sampler_fn("ipndm_v") is comfy.k_diffusion.sampling.sample_ipndm_v
+    k_diffusion = comfy.k_diffusion.sampling
+    assert sampler_fn("gradient_estimation") is k_diffusion.sample_gradient_estimation
+    assert sampler_fn("uni_pc") is comfy.extra_samplers.uni_pc.sample_unipc
+    assert sampler_fn("dpmpp_2m_sde") is comfy.k_diffusion.sampling.sample_dpmpp_2m_sde
+
+
+def test_every_host_sampler_is_placed():
+    groups = {name: field.classify(name) for name in field.host_sampler_names()}
+    assert set(groups) >= {"ipndm", "ipndm_v", "deis", "gradient_estimation", "lms",
+                           "res_multistep", "uni_pc", "uni_pc_bh2", "dpmpp_2m", "heun", "euler",
+                           "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde",
+                           "er_sde", "res_multistep_ancestral", "sa_solver"}
+    run = [n for n, g in groups.items() if not g.startswith("not run")]
+    assert len(run) >= 35, groups
+    with pytest.raises(ValueError, match="not placed"):
+        field.classify("a_sampler_from_the_future")
+
+
+def test_host_model_carries_real_model_sampling():
+    import comfy.model_sampling
+
+    flow = field.HostModel(lambda x, s, **_: x, flow=True)
+    assert isinstance(flow.inner_model.inner_model.model_sampling, comfy.model_sampling.CONST)
+    ve = field.HostModel(lambda x, s, **_: x, flow=False).inner_model.model_patcher
+    assert isinstance(ve.get_model_object("model_sampling"), comfy.model_sampling.EPS)
+
+
+def test_nfe_is_counted_and_schedules_follow_ksampler():
+    assert [nfe_of("euler", n) for n in (1, 3, 8)] == [1, 3, 8]
+    assert nfe_of("heun", 3) == 5 and steps_for_nfe("heun", 6) == 3
+    assert nfe_of("dpmpp_sde", 4) == 7 and nfe_of("seeds_3", 4) == 10
+    # KSampler runs dpm_2 / uni_pc on steps + 1 sigmas without the second-to-last one
+    plain, discarded = sigmas_for("euler", "karras", 5), sigmas_for("uni_pc", "karras", 5)
+    assert len(plain) == len(discarded) == 6 and not torch.equal(plain, discarded)
+    assert discarded[-1] == 0 and discarded[-2] == sigmas_for("euler", "karras", 6)[-3]
+
+
+@pytest.mark.parametrize("name", field.DETERMINISTIC + ("lml_euler", "lml_dpmpp_2m"))
 @pytest.mark.parametrize("kind", ["karras", "flow"])
-def test_baselines_count_nfe_honestly_and_converge(name, kind):
+def test_deterministic_samplers_count_nfe_honestly_and_converge(name, kind):
     mix = mixture_2d()
     model = MixtureModel(mix, kind == "flow")
     x = initial_noise(kind, torch.randn(32, 2, generator=torch.Generator().manual_seed(4),
@@ -83,36 +127,42 @@ def test_baselines_count_nfe_honestly_and_converge(name, kind):
     ref = reference_solution(model, x, kind, 40)
     errors = []
     for nfe in (10, 40):
-        out, calls = run_sampler(model, x, kind, name, nfe, flow=kind == "flow")
-        assert calls == baselines.nfe_of(name, baselines.steps_for_nfe(name, nfe)) <= nfe
+        out, calls = run_sampler(model, x, kind, name, nfe)
+        assert calls == nfe_of(name, steps_for_nfe(name, nfe)) <= nfe
         errors.append(rms(out, ref))
     assert errors[1] < errors[0]
 
 
-def test_uni_pc_first_order_step_is_ddim():
-    # With two steps (order 1 everywhere) and no corrector, bh1/bh2 both reduce to
-    # x_1 = (s_1/s_0) x_0 + (1 - s_1/s_0) D_0 (DDIM / DPM-Solver-1), then x_2 = D_1.
+@pytest.mark.parametrize("name", field.STOCHASTIC + ("lml_euler_ancestral",))
+def test_stochastic_samplers_are_seeded_per_slice(name):
     mix = mixture_2d()
     model = MixtureModel(mix, False)
-    x = 10 * torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    sig = torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64)
-    # steps = 2 -> order 1: predictor (DDIM) then, on the last step, the data prediction
-    out = baselines.sample_uni_pc(model, x, sig)
-    x1 = 0.1 * x + 0.9 * model(x, sig[0:1].expand(8))
-    assert torch.allclose(out, model(x1, sig[1:2].expand(8)))
-    assert baselines.nfe_of("heun", 3) == 5 and baselines.steps_for_nfe("heun", 6) == 3
+    x = initial_noise("karras", torch.randn(16, 2, generator=torch.Generator().manual_seed(5),
+                                            dtype=torch.float64))
+    first, calls = run_sampler(model, x, "karras", name, 10, seed=1)
+    again, _ = run_sampler(model, x, "karras", name, 10, seed=1)
+    other, _ = run_sampler(model, x, "karras", name, 10, seed=2)
+    assert calls <= 10 and torch.isfinite(first).all()
+    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_quick_benchmark_writes_its_table(tmp_path):
     from bench.run import main
 
-    rows, meta = main(["--quick", "--out", str(tmp_path)])
+    main(["--quick", "--out", str(tmp_path)])
     text = (tmp_path / "results.md").read_text()
     assert "**mix2d / karras** (rms)" in text and "| lml_euler |" in text
+    assert "**digits cfg 3 / flow** (sw2; floor" in text and "| euler_cfg_pp |" in text
     data = json.loads((tmp_path / "results.json").read_text())
-    samplers = {r["sampler"] for r in data["rows"]}
-    assert {"euler", "heun", "dpmpp_2m", "uni_pc", "lml_euler", "lml_dpmpp_2m"} <= samplers
-    assert all(r["rms"] >= 0 and r["nfe"] <= r["nfe_budget"] for r in data["rows"])
+    deterministic = {r["sampler"] for r in data["deterministic"]}
+    stochastic = {r["sampler"] for r in data["stochastic"]}
+    assert {"ipndm", "ipndm_v", "deis", "gradient_estimation", "lms", "res_multistep", "uni_pc",
+            "uni_pc_bh2", "dpmpp_2m", "heun", "euler", "lml_euler", "lml_dpmpp_2m"} <= deterministic
+    assert {"euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "er_sde",
+            "lml_euler_ancestral"} <= stochastic
+    assert all(r["rms"] >= 0 and r["nfe"] <= r["nfe_budget"] for r in data["deterministic"])
+    assert all(r["sw2"] > 0 and r["sw2_min"] <= r["sw2"] <= r["sw2_max"]
+               for r in data["stochastic"])
 
 
 def test_rotation_study_ab2_comparison_is_second_order():
@@ -131,7 +181,7 @@ def test_rotation_study_ab2_comparison_is_second_order():
         return rms(fn(model, x, schedule("karras", steps)), ref)
 
     ab2 = [error(ab2_direction, n) for n in (40, 80)]
-    euler = [error(baselines.sample_euler, n) for n in (40, 80)]
+    euler = [error(sampler_fn("euler"), n) for n in (40, 80)]
     assert ab2[0] / ab2[1] > 3.0
     assert 1.5 < euler[0] / euler[1] < 2.5
     assert ab2[1] < euler[1]
