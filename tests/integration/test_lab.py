@@ -157,3 +157,10 @@ def test_cancel_stops_the_study_and_the_server_goes_on(server, fresh_seed):
 
     follow_up = lab_prompt(fresh_seed(), samplers="euler", steps="2", reference_steps=4)
     assert server.run(follow_up)["status"]["status_str"] == "success"
+
+
+def test_help_page_is_served(server):
+    status, body = server.request("/extensions/comfyui-lml/docs/LMLSamplerLab.md")
+    assert status == 200
+    for word in ("reference", "nfe", "RMS", "PSNR", "Stochastic", "best"):
+        assert word in body.decode(), word
