@@ -110,6 +110,20 @@ def definitions() -> dict:
                                **_lml_widgets("euler")}, (880, 120)),
             6: ("SaveImage", {"images": [5, 0], "filename_prefix": "lml/compare"}, (1300, 120)),
         },
+        "lml_sampler_lab": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("LMLSamplerLab", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                                  "latent_image": [4, 0], "vae": [1, 2], "seed": SEED,
+                                  "cfg": 7.0, "scheduler": "karras",
+                                  "samplers": "euler,lml_euler,dpmpp_2m,ipndm_v,deis,uni_pc",
+                                  "steps": "4,6,8,12,20", "reference_sampler": "dpmpp_2m",
+                                  "reference_steps": 100}, (880, 120)),
+            6: ("SaveImage", {"images": [5, 1], "filename_prefix": "lml/lab_plot"}, (1300, 40),
+                "Error vs model calls"),
+            7: ("SaveImage", {"images": [5, 2], "filename_prefix": "lml/lab_grid"},
+                (1300, 420), "Samples grid"),
+        },
     }
 
 
@@ -129,7 +143,8 @@ def to_api(graph: dict) -> dict:
 
 
 def smoke(prompt: dict, steps=3, size=64, checkpoint=CHECKPOINT_NAME) -> dict:
-    """The prompt as the tests run it: test checkpoint, size x size images, ``steps`` steps."""
+    """The prompt as the tests run it: test checkpoint, size x size images, ``steps`` steps
+    (the Lab: one step count, and a reference of at most 4 x ``steps``)."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
@@ -138,7 +153,9 @@ def smoke(prompt: dict, steps=3, size=64, checkpoint=CHECKPOINT_NAME) -> dict:
         if node["class_type"] == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = size
         if "steps" in inputs and not isinstance(inputs["steps"], list):
-            inputs["steps"] = steps
+            inputs["steps"] = steps  # the Lab's step list becomes the single count "3"
+        if "reference_steps" in inputs:  # the Lab's converged reference, scaled down alike
+            inputs["reference_steps"] = min(inputs["reference_steps"], 4 * steps)
     return prompt
 
 

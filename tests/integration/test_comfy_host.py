@@ -107,10 +107,11 @@ def test_example_workflow_runs_and_saves_a_png(name, server, fresh_seed):
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success"
     images = output_files(entry, "images")
-    assert len(images) == 1
+    classes = {node["class_type"] for node in prompt.values()}
+    assert len(images) == (2 if "LMLSamplerLab" in classes else 1)  # the Lab: plot and grid
     pixels = Image.open(io.BytesIO(server.view(images[0])))
     assert pixels.format == "PNG"
-    if "LMLCompare" not in {node["class_type"] for node in prompt.values()}:
+    if not classes & {"LMLCompare", "LMLSamplerLab"}:
         assert pixels.size == (64, 64)
     for node_id, node in prompt.items():
         if node["class_type"] == "KSamplerLML":

@@ -18,11 +18,12 @@ UI_EXAMPLES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 
 def test_extensions_lists_the_pack_js(server):
     extensions = server.get_json("/extensions")
-    ours = [e for e in extensions if e.startswith(f"/extensions/{PACK}/")]
-    assert ours == [f"/extensions/{PACK}/lml.js"]
-    status, body = server.request(ours[0])
-    assert status == 200
-    assert b"registerExtension" in body and b"lml_diagnostics" in body
+    ours = sorted(e for e in extensions if e.startswith(f"/extensions/{PACK}/"))
+    assert ours == [f"/extensions/{PACK}/lml.js", f"/extensions/{PACK}/lml_lab.js"]
+    for path, marker in zip(ours, (b"lml_diagnostics", b"lml_lab")):
+        status, body = server.request(path)
+        assert status == 200
+        assert b"registerExtension" in body and marker in body
 
 
 @pytest.mark.parametrize("node", ["KSamplerLML", "SamplerLML", "LMLCompare"])

@@ -1,0 +1,166 @@
+"""LMLSamplerLab in a real server (fixture ``server``): the issue's acceptance study, one progress
+bar over the websocket, validation before anything runs, and Cancel."""
+
+import asyncio
+import io
+import json
+import math
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+
+LAB = "5"
+
+
+def lab_prompt(seed, samplers="euler,lml_euler,heun", steps="2,4,8", reference_steps=32,
+               save=True):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        LAB: {"class_type": "LMLSamplerLab", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+            "latent_image": ["4", 0], "vae": ["1", 2], "seed": seed, "cfg": 5.0,
+            "scheduler": "karras", "samplers": samplers, "steps": steps,
+            "reference_sampler": "dpmpp_2m", "reference_steps": reference_steps}},
+    }
+    if save:
+        prompt["6"] = {"class_type": "SaveImage",
+                       "inputs": {"images": [LAB, 1], "filename_prefix": "lab/plot"}}
+        prompt["7"] = {"class_type": "SaveImage",
+                       "inputs": {"images": [LAB, 2], "filename_prefix": "lab/grid"}}
+    return prompt
+
+
+def listen(server, prompt, on_first_progress=None, timeout=240):
+    """Queue ``prompt`` and collect its websocket messages until it ends."""
+
+    pending = [on_first_progress] if on_first_progress else []
+
+    async def run():
+        url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
+        messages = []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            prompt_id = await asyncio.to_thread(server.queue, prompt)
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    continue
+                data = json.loads(message.data)
+                messages.append(data)
+                if data["type"] == "progress" and pending and data["data"]["node"] == LAB:
+                    await asyncio.to_thread(pending.pop())
+                if data["type"] in ("execution_success", "execution_error",
+                                    "execution_interrupted") and \
+                        data["data"].get("prompt_id") == prompt_id:
+                    break
+        return prompt_id, messages
+
+    return asyncio.run(asyncio.wait_for(run(), timeout=timeout))
+
+
+def test_object_info_lists_the_lab(object_info):
+    info = object_info["LMLSamplerLab"]
+    assert info["display_name"] == "LML Sampler Lab"
+    assert info["category"] == "sampling" and info["output_node"]
+    assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
+    assert info["output_name"] == ["report", "plot", "grid"]
+    required = info["input"]["required"]
+    for name in ("model", "positive", "negative", "latent_image", "vae", "seed", "cfg",
+                 "scheduler", "samplers", "steps", "reference_sampler", "reference_steps"):
+        assert name in required, name
+    assert "lml_euler" in required["reference_sampler"][1]["options"] or \
+        "lml_euler" in required["reference_sampler"][0]
+
+
+def test_acceptance_study(server, fresh_seed):
+    prompt_id, messages = listen(server, lab_prompt(fresh_seed()))
+    assert messages[-1]["type"] == "execution_success", messages[-1]
+    entry = server.get_json(f"/history/{prompt_id}")[prompt_id]
+    (report,) = entry["outputs"][LAB]["lml_lab"]  # /history carries the UI output
+
+    assert report["reference"]["sampler"] == "dpmpp_2m"
+    assert report["reference"]["steps"] == report["reference"]["nfe"] == 32
+    assert "RMS" in report["metric"]["error"]
+    rows = report["rows"]
+    assert len(rows) == 9
+    assert [(r["sampler"], r["steps"]) for r in rows] == [
+        (s, n) for s in ("euler", "lml_euler", "heun") for n in (2, 4, 8)]
+    assert all(math.isfinite(r["error"]) and r["error"] > 0 for r in rows)
+    assert all(r["psnr"] is None or math.isfinite(r["psnr"]) for r in rows)
+    assert all(r["seconds"] > 0 for r in rows)
+    euler = [r["error"] for r in rows if r["sampler"] == "euler"]
+    assert euler[0] > euler[1] > euler[2], euler
+    nfe = {(r["sampler"], r["steps"]): r["nfe"] for r in rows}
+    assert [nfe[("heun", n)] for n in (2, 4, 8)] == [3, 7, 15]  # 2N-1: last step is Euler
+    assert [nfe[("euler", n)] for n in (2, 4, 8)] == [2, 4, 8]
+    assert [nfe[("lml_euler", n)] for n in (2, 4, 8)] == [2, 4, 8]
+    assert any(r["best"] for r in rows)
+
+    # One progress bar over the whole study: one max (all model calls), values rising to it.
+    progress = [m["data"] for m in messages
+                if m["type"] == "progress" and m["data"]["node"] == LAB]
+    total = 32 + 2 * (2 + 4 + 8) + (3 + 7 + 15)
+    assert {p["max"] for p in progress} == {total}
+    values = [p["value"] for p in progress]
+    assert values == sorted(values) and values[-1] == total
+
+    images = output_files(entry, "images")
+    assert sorted(i["filename"].split("_")[0] for i in images) == ["grid", "plot"]
+    sizes = {}
+    for image in images:
+        picture = Image.open(io.BytesIO(server.view(image)))
+        assert picture.format == "PNG"
+        sizes[image["filename"].split("_")[0]] = picture.size
+    assert sizes["plot"] == (768, 512)
+    assert sizes["grid"][0] > 4 * 128 and sizes["grid"][1] > 3 * 128  # 3 + reference x 3 rows
+
+
+def test_stochastic_sampler_is_noted(server, fresh_seed):
+    entry = server.run(lab_prompt(fresh_seed(), samplers="euler_ancestral", steps="2",
+                                  reference_steps=4, save=False))
+    (report,) = entry["outputs"][LAB]["lml_lab"]
+    assert any("euler_ancestral" in note and "noise" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("change, named", [({"samplers": "euler,eulr"}, "'eulr'"),
+                                           ({"steps": "2,four"}, "'four'"),
+                                           ({"steps": "0"}, "out of range")])
+def test_bad_list_is_a_validation_error_before_anything_runs(server, fresh_seed, change,
+                                                             named):
+    prompt = lab_prompt(fresh_seed())
+    prompt[LAB]["inputs"].update(change)
+    history_before = len(server.get_json("/history"))
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(prompt)
+    answer = rejected.value.response
+    assert answer["error"]["type"] == "prompt_outputs_failed_validation"
+    details = " ".join(e["details"] for e in answer["node_errors"][LAB]["errors"])
+    assert named in details and next(iter(change)) in details
+    assert len(server.get_json("/history")) == history_before
+
+
+def test_cancel_stops_the_study_and_the_server_goes_on(server, fresh_seed):
+    prompt = lab_prompt(fresh_seed(), samplers="euler,heun", steps="8,16", reference_steps=200)
+    prompt_id, messages = listen(server, prompt,
+                                 on_first_progress=lambda: server.post_json("/interrupt", {}))
+    assert messages[-1]["type"] == "execution_interrupted"
+    progress = [m["data"]["value"] for m in messages
+                if m["type"] == "progress" and m["data"]["node"] == LAB]
+    assert max(progress) < 200  # stopped inside the reference run
+    entry = server.get_json(f"/history/{prompt_id}")[prompt_id]
+    assert not output_files(entry, "images")
+
+    follow_up = lab_prompt(fresh_seed(), samplers="euler", steps="2", reference_steps=4)
+    assert server.run(follow_up)["status"]["status_str"] == "success"
+
+
+def test_help_page_is_served(server):
+    status, body = server.request("/extensions/comfyui-lml/docs/LMLSamplerLab.md")
+    assert status == 200
+    for word in ("reference", "nfe", "RMS", "PSNR", "Stochastic", "best"):
+        assert word in body.decode(), word

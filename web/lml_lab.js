@@ -1,0 +1,196 @@
+// comfyui-lml: the LML Sampler Lab's report as a table on the node.
+//
+// LMLSamplerLab sends {"lml_lab": [report]} in its `ui` output (report: {reference, metric,
+// rows: [{sampler, steps, nfe, error, psnr, seconds, best}], notes}).  After a run a
+// canvas-drawn widget lists the rows, sorted by model calls; the rows marked `best` (for their
+// NFE, no other row reaches a lower error with as few model calls) are highlighted.  No table
+// before the first run; missing or malformed data leaves the node as it is.  The widget is never
+// serialized, so saved workflows and API prompts are unchanged.
+import { app } from "../../scripts/app.js";
+
+const NODE_TYPE = "LMLSamplerLab";
+const WIDGET_NAME = "lml_lab_table";
+const ROW_HEIGHT = 16;
+const HEADER_HEIGHT = 38;
+const FOOTER_HEIGHT = 8;
+const COLORS = {
+  background: "#1e1e24",
+  border: "#555",
+  header: "#9aa0aa",
+  text: "#d8d8d8",
+  best: "#1f5e3a",
+  bestText: "#7dffa8",
+  title: "#ff9f3d",
+};
+const COLUMNS = [
+  { key: "sampler", label: "sampler", width: 0.3, align: "left" },
+  { key: "steps", label: "steps", width: 0.11, align: "right" },
+  { key: "nfe", label: "NFE", width: 0.11, align: "right" },
+  { key: "error", label: "RMS error", width: 0.18, align: "right" },
+  { key: "psnr", label: "PSNR dB", width: 0.15, align: "right" },
+  { key: "seconds", label: "s", width: 0.15, align: "right" },
+];
+
+// State the page (and the browser test) can inspect: the table of each node and where it was
+// last drawn, in canvas pixels.
+const state = (window.LMLLab = window.LMLLab || { draws: 0, nodes: {} });
+
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+
+// The report of a node's ui output (an object or its JSON text), or null.
+export function parseReport(output) {
+  const entries = output?.lml_lab;
+  let report = Array.isArray(entries) ? entries[0] : entries;
+  if (typeof report === "string") {
+    try {
+      report = JSON.parse(report);
+    } catch {
+      return null;
+    }
+  }
+  if (!report || typeof report !== "object" || !Array.isArray(report.rows)) return null;
+  const rows = report.rows
+    .filter((r) => r && typeof r.sampler === "string" && isNumber(r.nfe))
+    .map((r) => ({
+      sampler: r.sampler,
+      steps: isNumber(r.steps) ? r.steps : null,
+      nfe: r.nfe,
+      error: isNumber(r.error) ? r.error : null,
+      psnr: isNumber(r.psnr) ? r.psnr : null,
+      seconds: isNumber(r.seconds) ? r.seconds : null,
+      best: r.best === true,
+      stochastic: r.stochastic === true,
+    }))
+    .sort((a, b) => a.nfe - b.nfe || (a.error ?? Infinity) - (b.error ?? Infinity));
+  if (rows.length === 0) return null;
+  const reference = report.reference && typeof report.reference === "object" ? report.reference : {};
+  return { rows, reference, notes: Array.isArray(report.notes) ? report.notes : [] };
+}
+
+function cellText(row, key) {
+  const value = row[key];
+  if (key === "sampler") return row.stochastic ? `${value} *` : value;
+  if (value === null || value === undefined) return key === "psnr" ? "=" : "-";
+  if (key === "error") return value.toPrecision(3);
+  if (key === "psnr") return value.toFixed(1);
+  if (key === "seconds") return value.toFixed(2);
+  return String(value);
+}
+
+function tableHeight(data) {
+  return HEADER_HEIGHT + data.rows.length * ROW_HEIGHT + FOOTER_HEIGHT;
+}
+
+function toPixels(transform, x, y) {
+  return [transform.a * x + transform.c * y + transform.e, transform.b * x + transform.d * y + transform.f];
+}
+
+function drawTable(ctx, node, width, y, data) {
+  const margin = 10;
+  const left = margin;
+  const top = y + 2;
+  const w = Math.max(120, width - 2 * margin);
+  const h = tableHeight(data) - 4;
+
+  ctx.save();
+  ctx.fillStyle = COLORS.background;
+  ctx.strokeStyle = COLORS.border;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.rect(left, top, w, h);
+  ctx.fill();
+  ctx.stroke();
+
+  ctx.font = "11px sans-serif";
+  ctx.textBaseline = "middle";
+  const ref = data.reference;
+  ctx.fillStyle = COLORS.title;
+  ctx.textAlign = "left";
+  const title = `vs ${ref.sampler ?? "reference"} ${ref.steps ?? ""} steps` +
+    "  ·  highlighted: best at its NFE";
+  ctx.fillText(title, left + 6, top + 10, w - 12);
+
+  const xs = [];
+  let x = left + 6;
+  for (const column of COLUMNS) {
+    xs.push([x, x + column.width * (w - 12)]);
+    x += column.width * (w - 12);
+  }
+  const drawRow = (values, rowY, color) => {
+    ctx.fillStyle = color;
+    COLUMNS.forEach((column, i) => {
+      const [x0, x1] = xs[i];
+      ctx.textAlign = column.align;
+      ctx.fillText(values[i], column.align === "left" ? x0 : x1 - 4, rowY, x1 - x0 - 4);
+    });
+  };
+  drawRow(COLUMNS.map((c) => c.label), top + 27, COLORS.header);
+
+  data.rows.forEach((row, i) => {
+    const rowTop = top + HEADER_HEIGHT - 4 + i * ROW_HEIGHT;
+    if (row.best) {
+      ctx.fillStyle = COLORS.best;
+      ctx.fillRect(left + 2, rowTop, w - 4, ROW_HEIGHT);
+    }
+    drawRow(COLUMNS.map((c) => cellText(row, c.key)), rowTop + ROW_HEIGHT / 2,
+      row.best ? COLORS.bestText : COLORS.text);
+  });
+  ctx.restore();
+
+  // Where the table landed on the canvas, for tests and debugging.
+  const t = ctx.getTransform();
+  const [px0, py0] = toPixels(t, left, top);
+  const [px1, py1] = toPixels(t, left + w, top + h);
+  state.draws += 1;
+  state.nodes[node.id] = {
+    rows: data.rows.length,
+    best: data.rows.filter((r) => r.best).map((r) => `${r.sampler}@${r.steps}`),
+    rect: [px0, py0, px1 - px0, py1 - py0],
+    colors: { best: COLORS.best },
+  };
+}
+
+function ensureTableWidget(node) {
+  let widget = node.widgets?.find((w) => w.name === WIDGET_NAME);
+  if (!widget) {
+    widget = {
+      name: WIDGET_NAME,
+      type: "lml_lab_table",
+      value: null,
+      serialize: false, // not in the saved workflow's widgets_values
+      options: { serialize: false }, // not in the API prompt
+      computeSize(width) {
+        return [width ?? 320, node.lmlLab ? tableHeight(node.lmlLab) : 0];
+      },
+      draw(ctx, drawNode, width, y) {
+        if (drawNode.lmlLab) drawTable(ctx, drawNode, width, y, drawNode.lmlLab);
+      },
+    };
+    widget = node.addCustomWidget(widget) ?? widget;
+  }
+  const size = node.computeSize();
+  node.setSize([Math.max(node.size[0], size[0], 360), Math.max(node.size[1], size[1])]);
+  return widget;
+}
+
+app.registerExtension({
+  name: "comfyui-lml.lab",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output) {
+      const result = onExecuted?.apply(this, arguments);
+      try {
+        const data = parseReport(output);
+        if (data) {
+          this.lmlLab = data;
+          ensureTableWidget(this);
+          this.setDirtyCanvas?.(true, true);
+        }
+      } catch (error) {
+        console.warn("[comfyui-lml] could not show the Lab's table:", error);
+      }
+      return result;
+    };
+  },
+});
