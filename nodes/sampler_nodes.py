@@ -166,11 +166,30 @@ def sampler_options(solver, rank, damping, kappa, damping_mode, omega, start_per
 
 
 class LMSettingsNode(io.ComfyNode):
-    """Base of the nodes that show the LM inputs: ComfyUI calls validate_inputs on the step
-    window before it queues the prompt."""
+    """Base of the nodes that show the LM inputs: ComfyUI calls validate_inputs before it queues
+    the prompt.
+
+    Besides the step window it checks the dropdown values: a V3 combo is served as
+    ``["COMBO", {"options": [...]}]``, and ComfyUI 0.3.75's validation only checks list-typed
+    (V1) combos, so without this an unknown solver or scheduler would only fail at run time.
+    Naming an input here makes ComfyUI skip its own check of that input on every version."""
+
+    COMBO_INPUTS = ("solver", "damping_mode", "scheduler", "baseline_sampler")
 
     @classmethod
-    def validate_inputs(cls, start_percent=None, end_percent=None):
+    def validate_inputs(cls, solver=None, damping_mode=None, scheduler=None,
+                        baseline_sampler=None, start_percent=None, end_percent=None):
+        options = {inp.id: inp.options for inp in cls.define_schema().inputs
+                   if isinstance(inp, io.Combo.Input)}
+        values = {"solver": solver, "damping_mode": damping_mode, "scheduler": scheduler,
+                  "baseline_sampler": baseline_sampler}
+        for name, value in values.items():
+            if value is None or name not in options:  # linked (checked at run time), or absent
+                continue
+            if value not in options[name]:
+                choices = options[name]
+                shown = choices if len(choices) <= 12 else f"a list of {len(choices)} names"
+                return f"{name} must be one of {shown}, got {value!r}"
         return validate_percent_range(start_percent, end_percent)
 
 

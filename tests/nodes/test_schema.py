@@ -88,6 +88,20 @@ def test_validate_inputs_is_the_v3_hook(pack):
     assert "end_percent" in node.validate_inputs(start_percent=0.0, end_percent=2.0)
 
 
+@pytest.mark.parametrize("node_id, name, bad", [
+    ("KSamplerLML", "solver", "heun"), ("SamplerLML", "damping_mode", "loose"),
+    ("KSamplerLML", "scheduler", "nope"), ("LMLCompare", "baseline_sampler", "nope"),
+])
+def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
+    # ComfyUI 0.3.75 only checks V1 (list-typed) combos; V3 combos are checked here.
+    node = pack.nodes.NODE_CLASS_MAPPINGS[node_id]
+    message = node.validate_inputs(**{name: bad})
+    assert isinstance(message, str) and name in message and repr(bad) in message
+    good = node.GET_NODE_INFO_V1()["input"]["required"][name][1]["options"][-1]
+    assert node.validate_inputs(**{name: good}) is True
+    assert node.validate_inputs(**{name: None}) is True  # a linked input: run time
+
+
 @pytest.mark.parametrize("node_id", ["KSamplerLML", "LMLCompare"])
 def test_dropdowns_list_what_the_host_lists(pack, node_id):
     import comfy.samplers
