@@ -1,18 +1,21 @@
 """The pack's ComfyUI nodes; the only package that imports comfy.
 
-Importing it registers the LML names in the built-in sampler dropdowns (idempotently) and
-merges the node mappings of the node modules.
+Importing it registers the LML names in the built-in sampler dropdowns (idempotently), adds
+the template-thumbnail route (templates.py) and merges the node mappings of the node modules.
+The node classes are V3 ``io.ComfyNode`` classes; ComfyUI's loader (0.3.75 and newest) takes
+them from NODE_CLASS_MAPPINGS like V1 classes, so each module keeps its own mappings.
 """
 
-from . import compare_node, sampler_nodes
+from . import compare_node, lab_node, sampler_nodes
 from .dropdown import register_dropdown_samplers
-from .lab_node import register as register_lab_node
+from .templates import register_thumbnail_route
 
-NODE_CLASS_MAPPINGS = {**sampler_nodes.NODE_CLASS_MAPPINGS, **compare_node.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**sampler_nodes.NODE_DISPLAY_NAME_MAPPINGS,
-                              **compare_node.NODE_DISPLAY_NAME_MAPPINGS}
-register_lab_node(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS)
+NODE_MODULES = (sampler_nodes, compare_node, lab_node)
+NODE_CLASS_MAPPINGS = {k: v for m in NODE_MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in NODE_MODULES
+                              for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}
 
 register_dropdown_samplers()
+register_thumbnail_route()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -14,6 +14,7 @@ exactly as it went in, as users expect from the built-in samplers.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
@@ -84,3 +85,38 @@ class StepDiagnostics:
 
     def as_ui(self, solver: str) -> dict:
         return {"solver": solver, "sigmas": self.sigmas, "strength": self.strength}
+
+
+# The keys newer empty-latent nodes (EmptyLatentImage, video and audio latents) put beside
+# "samples": the pixels (or frames, samples) per latent cell the empty latent was sized for.
+LATENT_RATIO_KEYS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+
+
+def empty_latent_fixed(model, latent: dict):
+    """``latent["samples"]`` as core's KSampler prepares it: ``fix_empty_latent_channels``
+    gives an all-zero latent the model's channel count (and, on hosts that take them, its
+    spatial/temporal size from the latent's downscale ratios).
+
+    The ratios are passed by name only where the host's function has those parameters (newest
+    ComfyUI: both; an intermediate one: the spatial one; 0.3.75: none, so the call is today's
+    two-argument one), exactly as core's common_ksampler / SamplerCustom pass them."""
+    import comfy.sample
+
+    fix = comfy.sample.fix_empty_latent_channels
+    try:
+        parameters = inspect.signature(fix).parameters
+    except (TypeError, ValueError):  # not introspectable: the call every host accepts
+        parameters = {}
+    ratios = {key: latent.get(key) for key in LATENT_RATIO_KEYS if key in parameters}
+    return fix(model, latent["samples"], **ratios)
+
+
+def output_latent(latent: dict, samples) -> dict:
+    """The output latent dict: the input's keys (batch_index, noise_mask, ...) with the new
+    samples, minus the downscale ratios, which describe an empty latent and not the sampled
+    one (core's samplers drop them the same way)."""
+    out = latent.copy()
+    for key in LATENT_RATIO_KEYS:
+        out.pop(key, None)
+    out["samples"] = samples
+    return out

@@ -17,10 +17,11 @@ import comfy.utils
 import latent_preview
 import numpy as np
 import torch
+from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
-from .bridge import StepDiagnostics, comfy_sampler
-from .sampler_nodes import LMSettingsNode, lml_inputs, sampler_options
+from .bridge import StepDiagnostics, comfy_sampler, empty_latent_fixed
+from .sampler_nodes import LMSettingsNode, ksampler_category, lml_inputs, sampler_options
 
 
 def _font(size: int):
@@ -97,45 +98,48 @@ def lml_settings(options: dict) -> str:
 class LMLCompare(LMSettingsNode):
     """Baseline sampler vs LML, same model/seed/steps/conditioning, one labelled image."""
 
-    DESCRIPTION = ("Runs the same model, seed, steps, scheduler and conditioning twice - with a "
-                   "built-in sampler and with an LML solver - and returns one side-by-side image "
-                   "(baseline left, LML right) labelled with each sampler's settings.")
-    CATEGORY = "sampling"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("comparison",)
-    OUTPUT_TOOLTIPS = ("Baseline (left) and LML (right) side by side, labelled; twice the width.",)
-    FUNCTION = "compare"
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LMLCompare",
+            display_name="LML Compare (baseline vs LML)",
+            category=ksampler_category(),
+            description=(
+                "Runs the same model, seed, steps, scheduler and conditioning twice - with a "
+                "built-in sampler and with an LML solver - and returns one side-by-side image "
+                "(baseline left, LML right) labelled with each sampler's settings."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for both runs."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             control_after_generate=True,
+                             tooltip="The noise seed, shared by both runs."),
+                io.Int.Input("steps", default=20, min=1, max=10000),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
+                               default="karras"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                io.Vae.Input("vae", tooltip="Decodes both results."),
+                io.Combo.Input("baseline_sampler", options=comfy.samplers.KSampler.SAMPLERS,
+                               default="dpmpp_2m",
+                               tooltip="The built-in sampler for the left-hand panel."),
+                *lml_inputs().values(),
+            ],
+            outputs=[io.Image.Output(
+                display_name="comparison",
+                tooltip="Baseline (left) and LML (right) side by side, labelled; twice the "
+                        "width.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model used for both runs."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "control_after_generate": True,
-                                 "tooltip": "The noise seed, shared by both runs."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                  "round": 0.01}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "karras"}),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
-                "vae": ("VAE", {"tooltip": "Decodes both results."}),
-                "baseline_sampler": (comfy.samplers.KSampler.SAMPLERS, {
-                    "default": "dpmpp_2m",
-                    "tooltip": "The built-in sampler for the left-hand panel."}),
-                **lml_inputs(),
-            }
-        }
-
-    def compare(self, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
+    def execute(cls, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
                 baseline_sampler, solver, rank, damping, kappa, damping_mode, omega,
-                start_percent, end_percent, eta, s_noise):
+                start_percent, end_percent, eta, s_noise) -> io.NodeOutput:
         options = sampler_options(solver, rank, damping, kappa, damping_mode, omega,
                                   start_percent, end_percent, eta, s_noise)
         lml_name = f"lml_{solver}"
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        latent = empty_latent_fixed(model, latent_image)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         noise_mask = latent_image.get("noise_mask")
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
@@ -156,13 +160,13 @@ class LMLCompare(LMSettingsNode):
             samples = comfy.sample.sample_custom(
                 model, noise, cfg, sampler, sigmas, positive, negative, latent,
                 noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
-            results.append(self._decode(vae, samples))
+            results.append(cls._decode(vae, samples))
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         left = [baseline_sampler, f"{scheduler}, {steps} steps, cfg {cfg:g}, seed {seed}"]
         right = [lml_name, lml_settings(options)]
         grid = side_by_side(results[0], results[1], left, right)
-        return {"ui": {"lml_diagnostics": [diagnostics.as_ui(solver)]}, "result": (grid,)}
+        return io.NodeOutput(grid, ui={"lml_diagnostics": [diagnostics.as_ui(solver)]})
 
     @staticmethod
     def _decode(vae, samples):

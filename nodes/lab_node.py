@@ -27,6 +27,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from . import lab_report
+from .sampler_nodes import ksampler_category
 
 NODE_ID = "LMLSamplerLab"
 DISPLAY_NAME = "LML Sampler Lab"
@@ -190,7 +191,7 @@ class LMLSamplerLab(io.ComfyNode):
         return io.Schema(
             node_id=NODE_ID,
             display_name=DISPLAY_NAME,
-            category="sampling",
+            category=ksampler_category(),
             description=(
                 "Which sampler and how many steps on YOUR model? Runs a converged reference "
                 "and every listed sampler at every listed step count from the same noise, "
@@ -259,12 +260,6 @@ class LMLSamplerLab(io.ComfyNode):
                                        reference_steps)
         return io.NodeOutput(json.dumps(report, indent=1), lab_report.as_image_batch(plot),
                              lab_report.as_image_batch(grid), ui={"lml_lab": [report]})
-
-
-def register(class_mappings: dict, display_mappings: dict) -> None:
-    """Add the Lab to a pack's node mappings (nodes/__init__.py calls this)."""
-    class_mappings.update(NODE_CLASS_MAPPINGS)
-    display_mappings.update(NODE_DISPLAY_NAME_MAPPINGS)
 
 
 NODE_CLASS_MAPPINGS = {NODE_ID: LMLSamplerLab}

@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import math
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -45,16 +46,24 @@ def png_pixels(data: bytes):
 
 
 def test_object_info_lists_the_nodes_and_their_inputs(object_info):
-    for node, category in (("SamplerLML", "sampling/custom_sampling/samplers"),
-                           ("KSamplerLML", "sampling")):
+    # Beside the host's own nodes (on 0.3.75: "sampling/custom_sampling/samplers", "sampling").
+    for node, beside in (("SamplerLML", "KSamplerSelect"), ("KSamplerLML", "KSampler"),
+                         ("LMLCompare", "KSampler")):
         info = object_info[node]
-        assert info["category"] == category
+        assert info["category"] == object_info[beside]["category"], node
         assert info["description"]
+        assert info["python_module"] == "custom_nodes.comfyui-lml"
         required = info["input"]["required"]
         for widget in LML_WIDGETS:
             assert widget in required, (node, widget)
             assert required[widget][1].get("tooltip"), (node, widget)
-        assert required["solver"][0] == ["euler", "dpmpp_2m", "euler_ancestral"]
+        # V3 combo: ["COMBO", {"options": [...]}]
+        assert required["solver"][0] == "COMBO"
+        assert required["solver"][1]["options"] == ["euler", "dpmpp_2m", "euler_ancestral"]
+        # Folded away by frontends that know the flag; solver, rank and damping stay up front.
+        advanced = {name for name, spec in required.items() if spec[1].get("advanced")}
+        assert advanced == {"kappa", "damping_mode", "omega", "start_percent", "end_percent",
+                            "eta", "s_noise"}, node
         assert required["rank"][1]["min"] == 1
         assert required["damping"][1]["min"] > 0
         assert (required["kappa"][1]["min"], required["kappa"][1]["max"]) == (0.0, 1.0)
@@ -99,6 +108,27 @@ def test_examples_cover_the_issue_list():
     assert any(n["class_type"] == "KSamplerLML" and n["inputs"]["denoise"] == 0.6
                and "LoadImage" in classes[name]
                for name in classes for n in workflows.load_api(name).values())
+
+
+PRE_PORT = Path(__file__).parent / "pre_port_workflows"  # example_workflows/ at git 6b6d89b
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRE_PORT.glob("*.json")))
+def test_workflow_saved_before_the_v3_port_loads_and_runs(name, server, object_info,
+                                                          fresh_seed):
+    """A UI workflow saved from the V1 nodes: its positional widget values map onto today's
+    inputs exactly as before (the frontend maps them the same way), and it runs."""
+    ui = json.loads((PRE_PORT / f"{name}.json").read_text())
+    prompt = workflows.ui_to_api(ui, object_info)
+    assert prompt == workflows.load_api(name)
+    prompt = workflows.smoke(prompt, steps=STEPS)
+    for node in prompt.values():
+        for key in ("seed", "noise_seed"):
+            if key in node["inputs"]:
+                node["inputs"][key] = fresh_seed()
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success"
+    assert len(output_files(entry, "images")) == 1
 
 
 @pytest.mark.parametrize("name", workflows.example_names())

@@ -64,6 +64,7 @@ def test_extreme_but_valid_inputs_work(server, fresh_seed, override):
     ({"kappa": -0.1}, "kappa"), ({"kappa": 1.5}, "kappa"),
     ({"omega": 5.0}, "omega"), ({"rank": 17}, "rank"), ({"eta": -1.0}, "eta"),
     ({"steps": 0}, "steps"), ({"denoise": 1.5}, "denoise"), ({"solver": "magic"}, "solver"),
+    ({"damping_mode": "loose"}, "damping_mode"), ({"scheduler": "nope"}, "scheduler"),
 ])
 def test_out_of_bounds_inputs_are_validation_errors(server, fresh_seed, override, word):
     with pytest.raises(comfy_host.PromptRejected) as rejected:

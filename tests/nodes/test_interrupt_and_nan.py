@@ -15,8 +15,7 @@ def ksampler_lml(pack, model, conds, seed=3, steps=5, **changes):
                   scheduler="karras", positive=conds[0], negative=conds[1],
                   latent_image={"samples": torch.zeros([2, 4, 8, 8])}, denoise=1.0)
     inputs.update(changes)
-    result = node_class().sample(**inputs)
-    return result["result"][0]["samples"]
+    return node_class.execute(**inputs).result[0]["samples"]
 
 
 def wrapped(model, on_call):

@@ -21,7 +21,7 @@ def widget_defaults(node_class):
 def lml_sampler(pack, **changes):
     node = pack.nodes.NODE_CLASS_MAPPINGS["SamplerLML"]
     options = {**widget_defaults(node), **changes}
-    return node().get_sampler(**options)[0]
+    return node.execute(**options).result[0]
 
 
 def sample(sd15, conds, sampler, seed=0, latent=None, mask=None, callback=None, steps=STEPS,
@@ -109,41 +109,41 @@ def test_ksampler_lml_node_batch_and_diagnostics(pack, sd15, conds):
                "scheduler": "karras"}
     positive, negative = conds
     latent = {"samples": torch.zeros([2, 4, 8, 8])}
-    result = node().sample(model=sd15[0], positive=positive, negative=negative,
-                           latent_image=latent, **{**options, "seed": 5})
-    (out,) = result["result"]
+    result = node.execute(model=sd15[0], positive=positive, negative=negative,
+                          latent_image=latent, **{**options, "seed": 5})
+    (out,) = result.result
     assert out["samples"].shape == (2, 4, 8, 8) and torch.isfinite(out["samples"]).all()
     assert not torch.allclose(out["samples"][0], out["samples"][1])  # per-sample noise
-    (diagnostics,) = result["ui"]["lml_diagnostics"]
+    (diagnostics,) = result.ui["lml_diagnostics"]
     assert diagnostics["solver"] == "dpmpp_2m"
     assert len(diagnostics["sigmas"]) == len(diagnostics["strength"]) == 3
     assert diagnostics["strength"][0] == 0.0
     assert all(0.0 <= s <= 2.0 and math.isfinite(s) for s in diagnostics["strength"])
 
     # denoise 0: nothing to do, the input latent comes back and there are no steps
-    result = node().sample(model=sd15[0], positive=positive, negative=negative,
-                           latent_image=latent, **{**options, "seed": 5, "denoise": 0.0})
-    assert torch.equal(result["result"][0]["samples"], latent["samples"])
-    assert result["ui"]["lml_diagnostics"][0]["strength"] == []
+    result = node.execute(model=sd15[0], positive=positive, negative=negative,
+                          latent_image=latent, **{**options, "seed": 5, "denoise": 0.0})
+    assert torch.equal(result.result[0]["samples"], latent["samples"])
+    assert result.ui["lml_diagnostics"][0]["strength"] == []
 
 
 def test_node_functions_reject_what_lml_core_rejects(pack):
     samplers = pack.nodes.sampler_nodes
     options = widget_defaults(samplers.SamplerLML)
     with pytest.raises(ValueError, match="damping"):
-        samplers.SamplerLML().get_sampler(**{**options, "damping": float("nan")})
+        samplers.SamplerLML.execute(**{**options, "damping": float("nan")})
     with pytest.raises(ValueError, match="solver"):
-        samplers.SamplerLML().get_sampler(**{**options, "solver": "heun"})
-    sampler = samplers.SamplerLML().get_sampler(**{**options, "omega": -1.0})[0]
+        samplers.SamplerLML.execute(**{**options, "solver": "heun"})
+    sampler = samplers.SamplerLML.execute(**{**options, "omega": -1.0}).result[0]
     assert sampler.extra_options["lm"].omega == "auto"
     assert "eta" not in sampler.extra_options  # only the ancestral solver takes eta/s_noise
-    sampler = samplers.SamplerLML().get_sampler(**{**options, "solver": "euler_ancestral",
-                                                   "eta": 0.5})[0]
+    sampler = samplers.SamplerLML.execute(**{**options, "solver": "euler_ancestral",
+                                               "eta": 0.5}).result[0]
     assert sampler.extra_options["eta"] == 0.5
 
 
 def test_validate_inputs_names_the_input(pack):
-    validate = pack.nodes.sampler_nodes.KSamplerLML.VALIDATE_INPUTS
+    validate = pack.nodes.sampler_nodes.KSamplerLML.validate_inputs
     assert validate(start_percent=0.0, end_percent=1.0) is True
     assert validate(start_percent=0.5, end_percent=None) is True  # a linked input: run time
     assert "start_percent" in validate(start_percent=0.8, end_percent=0.2)
@@ -159,8 +159,8 @@ def test_widget_defaults_are_lml_core_defaults_within_bounds(pack):
                                       if len(s) > 1):
             if "default" not in options:
                 continue
-            if isinstance(kind, list):
-                assert options["default"] in kind, (node_name, name)
+            if kind == "COMBO":
+                assert options["default"] in options["options"], (node_name, name)
             elif "min" in options:
                 assert options["min"] <= options["default"] <= options["max"], (node_name, name)
         for name in ("damping", "kappa", "damping_mode", "start_percent", "end_percent"):

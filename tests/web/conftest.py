@@ -1,13 +1,49 @@
-"""A real ComfyUI server for the web tests (pack linked in, test checkpoint), one per session.
+"""Real ComfyUI servers for the web tests (pack linked in, test checkpoint) and the browser
+fixtures, shared by every browser test file.
 
-Same harness as tests/integration (harness.comfy_host), on a port in 8270-8299 so it never
-collides with the integration server when both run."""
+- ``server``: the host with the frontend it pins (0.3.75: comfyui-frontend-package 1.32.9), one
+  per session, on a port in 8270-8299 so it never collides with the integration server.
+- ``frontend_servers``: a server per frontend the browser tests run against: the pinned one
+  (``server``) and the newest one scripts/install_browser.sh puts in
+  ``$LML_HOST_DIR/frontends/<version>`` (a second server started with ComfyUI's
+  ``--front-end-root``).
+- ``lml_page``: parametrised over frontend x node renderer ("classic" LiteGraph canvas,
+  "vue" = Nodes 2.0), ids like ``1.58.1-vue``: a fresh headless chromium profile on that
+  server's page, the renderer switched with the frontend's own setting, the console recorded
+  (``page.console_messages``) and written to test_artifacts/ at the end.
+
+Playwright drives Debian's /usr/bin/chromium (it never downloads a browser).
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from harness import comfy_host
+from harness.comfy_host import ROOT
 
 WEB_PORTS = range(8270, 8300)
+ARTIFACTS = ROOT / "test_artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The newest frontend on PyPI when this was written; scripts/install_browser.sh reads the same
+# variable.
+NEWEST_FRONTEND = os.environ.get("LML_NEWEST_FRONTEND", "1.58.1")
+PINNED_FRONTEND = importlib.metadata.version("comfyui-frontend-package")
+FRONTENDS = list(dict.fromkeys([PINNED_FRONTEND, NEWEST_FRONTEND]))
+MODES = ["classic", "vue"]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # reported by the lml_page fixture, with the fix
+    sync_playwright = None
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +51,112 @@ def server(tmp_path_factory):
     with comfy_host.ComfyServer(base_dir=tmp_path_factory.mktemp("comfy_web"),
                                 ports=WEB_PORTS) as host:
         yield host
+
+
+def frontend_root(version: str) -> Path:
+    return (comfy_host.HOST_DIR / "frontends" / version / "comfyui_frontend_package"
+            / "static")
+
+
+@dataclass
+class Frontend:
+    version: str
+    server: comfy_host.ComfyServer
+
+
+class FrontendServers:
+    """One server per frontend version, started on first use.  The pinned frontend's is
+    ``server``; another version gets its own server with --front-end-root, stopped when a
+    different version is asked for (pytest runs the tests grouped by version) or at the end."""
+
+    def __init__(self, request, tmp_path_factory):
+        self._request = request
+        self._tmp = tmp_path_factory
+        self._other = None  # (Frontend, ComfyServer context)
+
+    def get(self, version: str) -> Frontend:
+        if version == PINNED_FRONTEND:
+            return Frontend(version, self._request.getfixturevalue("server"))
+        if self._other and self._other.version == version:
+            return self._other
+        self.close()
+        root = frontend_root(version)
+        if not (root / "index.html").exists():
+            pytest.fail(f"frontend {version} is missing ({root}): run "
+                        "scripts/install_browser.sh")
+        host = comfy_host.ComfyServer(base_dir=self._tmp.mktemp(f"comfy_web_{version}"),
+                                      ports=WEB_PORTS,
+                                      extra_args=["--front-end-root", str(root)]).start()
+        self._other = Frontend(version, host)
+        return self._other
+
+    def close(self):
+        other, self._other = self._other, None
+        if other is not None:
+            other.server.stop()
+
+
+@pytest.fixture(scope="session")
+def frontend_servers(request, tmp_path_factory):
+    servers = FrontendServers(request, tmp_path_factory)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+PAGES = [(version, mode) for version in FRONTENDS for mode in MODES]
+
+
+@pytest.fixture(scope="session", params=PAGES, ids=[f"{v}-{m}" for v, m in PAGES])
+def lml_page(request, frontend_servers, tmp_path_factory):
+    """A page of one frontend in one node renderer; the test id is ``<version>-<mode>``."""
+    version, mode = request.param
+    if sync_playwright is None or not Path(CHROMIUM).exists():
+        pytest.fail("the browser test needs chromium and pip playwright: run "
+                    "scripts/install_browser.sh")
+    frontend = frontend_servers.get(version)
+    server = frontend.server
+    # A user who has seen the first-run template dialog (it would cover the canvas), in the
+    # renderer under test.
+    server.post_json("/api/settings", {"Comfy.TutorialCompleted": True,
+                                       "Comfy.VueNodes.Enabled": mode == "vue"})
+    ARTIFACTS.mkdir(exist_ok=True)
+    label = f"{version}-{mode}"
+    console = []
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
+            executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1400, "height": 900})
+        page = context.pages[0] if context.pages else context.new_page()
+        page.on("console", lambda m: console.append(
+            {"type": m.type, "text": m.text, "url": m.location.get("url", "")}))
+        page.on("pageerror", lambda e: console.append(
+            {"type": "pageerror", "text": f"{e}\n{getattr(e, 'stack', '')}", "url": ""}))
+        page.goto(server.url + "/", wait_until="domcontentloaded")
+        page.wait_for_function("window.app?.graph && window.app?.canvas && "
+                               "window.app.extensionManager && "
+                               "window.app.extensions?.length > 0", timeout=120_000)
+        set_vue_nodes(page, mode == "vue")
+        page.console_messages = console
+        page.lml = {"version": version, "mode": mode, "label": label, "server": server}
+        try:
+            yield page
+        finally:
+            (ARTIFACTS / f"browser_console_{label}.json").write_text(
+                json.dumps(console, indent=1))
+            context.close()
+
+
+def set_vue_nodes(page, enabled: bool):
+    """Switch the node renderer with the frontend's own setting, and wait until it is on."""
+    page.evaluate("on => app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
+                  enabled)
+    page.wait_for_function("on => app.extensionManager.setting.get('Comfy.VueNodes.Enabled') "
+                           "=== on && (window.LiteGraph?.vueNodesMode ?? on) === on",
+                           arg=enabled, timeout=20_000)
+
+
+def artifact_name(page, name: str) -> Path:
+    return ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', page.lml['label'])}_{name}"

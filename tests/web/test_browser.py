@@ -1,67 +1,33 @@
-"""The pack as a user meets it, in Debian's chromium (headless) against the real ComfyUI host.
+"""The pack as a user meets it, in Debian's chromium (headless) against the real ComfyUI host,
+on two frontends (the one the host pins and the newest one) and in both node renderers (the
+classic LiteGraph canvas and Vue nodes, "Nodes 2.0"): test ids like ``[1.58.1-vue]``.
 
-One browser session walks the user's path: open the page, find the LML nodes through the node
-search, load an example workflow from the template browser, queue it with
-the Run button, wait for the output image, and check that the extension drew the per-step
+One browser session per frontend x renderer walks the user's path: open the page, find the LML
+nodes through the node search, load an example workflow from the template browser, queue it
+with the Run button, wait for the output image, check that the extension drew the per-step
 diagnostics chart on the KSampler (LML) node - by reading the chart's pixels back from the
-graph canvas.  A screenshot and the browser console go to test_artifacts/; the console must show
-no error from the extension.
+canvas it was drawn on (the graph canvas, or the widget's own canvas with Vue nodes) - then run
+again with another step count and check that the chart shows the new run.  Screenshots and the
+browser console go to test_artifacts/; the console must show no error from the extension.
 
-Needs /usr/bin/chromium and pip `playwright` in the host venv (scripts/install_browser.sh);
-Playwright only drives the system chromium, it never downloads a browser.
+Fixtures (servers per frontend, pages per renderer) are in conftest.py.
 """
 
-import json
-import shutil
-from pathlib import Path
-
-import pytest
+import time
+import urllib.parse
 
 from harness import comfy_host
-from harness.comfy_host import ROOT
 
-ARTIFACTS = ROOT / "test_artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from .conftest import artifact_name
+
 WORKFLOW = "lml_txt2img_ksampler_lml"
 EXTENSION_MARKERS = (f"/extensions/{comfy_host.PACK_NAME}/", "comfyui-lml", "lml.js")
+LML_TITLES = ("KSampler (LML)", "Sampler LML", "LML Compare")
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
-except ImportError:  # reported by the fixture below, with the fix
-    sync_playwright = None
-
-
-@pytest.fixture(scope="module")
-def browser_page(server, tmp_path_factory):
-    if sync_playwright is None or not Path(CHROMIUM).exists():
-        pytest.fail("the browser test needs chromium and pip playwright: run "
-                    "scripts/install_browser.sh")
-    # A user who has seen the first-run template dialog: keeps it from covering the canvas.
-    server.post_json("/api/settings", {"Comfy.TutorialCompleted": True})
-    ARTIFACTS.mkdir(exist_ok=True)
-    console = []
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data-dir
-            executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1400, "height": 900})
-        page = context.pages[0] if context.pages else context.new_page()
-        page.on("console", lambda m: console.append(
-            {"type": m.type, "text": m.text, "url": m.location.get("url", "")}))
-        page.on("pageerror", lambda e: console.append(
-            {"type": "pageerror", "text": f"{e}\n{getattr(e, 'stack', '')}", "url": ""}))
-        page.goto(server.url + "/", wait_until="domcontentloaded")
-        page.wait_for_function("window.app?.graph && window.app?.canvas && "
-                               "window.app.extensions?.length > 0", timeout=90_000)
-        page.console_messages = console
-        try:
-            yield page
-        finally:
-            (ARTIFACTS / "browser_console.json").write_text(json.dumps(console, indent=1))
-            context.close()
+except ImportError:  # the lml_page fixture reports it
+    PlaywrightTimeout = TimeoutError
 
 
 def _extension_errors(console):
@@ -70,53 +36,70 @@ def _extension_errors(console):
             and any(marker in m["text"] + m["url"] for marker in EXTENSION_MARKERS)]
 
 
-def test_extension_is_loaded_and_tolerates_missing_data(browser_page):
-    page = browser_page
+def _clear_graph(page):
+    page.evaluate("app.graph.clear(); app.canvas.setDirty(true, true)")
+    page.wait_for_timeout(300)
+
+
+def test_extension_is_loaded_and_tolerates_missing_data(lml_page):
+    page = lml_page
     assert "comfyui-lml.diagnostics" in page.evaluate("app.extensions.map(e => e.name)")
-    # A KSampler (LML) node that has not run has no chart; bad or missing ui data adds none.
-    result = page.evaluate("""() => {
+    # A KSampler (LML) node that has not run shows no chart (its chart widget takes no height
+    # and draws nothing); bad or missing ui data changes none of that.
+    result = page.evaluate("""async () => {
         const node = LiteGraph.createNode("KSamplerLML");
         app.graph.add(node);
-        const before = node.widgets.length;
+        const chart = () => node.widgets.find(w => w.name === "lml_diagnostics_chart");
+        const before = {widgets: node.widgets.length, height: chart().computeSize(300)[1]};
         for (const output of [undefined, {}, {lml_diagnostics: []},
                               {lml_diagnostics: [{sigmas: "x"}]},
                               {lml_diagnostics: [{strength: [1, 2]}]}]) {
             node.onExecuted(output);
         }
-        const after = node.widgets.length;
+        await new Promise(resolve => setTimeout(resolve, 300));
+        app.canvas.draw(true, true);
+        const after = {widgets: node.widgets.length, height: chart().computeSize(300)[1]};
+        const drawn = Boolean(window.LMLDiagnostics?.nodes?.[node.id]);
         app.graph.remove(node);
-        return {before, after, chart: node.widgets.some(w => w.name === "lml_diagnostics_chart")};
+        return {before, after, drawn, data: node.lmlDiagnostics ?? null};
     }""")
-    assert result == {"before": result["before"], "after": result["before"], "chart": False}
+    assert result["before"]["height"] == 0
+    assert result == {"before": result["before"], "after": result["before"], "drawn": False,
+                      "data": None}
     assert _extension_errors(page.console_messages) == []
 
 
-def test_node_search_finds_the_lml_nodes(browser_page):
-    page = browser_page
-    page.evaluate("app.graph.clear(); app.canvas.setDirty(true, true)")
-    page.locator("#graph-canvas").dblclick(position={"x": 700, "y": 500})
-    search = page.locator(".comfy-vue-node-search-container input").first
+def test_node_search_finds_the_lml_nodes(lml_page):
+    page = lml_page
+    _clear_graph(page)
+    # Double-click an empty spot of the canvas, as a user opens the node search.
+    page.mouse.dblclick(700, 500, delay=5)
+    # The search box: the PrimeVue one of frontends <= 1.3x, or the newer one (role=search).
+    search = page.locator(".comfy-vue-node-search-container input[type=text], "
+                          "[role=search] [role=combobox]").first
     search.wait_for(timeout=15_000)
     search.fill("LML")
-    options = page.locator("[role=option]")
-    options.first.wait_for(timeout=15_000)
-    page.wait_for_timeout(500)  # the list settles after the last keystroke
-    found = " | ".join(options.all_inner_texts())
-    for title in ("KSampler (LML)", "Sampler LML", "LML Compare"):
+    options = page.get_by_role("listbox").get_by_role("option")
+    found = ""
+    for _ in range(40):  # the list settles after the last keystroke
+        page.wait_for_timeout(250)
+        found = " | ".join(options.all_inner_texts())
+        if all(title in found for title in LML_TITLES):
+            break
+    for title in LML_TITLES:
         assert title in found, found
+    page.screenshot(path=str(artifact_name(page, "node_search.png")))
     page.keyboard.press("Escape")
 
 
-def test_example_workflow_runs_and_draws_the_chart(browser_page, server, fresh_seed):
-    page = browser_page
-    # Load the example from the template browser, as a user would.  (Its thumbnail is checked
-    # over HTTP in test_pack_http.py: headless chromium does not fire the lazy loader.)
+def _load_template(page, name):
+    """Open the template browser (the frontend's own command), search, click the card."""
     page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    card = page.locator(f"[data-testid=template-workflow-{WORKFLOW}]")
+    card = page.locator(f"[data-testid=template-workflow-{name}]")
     # The dialog fills its list asynchronously; right after a busy suite a search typed too
     # early can be dropped, so type it again if no card shows up.
     for attempt in range(3):
-        page.get_by_placeholder("Search").first.fill(WORKFLOW)
+        page.get_by_placeholder("Search").first.fill(name)
         try:
             card.wait_for(timeout=20_000)
             break
@@ -128,14 +111,13 @@ def test_example_workflow_runs_and_draws_the_chart(browser_page, server, fresh_s
                            timeout=20_000)
     page.wait_for_timeout(500)
 
-    # No chart before the first run.
-    assert page.evaluate("""app.graph.nodes.find(n => n.type === 'KSamplerLML')
-                            .widgets.every(w => w.name !== 'lml_diagnostics_chart')""")
 
-    # Point it at the test checkpoint, 64x64 and 3 steps, and a seed no run has used.
-    page.evaluate("""([ckpt, seed]) => {
+def _set_widgets(page, checkpoint, seed, steps):
+    page.evaluate("""([ckpt, seed, steps]) => {
         const set = (node, name, value) => {
-            node.widgets.find(w => w.name === name).value = value;
+            const widget = node.widgets.find(w => w.name === name);
+            widget.value = value;
+            widget.callback?.(value);
         };
         for (const node of app.graph.nodes) {
             if (node.type === 'CheckpointLoaderSimple') set(node, 'ckpt_name', ckpt);
@@ -143,33 +125,63 @@ def test_example_workflow_runs_and_draws_the_chart(browser_page, server, fresh_s
                 set(node, 'width', 64);
                 set(node, 'height', 64);
             }
-            if (node.type === 'KSamplerLML') { set(node, 'steps', 3); set(node, 'seed', seed); }
+            if (node.type === 'KSamplerLML') {
+                set(node, 'steps', steps);
+                set(node, 'seed', seed);
+                node.widgets.find(w => w.name === 'seed').linkedWidgets?.forEach(w => {
+                    if (w.name === 'control_after_generate') w.value = 'fixed';
+                });
+            }
         }
         app.canvas.setDirty(true, true);
-    }""", [comfy_host.CHECKPOINT_NAME, fresh_seed()])
-    page.locator("[data-testid=queue-button]").first.click()
+    }""", [checkpoint, seed, steps])
 
-    # The output image arrives in the SaveImage node.
-    page.wait_for_function("""app.graph.nodes.some(n => n.type === 'SaveImage' &&
-                              n.imgs?.length > 0 && n.imgs[0].naturalWidth > 0)""",
-                           timeout=180_000)
-    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'KSamplerLML').id")
-    page.wait_for_function("id => window.LMLDiagnostics?.nodes?.[id]", arg=node_id,
-                           timeout=30_000)
-    page.evaluate("""id => {  // the KSampler (LML) node near the top left, at 100% zoom
+
+def _run(page, server, node_id, run):
+    """Press Run; wait for the prompt to finish on the server, the chart of run ``run`` and
+    this run's output image in the page."""
+    before = set(server.get_json("/history"))
+    page.locator("[data-testid=queue-button]").first.click()
+    deadline = time.monotonic() + 180
+    while not set(server.get_json("/history")) - before:
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.3)
+    (prompt_id,) = set(server.get_json("/history")) - before
+    entry = server.wait(prompt_id)
+    (image,) = comfy_host.output_files(entry)
+    page.wait_for_function(
+        "([id, run]) => window.LMLDiagnostics?.nodes?.[id]?.run === run",
+        arg=[node_id, run], timeout=30_000)
+    # The output image shows in the SaveImage node (in the node's imgs, or as an <img> in the
+    # Vue node), loaded from the server's /view.
+    page.wait_for_function("""name => {
+        const node = app.graph.nodes.find(n => n.type === 'SaveImage');
+        const imgs = [...(node.imgs ?? []),
+                      ...document.querySelectorAll(`[data-node-id="${node.id}"] img`)];
+        return imgs.some(img => img.complete && img.naturalWidth > 0 &&
+                                (img.src ?? '').includes(`filename=${name}`));
+    }""", arg=urllib.parse.quote(image["filename"]), timeout=60_000)
+    return entry
+
+
+def _show_node(page, node_id):
+    """The KSampler (LML) node near the top left, at 100% zoom."""
+    page.evaluate("""id => {
         const node = app.graph.getNodeById(id);
         app.canvas.ds.scale = 1;
         app.canvas.ds.offset = [120 - node.pos[0], 190 - node.pos[1]];
         app.canvas.setDirty(true, true);
     }""", node_id)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(700)
 
-    # Read the chart back from the canvas: redraw, then count pixels of the chart's colours
-    # inside the rectangle the extension reports for its last draw.
-    chart = page.evaluate("""id => {
+
+def _read_chart(page, node_id):
+    """Redraw the graph canvas, then count the pixels of the chart's colours inside the
+    rectangle the extension reports for its last draw, on the canvas it drew on."""
+    return page.evaluate("""id => {
         app.canvas.draw(true, true);
         const info = window.LMLDiagnostics.nodes[id];
-        const canvas = app.canvas.canvas;
+        const canvas = info.canvas;
         const [x, y, w, h] = info.rect.map(Math.round);
         const x0 = Math.max(0, x), y0 = Math.max(0, y);
         const x1 = Math.min(canvas.width, x + w), y1 = Math.min(canvas.height, y + h);
@@ -177,24 +189,67 @@ def test_example_workflow_runs_and_draws_the_chart(browser_page, server, fresh_s
         const hex = c => [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16));
         const near = (i, rgb) => rgb.every((v, k) => Math.abs(data[i + k] - v) < 24);
         const sigma = hex(info.colors.sigma), strength = hex(info.colors.strength);
-        let sigmaPixels = 0, strengthPixels = 0;
+        let sigmaPixels = 0, strengthPixels = 0, hash = 0;
         for (let i = 0; i < data.length; i += 4) {
             if (near(i, sigma)) sigmaPixels++;
             if (near(i, strength)) strengthPixels++;
+            hash = (hash * 31 + data[i] + 7 * data[i + 1] + 13 * data[i + 2]) | 0;
         }
-        return {steps: info.steps, rect: info.rect, visible: [x1 - x0, y1 - y0],
-                sigmaPixels, strengthPixels};
+        const box = canvas.getBoundingClientRect();
+        return {steps: info.steps, run: info.run, surface: info.surface,
+                isGraphCanvas: canvas === app.canvas.canvas, inDocument: canvas.isConnected,
+                shown: box.width > 100 && box.height > 50,
+                rect: info.rect, visible: [x1 - x0, y1 - y0], sigmaPixels, strengthPixels,
+                hash};
     }""", node_id)
-    page.screenshot(path=str(ARTIFACTS / "browser_ksampler_lml_chart.png"))
 
-    assert chart["steps"] == 3
+
+def _check_chart(chart, mode, steps, run):
+    assert chart["steps"] == steps and chart["run"] == run, chart
+    # Classic mode draws on the graph canvas; Vue nodes on the widget's own canvas.
+    assert chart["surface"] == ("graph" if mode == "classic" else "widget"), chart
+    assert chart["isGraphCanvas"] == (mode == "classic"), chart
+    assert chart["inDocument"] and chart["shown"], chart
     assert chart["visible"][0] > 100 and chart["visible"][1] > 50, chart
     assert chart["sigmaPixels"] > 50, chart  # the log-sigma line
     assert chart["strengthPixels"] > 20, chart  # the LM-strength bars
 
-    # The same run on the server: success, an image, and the diagnostics the chart shows.
-    history = server.get_json("/history")
-    entry = max(history.values(), key=lambda e: e["status"]["messages"][-1][1]["timestamp"])
-    assert entry["status"]["status_str"] == "success"
-    assert comfy_host.output_files(entry)
+
+def test_example_workflow_runs_and_redraws_the_chart(lml_page, fresh_seed):
+    page, mode, server = lml_page, lml_page.lml["mode"], lml_page.lml["server"]
+    _clear_graph(page)
+    # Load the example from the template browser, as a user would.  (Its thumbnail is checked
+    # over HTTP in test_pack_http.py: headless chromium does not fire the lazy loader.)
+    _load_template(page, WORKFLOW)
+    node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'KSamplerLML').id")
+    if mode == "vue":
+        page.locator(f"[data-node-id='{node_id}']").wait_for(timeout=20_000)
+
+    # No chart before the first run: the chart widget is there (see lml.js) but empty.
+    assert page.evaluate("""id => {
+        const node = app.graph.getNodeById(id);
+        const chart = node.widgets.find(w => w.name === 'lml_diagnostics_chart');
+        return chart.computeSize(300)[1] === 0 && !window.LMLDiagnostics?.nodes?.[id];
+    }""", node_id)
+
+    # Run 1: the test checkpoint, 64x64, 3 steps and a seed no run has used.
+    _set_widgets(page, comfy_host.CHECKPOINT_NAME, fresh_seed(), 3)
+    _run(page, server, node_id, run=1)
+    _show_node(page, node_id)
+    first = _read_chart(page, node_id)
+    page.screenshot(path=str(artifact_name(page, "chart_run1.png")))
+    _check_chart(first, mode, steps=3, run=1)
+
+    # Run 2 with another step count: the chart must show it (with Vue nodes the widget's
+    # canvas is only repainted when the extension asks for it).
+    _set_widgets(page, comfy_host.CHECKPOINT_NAME, fresh_seed(), 5)
+    entry = _run(page, server, node_id, run=2)
+    page.wait_for_timeout(300)
+    second = _read_chart(page, node_id)
+    page.screenshot(path=str(artifact_name(page, "chart_run2.png")))
+    _check_chart(second, mode, steps=5, run=2)
+    assert second["hash"] != first["hash"], "the chart still shows the first run"
+    diagnostics = entry["outputs"][str(node_id)]["lml_diagnostics"][0]
+    assert len(diagnostics["sigmas"]) == 5
+
     assert _extension_errors(page.console_messages) == []

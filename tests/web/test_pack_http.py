@@ -3,6 +3,7 @@ workflows as templates with thumbnails, and LMLCompare's labelled side-by-side i
 
 import io
 import json
+import urllib.error
 
 import numpy as np
 import pytest
@@ -49,6 +50,18 @@ def test_workflow_templates_list_every_example_with_a_thumbnail(server):
         assert status == 200 and jpeg[:3] == b"\xff\xd8\xff", name
         assert len(jpeg) < 50_000, (name, len(jpeg))
         assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+
+def test_thumbnails_also_come_from_the_packs_own_route(server):
+    # For hosts whose template route serves *.json only: the pack's route answers the same
+    # thumbnail URLs (here reached without the /api prefix, where 0.3.75 has no static mount).
+    for name in UI_EXAMPLES:
+        status, jpeg = server.request(f"/workflow_templates/{PACK}/{name}.jpg")
+        assert status == 200 and jpeg == (EXAMPLES / f"{name}.jpg").read_bytes(), name
+    for bad in ("lml_compare.json", "nope.jpg", "..%2F__init__.py", "api%2Flml_compare.json"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            server.request(f"/workflow_templates/{PACK}/{bad}")
+        assert error.value.code == 404, bad
 
 
 def _compare_prompt(seed, size=128, steps=3):

@@ -1,0 +1,136 @@
+"""Latent downscale ratios (``downscale_ratio_spacial`` / ``downscale_ratio_temporal``, set by
+newer empty-latent nodes): the pack's nodes pass them to ``comfy.sample.fix_empty_latent_channels``
+where the host's function takes them, as core's common_ksampler and SamplerCustom do, and drop
+them from the output latent.
+
+This host is 0.3.75, whose function takes (model, latent_image) only; the newer signatures are
+exercised by putting, for one test, a function with the newest upstream semantics (comfy/sample.py,
+ComfyUI 0.38: resize an all-zero latent by ratio / the model's own ratio) in its place."""
+
+import inspect
+
+import comfy.sample
+import comfy.utils
+import torch
+
+RATIO_KEYS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+
+
+def newest_fix_empty_latent_channels(original, calls):
+    """Upstream's newest fix_empty_latent_channels (spatial part) on top of this host's one.
+    0.3.75's LatentFormat has no spacial_downscale_ratio: SD1.5's is 8."""
+
+    def fix_empty_latent_channels(model, latent_image, downscale_ratio_spacial=None,
+                                  downscale_ratio_temporal=None):
+        calls.append((downscale_ratio_spacial, downscale_ratio_temporal))
+        is_empty = torch.count_nonzero(latent_image) == 0
+        model_ratio = getattr(model.get_model_object("latent_format"),
+                              "spacial_downscale_ratio", 8)
+        if is_empty and downscale_ratio_spacial is not None and (
+                downscale_ratio_spacial != model_ratio):
+            ratio = downscale_ratio_spacial / model_ratio
+            latent_image = comfy.utils.common_upscale(
+                latent_image, round(latent_image.shape[-1] * ratio),
+                round(latent_image.shape[-2] * ratio), "nearest-exact", crop="disabled")
+        return original(model, latent_image)
+
+    return fix_empty_latent_channels
+
+
+def spatial_only_fix_empty_latent_channels(original, calls):
+    """The intermediate upstream signature (spatial ratio only)."""
+
+    def fix_empty_latent_channels(model, latent_image, downscale_ratio_spacial=None):
+        calls.append((downscale_ratio_spacial,))
+        return original(model, latent_image)
+
+    return fix_empty_latent_channels
+
+
+def widget_defaults(node_class):
+    required = node_class.INPUT_TYPES()["required"]
+    return {name: spec[1]["default"] for name, spec in required.items()
+            if len(spec) > 1 and "default" in spec[1]}
+
+
+def run_ksampler_lml(pack, sd15, conds, latent, steps=2, **changes):
+    node = pack.nodes.NODE_CLASS_MAPPINGS["KSamplerLML"]
+    options = {**widget_defaults(node), "steps": steps, "cfg": 4.0, "scheduler": "karras",
+               "seed": 11, **changes}
+    result = node.execute(model=sd15[0], positive=conds[0], negative=conds[1],
+                          latent_image=latent, **options)
+    return result.result[0]
+
+
+def test_on_this_host_a_ratio_changes_nothing_but_leaves_the_output(pack, sd15, conds):
+    zeros = torch.zeros([1, 4, 8, 8])
+    plain = run_ksampler_lml(pack, sd15, conds, {"samples": zeros})
+    tagged_latent = {"samples": zeros, "batch_index": [0], "downscale_ratio_spacial": 16,
+                     "downscale_ratio_temporal": 4}
+    tagged = run_ksampler_lml(pack, sd15, conds, tagged_latent)
+    assert torch.equal(tagged["samples"], plain["samples"])  # today's behaviour on 0.3.75
+    assert set(tagged) == {"samples", "batch_index"}  # ratios dropped, other keys kept
+    assert "downscale_ratio_spacial" in tagged_latent  # the input dict is not modified
+
+
+def test_newest_host_gets_both_ratios_like_core_and_sizes_the_latent(pack, sd15, conds,
+                                                                      monkeypatch):
+    calls = []
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels",
+                        newest_fix_empty_latent_channels(comfy.sample.fix_empty_latent_channels,
+                                                         calls))
+    zeros = torch.zeros([1, 4, 8, 8])
+    out = run_ksampler_lml(pack, sd15, conds, {"samples": zeros, "downscale_ratio_spacial": 16})
+    # What core's common_ksampler passes: latent.get(...) of both keys, None when missing.
+    assert calls == [(16, None)]
+    assert out["samples"].shape == (1, 4, 16, 16)  # sized for a /16 grid on this /8 model
+    assert not set(RATIO_KEYS) & set(out)
+
+    calls.clear()
+    out = run_ksampler_lml(pack, sd15, conds, {"samples": zeros, "downscale_ratio_spacial": 8,
+                                               "downscale_ratio_temporal": 1})
+    assert calls == [(8, 1)] and out["samples"].shape == (1, 4, 8, 8)
+
+    # A latent that is not empty (img2img) is never resized.
+    calls.clear()
+    start = torch.randn([1, 4, 8, 8], generator=torch.Generator().manual_seed(2))
+    out = run_ksampler_lml(pack, sd15, conds, {"samples": start, "downscale_ratio_spacial": 16},
+                           denoise=0.5)
+    assert calls == [(16, None)] and out["samples"].shape == (1, 4, 8, 8)
+
+
+def test_intermediate_host_gets_the_spatial_ratio_only(pack, sd15, conds, monkeypatch):
+    calls = []
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels",
+                        spatial_only_fix_empty_latent_channels(
+                            comfy.sample.fix_empty_latent_channels, calls))
+    out = run_ksampler_lml(pack, sd15, conds, {"samples": torch.zeros([1, 4, 8, 8]),
+                                               "downscale_ratio_spacial": 16,
+                                               "downscale_ratio_temporal": 4})
+    assert calls == [(16,)]
+    assert not set(RATIO_KEYS) & set(out)
+
+
+def test_lml_compare_samples_the_latent_the_ratio_asks_for(pack, sd15, conds, monkeypatch):
+    calls = []
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels",
+                        newest_fix_empty_latent_channels(comfy.sample.fix_empty_latent_channels,
+                                                         calls))
+    node = pack.nodes.NODE_CLASS_MAPPINGS["LMLCompare"]
+    options = {**widget_defaults(node), "steps": 2, "cfg": 4.0, "seed": 3}
+    result = node.execute(model=sd15[0], positive=conds[0], negative=conds[1], vae=sd15[2],
+                          latent_image={"samples": torch.zeros([1, 4, 8, 8]),
+                                        "downscale_ratio_spacial": 16}, **options)
+    (grid,) = result.result
+    assert calls == [(16, None)]
+    # a 16x16 latent decodes to 128 px; the comparison is two panels side by side
+    assert grid.shape == (1, 128, 256, 3)
+
+
+def test_signature_check_reads_the_hosts_parameters(pack):
+    # The parameter names core uses, in both the newest and the intermediate signature.
+    newest = newest_fix_empty_latent_channels(None, [])
+    assert list(inspect.signature(newest).parameters)[2:] == list(RATIO_KEYS)
+    assert pack.nodes.bridge.LATENT_RATIO_KEYS == RATIO_KEYS
+
+
