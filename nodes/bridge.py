@@ -18,7 +18,7 @@ import inspect
 
 import torch
 
-from ..lml_core import SAMPLERS
+from ..lml_core import SAMPLERS, lml_wrap
 
 
 def _keep_unmasked(model, samples, sigmas, extra_args):
@@ -55,6 +55,22 @@ def comfy_sampler(name: str, record=None):
     sample.__name__ = f"sample_{name}"
     sample.__qualname__ = sample.__name__
     sample.lml_sampler = name  # marks the functions this pack registers
+    return sample
+
+
+def wrapped_sampler(sampler_function, lm):
+    """The ComfyUI sampler function ``sampler_function`` with LML around its model calls
+    (``lml_core.lml_wrap``); a masked run gets its kept region back as with our own samplers."""
+    wrapped = lml_wrap(sampler_function, lm)
+
+    @functools.wraps(sampler_function)
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        schedule = sigmas.clone()  # the sampler may edit ``sigmas`` in place (uni_pc does)
+        samples = wrapped(model, x, sigmas, extra_args=extra_args, callback=callback,
+                          disable=disable, **options)
+        return _keep_unmasked(model, samples, schedule, extra_args)
+
+    sample.lml_wrapped = sampler_function
     return sample
 
 
