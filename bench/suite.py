@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from lml_core import SAMPLERS, lml_wrap
+from lml_core import SAMPLERS, STOCHASTIC_SAMPLERS, lml_wrap
 
 from . import field
 from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
@@ -23,8 +23,8 @@ BASELINE_NAMES = field.DETERMINISTIC  # the deterministic built-ins of the host
 STOCHASTIC_BASELINES = field.STOCHASTIC
 WRAPPED = {"lml_euler": "euler", "lml_dpmpp_2m": "dpmpp_2m",
            "lml_euler_ancestral": "euler_ancestral"}  # LML sampler -> the solver it wraps
-LML_DETERMINISTIC = ("lml_euler", "lml_dpmpp_2m")
-LML_STOCHASTIC = ("lml_euler_ancestral",)
+LML_STOCHASTIC = STOCHASTIC_SAMPLERS
+LML_DETERMINISTIC = tuple(name for name in SAMPLERS if name not in STOCHASTIC_SAMPLERS)
 NOISE_SEED = 2024  # the benchmark's start noise for every exact data set
 
 

@@ -19,6 +19,7 @@ from .options import (
 from .precondition import lm_precondition
 from .sampling import (
     SAMPLERS,
+    STOCHASTIC_SAMPLERS,
     is_flow_model,
     sample_lml_dpmpp_2m,
     sample_lml_euler,
@@ -36,6 +37,7 @@ __all__ = [
     "OMEGA_AUTO_WIDGET",
     "SAMPLERS",
     "SOLVER_DEFAULTS",
+    "STOCHASTIC_SAMPLERS",
     "adaptive_lambda",
     "auto_omega",
     "half_log_snr",

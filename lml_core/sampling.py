@@ -256,7 +256,8 @@ def sample_lml_euler_ancestral(model, x, sigmas, extra_args=None, callback=None,
 
     z_n comes from a generator seeded with ``extra_args["seed"] + 0x4C4D4C`` (apart from the
     initial-noise stream), unless ``noise_sampler(sigma, sigma_next)`` is given.  eta = 0 is
-    lml_euler.  Flow (CONST) models go to ``sample_lml_euler_ancestral_RF``.
+    lml_euler with the same LM settings (the defaults differ: SOLVER_DEFAULTS).  Flow (CONST)
+    models go to ``sample_lml_euler_ancestral_RF``.
     """
     if is_flow_model(model) if flow is None else flow:
         return sample_lml_euler_ancestral_RF(model, x, sigmas, extra_args, callback, disable,
@@ -332,3 +333,4 @@ SAMPLERS = {
     "lml_dpmpp_2m": sample_lml_dpmpp_2m,
     "lml_euler_ancestral": sample_lml_euler_ancestral,
 }
+STOCHASTIC_SAMPLERS = ("lml_euler_ancestral",)  # the SAMPLERS that add fresh noise

@@ -82,6 +82,14 @@ def test_options_are_validated_when_built_and_passed_on_as_they_are():
         LMOptions.for_sampler("lml_euler", dampng=2.0)
 
 
+def test_every_sampler_has_one_default_and_the_stochastic_ones_are_named():
+    from lml_core import SAMPLERS, STOCHASTIC_SAMPLERS
+
+    assert set(STOCHASTIC_SAMPLERS) <= set(SAMPLERS) and STOCHASTIC_SAMPLERS
+    for name in SAMPLERS:
+        assert LMOptions.for_sampler(name).as_dict() == SOLVER_DEFAULTS[name]
+
+
 def test_omega_widget_maps_auto_both_ways():
     assert omega_widget("auto") == OMEGA_AUTO_WIDGET < 0
     assert omega_widget(OMEGA_AUTO_WIDGET) == "auto" and omega_widget(-0.5) == "auto"

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from lml_core import SAMPLERS, sample_lml_dpmpp_2m, sample_lml_euler, sample_lml_euler_ancestral
+from lml_core import (
+    SAMPLERS,
+    SOLVER_DEFAULTS,
+    sample_lml_dpmpp_2m,
+    sample_lml_euler,
+    sample_lml_euler_ancestral,
+)
 
 from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas, reference_solution
 
@@ -126,8 +132,9 @@ def test_ancestral_noise_is_seeded_apart_from_initial_noise(flow):
     assert not torch.allclose(a, c)
     assert torch.isfinite(a).all()
     eta0 = sample_lml_euler_ancestral(model, x, sigmas, eta=0.0, disable=True, flow=flow)
-    assert torch.allclose(eta0, sample_lml_euler(model, x, sigmas, disable=True, flow=flow),
-                          atol=1e-6)
+    same_settings = SOLVER_DEFAULTS["lml_euler_ancestral"]  # eta 0 is lml_euler with these
+    assert torch.allclose(eta0, sample_lml_euler(model, x, sigmas, disable=True, flow=flow,
+                                                 **same_settings), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -1,14 +1,14 @@
 """The LML Sampler Lab in the browser: load its example workflow, run a small study with the Run
 button, and check that web/lml_lab.js draws the report table on the node with the best rows
-highlighted (read back from the graph canvas's pixels).  Self-contained: its own browser
-session against the web tests' server; a screenshot goes to test_artifacts/.
+highlighted (read back from the graph canvas's pixels).  It uses the shared browser page of
+tests/web/conftest.py (the host's pinned frontend, classic canvas); a screenshot goes to
+test_artifacts/.
 
 Needs /usr/bin/chromium and pip `playwright` in the host venv (scripts/install_browser.sh).
 """
 
+import importlib.metadata
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -16,44 +16,18 @@ from harness import comfy_host
 from harness.comfy_host import ROOT
 
 ARTIFACTS = ROOT / "test_artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WORKFLOW = "lml_sampler_lab"
+PINNED_CLASSIC = (importlib.metadata.version("comfyui-frontend-package"), "classic")
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # reported by the fixture below, with the fix
-    sync_playwright = None
+pytestmark = pytest.mark.parametrize("lml_page", [PINNED_CLASSIC], indirect=True,
+                                     ids=["-".join(PINNED_CLASSIC)])
 
 
-@pytest.fixture(scope="module")
-def lab_page(server, tmp_path_factory):
-    if sync_playwright is None or not Path(CHROMIUM).exists():
-        pytest.fail("the browser test needs chromium and pip playwright: run "
-                    "scripts/install_browser.sh")
-    server.post_json("/api/settings", {"Comfy.TutorialCompleted": True})
-    ARTIFACTS.mkdir(exist_ok=True)
-    console = []
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-lab")), executable_path=CHROMIUM,
-            headless=True, args=FLAGS, viewport={"width": 1400, "height": 900})
-        page = context.pages[0] if context.pages else context.new_page()
-        page.on("console", lambda m: console.append(
-            {"type": m.type, "text": m.text, "url": m.location.get("url", "")}))
-        page.on("pageerror", lambda e: console.append(
-            {"type": "pageerror", "text": str(e), "url": ""}))
-        page.goto(server.url + "/", wait_until="domcontentloaded")
-        page.wait_for_function("window.app?.graph && window.app?.canvas && "
-                               "window.app.extensions?.some(e => e.name === 'comfyui-lml.lab')",
+@pytest.fixture
+def lab_page(lml_page):
+    lml_page.wait_for_function("window.app.extensions?.some(e => e.name === 'comfyui-lml.lab')",
                                timeout=90_000)
-        page.console_messages = console
-        try:
-            yield page
-        finally:
-            (ARTIFACTS / "browser_lab_console.json").write_text(json.dumps(console, indent=1))
-            context.close()
+    return lml_page
 
 
 def lab_errors(console):
