@@ -4,11 +4,12 @@
 #   bash scripts/bench.sh --quick    # smoke run; any other arguments go to the benchmark
 #   bash scripts/bench.sh study      # the parameter study instead (longer)
 #   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
+#   bash scripts/bench.sh wrap       # lml_wrap around the field -> docs/bench/wrap_study.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install_host.sh
-PY="$ROOT/.host/venv/bin/python"  # install_host.sh also installs matplotlib and scikit-learn
+PY="${LML_HOST_DIR:-$ROOT/.host}/venv/bin/python"  # install_host.sh also installs matplotlib, scikit-learn
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ "${1:-}" = "study" ]; then
   shift
@@ -17,5 +18,9 @@ fi
 if [ "${1:-}" = "rotation" ]; then
   shift
   exec "$PY" -m bench.rotation "$@"
+fi
+if [ "${1:-}" = "wrap" ]; then
+  shift
+  exec "$PY" -m bench.wrap_study "$@"
 fi
 exec "$PY" -m bench "$@"
