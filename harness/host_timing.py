@@ -18,13 +18,20 @@ import sys
 from .comfy_host import CHECKPOINT_NAME, ComfyServer, install_host
 
 
-def graph(sampler_node: dict, size: int) -> dict:
+def base_graph(size: int) -> dict:
+    """Checkpoint, prompts and an empty latent: the part every timed prompt shares."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage",
               "inputs": {"width": size, "height": size, "batch_size": 1}},
+    }
+
+
+def graph(sampler_node: dict, size: int) -> dict:
+    return {
+        **base_graph(size),
         "5": sampler_node,
         "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0],
                                                      "filename_prefix": "bench/lml"}},

@@ -19,23 +19,13 @@ import json
 import statistics
 import sys
 
-from .comfy_host import CHECKPOINT_NAME, ComfyServer, install_host
-from .host_timing import execution_seconds
+from .comfy_host import ComfyServer, install_host
+from .host_timing import base_graph, execution_seconds
 
 SAMPLERS = "euler,lml_euler,dpmpp_2m,ipndm_v,deis,uni_pc"
 STEPS = "4,6,8,12,20"
 REFERENCE = ("dpmpp_2m", 100)
 CFG = 5.0
-
-
-def base_graph(size: int) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": size, "height": size, "batch_size": 1}},
-    }
 
 
 def lab_prompt(seed: int, size: int, samplers: str, steps: str) -> dict:
