@@ -117,7 +117,9 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, server, 
     assert table["visible"][0] > 200 and table["visible"][1] > 80, table
     assert table["best"], table  # at least one row on the frontier ...
     assert table["bestPixels"] > 500, table  # ... drawn highlighted
-    assert table["textPixels"] > 100, table  # the numbers
+    # the numbers: light anti-aliased glyphs (about 90-150 such pixels for 4 rows, depending on
+    # the page's earlier state); an empty or unlabelled table has none
+    assert table["textPixels"] > 40, table
 
     # The same run on the server: its report has the rows the table shows.
     history = server.get_json("/history")
