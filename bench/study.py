@@ -117,7 +117,7 @@ def main(argv=None):
              "Ratios are solver error (RMS vs the reference ODE solution) divided by the error "
              "of the wrapped solver (euler for lml_euler, dpmpp_2m for lml_dpmpp_2m) at the same "
              "NFE; geometric mean and worst case over all data sets, schedules and NFE. "
-             "`vs best` is against the best of euler/heun/dpmpp_2m/uni_pc/uni_pc_bh2 at NFE "
+             "`vs best` is against the best deterministic built-in of the host at NFE "
              "5-15; `vs 2M` against dpmpp_2m at NFE 6/10/15.", "",
              "| setting | geo-mean vs wrapped | worst vs wrapped (where) | geo vs best, NFE 5-15 "
              "| max vs best, NFE 5-15 | max vs 2M @6/10/15 |", "|---|---|---|---|---|---|"]
