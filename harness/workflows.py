@@ -16,7 +16,7 @@ import copy
 import json
 from pathlib import Path
 
-from lml_core import ANCESTRAL_DEFAULTS, SOLVER_DEFAULTS, omega_widget
+from lml_core import ANCESTRAL_DEFAULTS, SOLVER_DEFAULTS, WRAP_DEFAULTS, omega_widget
 
 from .comfy_host import CHECKPOINT_NAME, ROOT
 
@@ -41,6 +41,16 @@ def _lml_widgets(solver):
             "kappa": defaults["kappa"], "damping_mode": defaults["damping_mode"],
             "omega": omega_widget(defaults["omega"]), "start_percent": defaults["start_percent"],
             "end_percent": defaults["end_percent"], **ANCESTRAL_DEFAULTS}
+
+
+def _wrap_widgets():
+    """Sampler LML Wrap's widgets with lml_core's WRAP_DEFAULTS."""
+    return {"rank": WRAP_DEFAULTS["rank"], "damping": WRAP_DEFAULTS["damping"],
+            "fade": WRAP_DEFAULTS["fade"], "kappa": WRAP_DEFAULTS["kappa"],
+            "damping_mode": WRAP_DEFAULTS["damping_mode"],
+            "omega": omega_widget(WRAP_DEFAULTS["omega"]),
+            "start_percent": WRAP_DEFAULTS["start_percent"],
+            "end_percent": WRAP_DEFAULTS["end_percent"]}
 
 
 def _text_nodes():
@@ -78,6 +88,22 @@ def definitions() -> dict:
             10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
             11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/custom_advanced"},
                  (1820, 120)),
+        },
+        "lml_wrap_builtin_sampler": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
+            6: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                              "cfg": 7.0}, (880, 180)),
+            7: ("KSamplerSelect", {"sampler_name": "ipndm_v"}, (880, 340)),
+            8: ("SamplerLMLWrap", {"sampler": [7, 0], **_wrap_widgets()}, (880, 460)),
+            9: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras", "steps": STEPS,
+                                   "denoise": 1.0}, (880, 820)),
+            10: ("SamplerCustomAdvanced", {"noise": [5, 0], "guider": [6, 0], "sampler": [8, 0],
+                                           "sigmas": [9, 0], "latent_image": [4, 0]},
+                 (1260, 120)),
+            11: ("VAEDecode", {"samples": [10, 0], "vae": [1, 2]}, (1600, 120)),
+            12: ("SaveImage", {"images": [11, 0], "filename_prefix": "lml/wrap"}, (1820, 120)),
         },
         "lml_ksampler_builtin_dpmpp_2m": {
             **_text_nodes(),
