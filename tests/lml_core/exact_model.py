@@ -1,7 +1,7 @@
-"""The core tests' exact-score model: the benchmark's closed-form mixture
-(bench.exact), here with isotropic components x0 ~ N(mu_k, s_k^2 I), well separated
-when ``spread`` is large, so that the convergence tests are not dominated by samples that switch
-modes."""
+"""The core tests' exact-score model and plain reference samplers.  The model is the
+benchmark's closed-form mixture (bench.exact), here with isotropic components
+x0 ~ N(mu_k, s_k^2 I), well separated when ``spread`` is large, so that the convergence tests
+are not dominated by samples that switch modes."""
 
 import math
 
@@ -39,3 +39,33 @@ def reference_solution(model, x, sigma_start, sigma_end, steps=400):
                           dtype=torch.float64).tolist()
     x = common.rk4(lambda x, u: x - model(x, math.exp(u) * s_in), x, grid)
     return model(x, sigma_end * s_in)
+
+
+@torch.no_grad()
+def plain_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """ComfyUI's sample_euler (no churn), written out (k-diffusion signature)."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        d = (x - denoised) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@torch.no_grad()
+def plain_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """ComfyUI's sample_dpmpp_2m, written out: a sampler with its own history."""
+    s_in = x.new_ones([x.shape[0]])
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in)
+        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised
+        else:
+            r = (t - (-sigmas[i - 1].log())) / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised_d
+        old_denoised = denoised
+    return x

@@ -14,37 +14,16 @@ from lml_core import (
     sample_lml_euler_ancestral,
 )
 
-from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas, reference_solution
+from exact_model import (
+    MixtureDenoiser,
+    flow_sigmas,
+    karras_sigmas,
+    plain_dpmpp_2m,
+    plain_euler,
+    reference_solution,
+)
 
 SCHEDULES = {"karras": (False, karras_sigmas), "flow": (True, flow_sigmas)}
-
-
-def plain_euler(model, x, sigmas):
-    """ComfyUI's sample_euler (no churn), written out."""
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        d = (x - denoised) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i])
-    return x
-
-
-def plain_dpmpp_2m(model, x, sigmas):
-    """ComfyUI's sample_dpmpp_2m, written out."""
-    s_in = x.new_ones([x.shape[0]])
-    old_denoised = None
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
-        h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
-            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised
-        else:
-            r = (t - (-sigmas[i - 1].log())) / h
-            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigmas[i + 1] / sigmas[i]) * x - (-h).expm1() * denoised_d
-        old_denoised = denoised
-    return x
 
 
 def start_noise(flow, batch=64, dim=8, seed=0):

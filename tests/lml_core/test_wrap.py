@@ -8,36 +8,7 @@ import torch
 from lml_core import LMOptions, half_log_snr, lml_wrap, sample_lml_euler
 from lml_core.sampling import faded_damping
 
-from exact_model import MixtureDenoiser, karras_sigmas
-
-
-@torch.no_grad()
-def euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """k-diffusion's Euler, written out: one model call per step."""
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **(extra_args or {}))
-        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
-    return x
-
-
-@torch.no_grad()
-def two_step_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DPM-Solver++(2M), a sampler that keeps its own history of denoised predictions."""
-    s_in = x.new_ones([x.shape[0]])
-    old = None
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
-        h = t_next - t
-        if old is None or sigmas[i + 1] == 0:
-            d = denoised
-        else:
-            r = (t - (-sigmas[i - 1].log())) / h
-            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
-        x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * d
-        old = denoised
-    return x
+from exact_model import MixtureDenoiser, karras_sigmas, plain_dpmpp_2m, plain_euler
 
 
 class ChainModel:
@@ -56,7 +27,7 @@ class ChainModel:
 
 def reads_the_chain(model, x, sigmas, extra_args=None, callback=None, disable=None):
     assert model.inner_model.inner_model.model_sampling == "EPS"
-    return euler(model, x, sigmas)
+    return plain_euler(model, x, sigmas)
 
 
 @pytest.fixture
@@ -66,7 +37,7 @@ def problem():
     return model, x, karras_sigmas(8).float()
 
 
-@pytest.mark.parametrize("base", [euler, two_step_multistep])
+@pytest.mark.parametrize("base", [plain_euler, plain_dpmpp_2m])
 @pytest.mark.parametrize("off", [{"rank": 0}, {"start_percent": 1.0, "end_percent": 1.0}])
 def test_wrapper_with_the_correction_off_is_bitwise_the_base(problem, base, off):
     model, x, sigmas = problem
@@ -76,9 +47,9 @@ def test_wrapper_with_the_correction_off_is_bitwise_the_base(problem, base, off)
 def test_wrapped_euler_is_lml_euler(problem):
     model, x, sigmas = problem
     settings = dict(rank=1, damping=1.0, kappa=0.5, damping_mode="relative", fade=0.0)
-    wrapped = lml_wrap(euler, **settings)(model, x, sigmas)
+    wrapped = lml_wrap(plain_euler, **settings)(model, x, sigmas)
     direct = sample_lml_euler(model, x, sigmas, disable=True, **settings)
-    assert not torch.allclose(wrapped, euler(model, x, sigmas), atol=1e-3)
+    assert not torch.allclose(wrapped, plain_euler(model, x, sigmas), atol=1e-3)
     assert torch.allclose(wrapped, direct, rtol=1e-4, atol=1e-4 * x.abs().max().item() / 80)
 
 
@@ -91,7 +62,7 @@ def test_wrapper_forwards_the_models_attributes(problem):
 
 def test_wrapper_keeps_samples_independent_and_no_state(problem):
     model, x, sigmas = problem
-    wrapped = lml_wrap(two_step_multistep, rank=2)
+    wrapped = lml_wrap(plain_dpmpp_2m, rank=2)
     batch = wrapped(model, x, sigmas)
     assert torch.equal(wrapped(model, x, sigmas), batch)  # a second call: same result
     for b in range(x.shape[0]):
@@ -102,10 +73,10 @@ def test_wrapper_keeps_samples_independent_and_no_state(problem):
 def test_wrapper_takes_one_options_object_and_rejects_bad_input():
     lm = LMOptions(rank=2, damping=3.0, kappa=0.5, damping_mode="relative", omega=0.75,
                    start_percent=0.0, end_percent=1.0)
-    assert lml_wrap(euler, lm).lml_options is lm
-    assert lml_wrap(euler).lml_options == LMOptions.for_sampler("lml_wrap")
+    assert lml_wrap(plain_euler, lm).lml_options is lm
+    assert lml_wrap(plain_euler).lml_options == LMOptions.for_sampler("lml_wrap")
     with pytest.raises(ValueError, match="damping"):
-        lml_wrap(euler, damping=-1.0)
+        lml_wrap(plain_euler, damping=-1.0)
     with pytest.raises(ValueError, match="sampler function"):
         lml_wrap("euler")
 
