@@ -34,23 +34,26 @@ STEPS = 20
 SEED = 42
 
 
+LM_WIDGETS = ("rank", "damping", "kappa", "damping_mode", "omega", "start_percent",
+              "end_percent")
+
+
+def _lm_widgets(defaults, names=LM_WIDGETS):
+    """The LM widgets ``names`` with the values of a defaults table when the files are
+    written (omega as the widget shows it)."""
+    values = {**defaults, "omega": omega_widget(defaults["omega"])}
+    return {name: values[name] for name in names}
+
+
 def _lml_widgets(solver):
-    """The LM widgets with lml_core's defaults for ``solver`` when the files are written."""
-    defaults = SOLVER_DEFAULTS[f"lml_{solver}"]
-    return {"solver": solver, "rank": defaults["rank"], "damping": defaults["damping"],
-            "kappa": defaults["kappa"], "damping_mode": defaults["damping_mode"],
-            "omega": omega_widget(defaults["omega"]), "start_percent": defaults["start_percent"],
-            "end_percent": defaults["end_percent"], **ANCESTRAL_DEFAULTS}
+    """Sampler LML's widgets with lml_core's defaults for ``solver``."""
+    return {"solver": solver, **_lm_widgets(SOLVER_DEFAULTS[f"lml_{solver}"]),
+            **ANCESTRAL_DEFAULTS}
 
 
 def _wrap_widgets():
-    """Sampler LML Wrap's widgets with lml_core's WRAP_DEFAULTS."""
-    return {"rank": WRAP_DEFAULTS["rank"], "damping": WRAP_DEFAULTS["damping"],
-            "fade": WRAP_DEFAULTS["fade"], "kappa": WRAP_DEFAULTS["kappa"],
-            "damping_mode": WRAP_DEFAULTS["damping_mode"],
-            "omega": omega_widget(WRAP_DEFAULTS["omega"]),
-            "start_percent": WRAP_DEFAULTS["start_percent"],
-            "end_percent": WRAP_DEFAULTS["end_percent"]}
+    """Sampler LML Wrap's widgets with lml_core's WRAP_DEFAULTS (fade after damping)."""
+    return _lm_widgets(WRAP_DEFAULTS, ("rank", "damping", "fade", *LM_WIDGETS[2:]))
 
 
 def _text_nodes():

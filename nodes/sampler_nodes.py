@@ -73,8 +73,9 @@ def samplers_category() -> str:
                             "sampling/custom_sampling/samplers")
 
 
-def lml_inputs() -> dict[str, io.Input]:
-    """The LM-correction inputs shared by the nodes, by name, in display order."""
+def lml_inputs(defaults=DEFAULTS) -> dict[str, io.Input]:
+    """The LM-correction inputs shared by the nodes, by name, in display order, with
+    ``defaults`` (a table of lml_core.options) as widget defaults."""
     inputs = {
         "solver": io.Combo.Input(
             "solver", options=list(SOLVERS), default=SOLVERS[0],
@@ -82,40 +83,40 @@ def lml_inputs() -> dict[str, io.Input]:
                     "dpmpp_2m (DPM-Solver++(2M), second order multistep) or euler_ancestral "
                     "(Langevin: adds fresh noise every step, uses eta and s_noise)."),
         "rank": io.Int.Input(
-            "rank", default=max(1, int(DEFAULTS["rank"])), min=1, max=16,
+            "rank", default=max(1, int(defaults["rank"])), min=1, max=16,
             tooltip="How many previous step directions form the low-rank curvature estimate. "
                     "1 is cheapest; larger ranks use more history."),
         "damping": io.Float.Input(
-            "damping", default=float(DEFAULTS["damping"]), min=0.001, max=10000.0, step=0.01,
+            "damping", default=float(defaults["damping"]), min=0.001, max=10000.0, step=0.01,
             round=0.001,
             tooltip="Levenberg-Marquardt damping lambda (> 0). Large values shrink the "
                     "correction towards the plain solver; small values trust the curvature "
                     "estimate more."),
         "kappa": io.Float.Input(
-            "kappa", default=float(DEFAULTS["kappa"]), min=0.0, max=1.0, step=0.01,
+            "kappa", default=float(defaults["kappa"]), min=0.0, max=1.0, step=0.01,
             tooltip="Weight of the previous directions in the curvature estimate: 0 switches "
                     "the correction off (the plain solver), 1 uses the history directions "
                     "alone."),
         "damping_mode": io.Combo.Input(
-            "damping_mode", options=list(DAMPING_MODES), default=DEFAULTS["damping_mode"],
+            "damping_mode", options=list(DAMPING_MODES), default=defaults["damping_mode"],
             tooltip="relative: lambda = damping x the mean squared size of the history (one "
                     "setting for every model and resolution); absolute: lambda = damping; "
                     "adaptive: lambda is solved per step so that the direction turns away from "
                     "the history by omega times its angle to it."),
         "omega": io.Float.Input(
-            "omega", default=float(omega_widget(DEFAULTS["omega"])), min=-1.0, max=2.0,
+            "omega", default=float(omega_widget(defaults["omega"])), min=-1.0, max=2.0,
             step=0.05,
             tooltip="adaptive damping_mode only: the fraction of the angle between the "
                     "direction and the history by which the direction is turned. -1 (any "
                     "negative value) means auto: the Adams-Bashforth-2 weight "
                     "h_n / (2 h_(n-1)) from the log-SNR step sizes."),
         "start_percent": io.Float.Input(
-            "start_percent", default=float(DEFAULTS["start_percent"]), min=0.0, max=1.0,
+            "start_percent", default=float(defaults["start_percent"]), min=0.0, max=1.0,
             step=0.01,
             tooltip="Fraction of the steps after which the correction starts (0 = from the "
                     "first step). Must not be greater than end_percent."),
         "end_percent": io.Float.Input(
-            "end_percent", default=float(DEFAULTS["end_percent"]), min=0.0, max=1.0, step=0.01,
+            "end_percent", default=float(defaults["end_percent"]), min=0.0, max=1.0, step=0.01,
             tooltip="Fraction of the steps at which the correction stops (1 = until the last "
                     "step)."),
         "eta": io.Float.Input(

@@ -11,43 +11,22 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..lml_core import DAMPING_MODES, WRAP_DEFAULTS, LMOptions, omega_widget
+from ..lml_core import WRAP_DEFAULTS, LMOptions, omega_widget
 from .bridge import wrapped_sampler
-from .sampler_nodes import LMSettingsNode, advanced, lml_inputs, samplers_category
-
-ADVANCED = ("kappa", "damping_mode", "omega", "start_percent", "end_percent")
+from .sampler_nodes import LMSettingsNode, lml_inputs, samplers_category
 
 
 def wrap_inputs() -> list[io.Input]:
-    """The wrapper's LM inputs, with WRAP_DEFAULTS as defaults."""
-    shared = lml_inputs()
-    inputs = [
-        io.Int.Input("rank", default=int(WRAP_DEFAULTS["rank"]), min=1, max=16,
-                     tooltip=shared["rank"].tooltip),
-        io.Float.Input("damping", default=float(WRAP_DEFAULTS["damping"]), min=0.001,
-                       max=10000.0, step=0.01, round=0.001, tooltip=shared["damping"].tooltip),
-        io.Float.Input("fade", default=float(WRAP_DEFAULTS["fade"]), min=0.0, max=10.0,
-                       step=0.1,
-                       tooltip="How fast the correction fades as the steps get shorter: the "
-                               "damping grows like h^-fade on steps shorter than 1 in log-SNR "
-                               "(0 = no fade). High-order samplers are disturbed by the "
-                               "correction most on short steps."),
-        io.Float.Input("kappa", default=float(WRAP_DEFAULTS["kappa"]), min=0.0, max=1.0,
-                       step=0.01, tooltip=shared["kappa"].tooltip),
-        io.Combo.Input("damping_mode", options=list(DAMPING_MODES),
-                       default=WRAP_DEFAULTS["damping_mode"],
-                       tooltip=shared["damping_mode"].tooltip),
-        io.Float.Input("omega", default=float(omega_widget(WRAP_DEFAULTS["omega"])), min=-1.0,
-                       max=2.0, step=0.05, tooltip=shared["omega"].tooltip),
-        io.Float.Input("start_percent", default=float(WRAP_DEFAULTS["start_percent"]),
-                       min=0.0, max=1.0, step=0.01, tooltip=shared["start_percent"].tooltip),
-        io.Float.Input("end_percent", default=float(WRAP_DEFAULTS["end_percent"]), min=0.0,
-                       max=1.0, step=0.01, tooltip=shared["end_percent"].tooltip),
-    ]
-    for inp in inputs:
-        if inp.id in ADVANCED:
-            advanced(inp)
-    return inputs
+    """The shared LM inputs with WRAP_DEFAULTS as defaults, plus ``fade`` after damping."""
+    shared = lml_inputs(WRAP_DEFAULTS)
+    fade = io.Float.Input(
+        "fade", default=float(WRAP_DEFAULTS["fade"]), min=0.0, max=10.0, step=0.1,
+        tooltip="How fast the correction fades as the steps get shorter: the damping grows like "
+                "h^-fade on steps shorter than 1 in log-SNR (0 = no fade). High-order samplers "
+                "are disturbed by the correction most on short steps.")
+    return [shared["rank"], shared["damping"], fade,
+            *(shared[name] for name in ("kappa", "damping_mode", "omega", "start_percent",
+                                        "end_percent"))]
 
 
 class SamplerLMLWrap(LMSettingsNode):
