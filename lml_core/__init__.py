@@ -1,10 +1,17 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
-gram, options -> adaptive -> precondition -> sampling -> wrap.  See lml_core/README.md.
+gram, options -> adaptive -> precondition -> sampling -> wrap -> calibrate.  See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
+from .calibrate import (
+    CALIBRATE_DEFAULTS,
+    CALIBRATION_BASES,
+    Calibration,
+    calibrate,
+    sample_lml_calibrated,
+)
 from .options import (
     ANCESTRAL_DEFAULTS,
     DAMPING_MODES,
@@ -30,6 +37,9 @@ from .wrap import lml_wrap
 
 __all__ = [
     "ANCESTRAL_DEFAULTS",
+    "CALIBRATE_DEFAULTS",
+    "CALIBRATION_BASES",
+    "Calibration",
     "DAMPING_MODES",
     "DEFAULTS",
     "DPMPP_2M_DEFAULTS",
@@ -40,11 +50,13 @@ __all__ = [
     "STOCHASTIC_SAMPLERS",
     "adaptive_lambda",
     "auto_omega",
+    "calibrate",
     "half_log_snr",
     "is_flow_model",
     "lm_precondition",
     "lml_wrap",
     "omega_widget",
+    "sample_lml_calibrated",
     "sample_lml_dpmpp_2m",
     "sample_lml_euler",
     "sample_lml_euler_ancestral",

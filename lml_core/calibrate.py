@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover
     def trange(n, disable=None):
         return range(n)
 
-BASES = ("euler", "ipndm", "ipndm_v")
+CALIBRATION_BASES = ("euler", "ipndm", "ipndm_v")
+BASES = CALIBRATION_BASES
 CALIBRATION_FORMAT = "lml-calibration/1"
 
 # Where a schedule counts as the one a calibration was fitted on: float32 sigmas of the same

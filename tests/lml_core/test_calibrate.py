@@ -1,0 +1,219 @@
+"""lml_core.calibrate: the calibrated sampler's algebra, its fit on an exact-score model, the
+JSON round trip and the errors a user can meet."""
+
+import math
+
+import pytest
+import torch
+
+from lml_core import CALIBRATE_DEFAULTS, Calibration, calibrate, sample_lml_calibrated
+from lml_core.calibrate import (
+    Evaluator,
+    Fit,
+    Reference,
+    base_coefficients,
+    reference_grid,
+)
+
+from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas
+
+DIM = 16
+
+
+def noise(n, seed, scale=80.0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, DIM, dtype=torch.float64, generator=generator) * scale
+
+
+def rms(a, b):
+    return float(((a - b) ** 2).mean().sqrt())
+
+
+def zero_calibration(base, sigmas, history=3):
+    sig = [float(s) for s in sigmas]
+    steps = len(sig) - 1
+    return Calibration(base=base, sigmas=sig,
+                       corrections=[[0.0] * min(i + 1, history) for i in range(steps)],
+                       fitted_on={"steps": steps, "sigma_max": sig[0], "sigma_min": sig[-2],
+                                  "model_kind": "eps"})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A 5-step calibration on 32 noises of a 16-D mixture (Karras schedule)."""
+    model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
+    sigmas = karras_sigmas(5).double()
+    return model, sigmas, calibrate(model, noise(32, 1), sigmas)
+
+
+def test_multistep_coefficients_are_consistent():
+    """Up to third order each base's coefficients sum to 1 (a constant direction is stepped
+    exactly) and ipndm_v's equal ipndm's on equal steps; the final step denoises.  (ComfyUI's
+    4th-order ipndm_v is not an exact Adams-Bashforth method: its sums are off by ~1e-3; the
+    host comparison is in tests/bench/test_calibrated_bench.py.)"""
+    uniform = [10.0 - k for k in range(10)] + [0.0]
+    karras = karras_sigmas(10).tolist()
+    for base in ("euler", "ipndm", "ipndm_v"):
+        for i in range(3):
+            assert math.isclose(sum(base_coefficients(base, karras, i)), 1.0, rel_tol=1e-12)
+    for i in range(3):
+        assert base_coefficients("ipndm_v", uniform, i) == pytest.approx(
+            base_coefficients("ipndm", uniform, i), rel=1e-12)
+    assert base_coefficients("ipndm", karras, 9) == [1.0]
+    assert base_coefficients("ipndm_v", karras, 9) == [1.0]
+
+
+def test_reference_is_converged_and_interpolates_its_trajectory():
+    model = MixtureDenoiser(dim=DIM, components=3, seed=1)
+    x = noise(6, 2)
+    evaluator = Evaluator(model, {}, torch.float64)
+    fine = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False))
+    coarse = Reference(evaluator, x, reference_grid(80.0, 0.002, 32, False))
+    assert rms(coarse.final, fine.final) < 1e-3 * float(fine.final.std())
+    # At a node the trajectory is the stored state; between nodes it matches a finer solve.
+    node = fine.grid[10]
+    assert torch.equal(fine.at(node), fine.states[10])
+    between = coarse.grid[7] * 0.4 + coarse.grid[8] * 0.6
+    assert rms(coarse.at(between), fine.at(between)) < 1e-3 * float(fine.at(between).std())
+
+
+def test_forked_jacobian_equals_direct_finite_differences():
+    """The Jacobian's columns come from rollouts forked mid-trajectory; they equal whole
+    rollouts with the parameter moved."""
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    x = noise(4, 3)
+    evaluator = Evaluator(model, {}, torch.float64)
+    sigmas = karras_sigmas(5).double().tolist()
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 16, False))
+    fit = Fit(evaluator, sigmas, "ipndm_v", 3, True, False, 0.002, trajectory=1.0)
+    generator = torch.Generator().manual_seed(0)
+    theta = 0.01 * torch.randn(fit.size, dtype=torch.float64, generator=generator)
+    residual, jac = fit.jacobian(theta, x, reference, 1e-5)
+    for p in range(fit.size):
+        moved = theta.clone()
+        moved[p] += 1e-5
+        plan = fit.plan(moved)
+        direct = fit.residual(fit.rollout(plan, x), plan[0], reference)
+        assert torch.allclose(jac[:, p], (direct - residual) / 1e-5, rtol=1e-6, atol=1e-9)
+
+
+def test_calibration_beats_its_base_on_fresh_noise(fitted):
+    """Fitted on 24 noises, chosen on 8 held out: on 200 noises it never saw, the calibrated
+    sampler is closer to the converged solution than its base at the same step count."""
+    model, sigmas, calibration = fitted
+    assert calibration.report["calibrated"]
+    assert calibration.report["heldout_rms"] < calibration.report["heldout_rms_base"]
+    x = noise(200, 99)
+    evaluator = Evaluator(model, {}, torch.float64)
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False)).final
+    base = zero_calibration(calibration.base, sigmas)
+    base_error = rms(sample_lml_calibrated(model, x, sigmas, calibration=base), reference)
+    calibrated_error = rms(sample_lml_calibrated(model, x, sigmas, calibration=calibration),
+                           reference)
+    assert calibrated_error < 0.8 * base_error
+
+
+def test_report_counts_the_model_calls(fitted):
+    model, sigmas, calibration = fitted
+    report = calibration.report
+    assert report["model_calls"] > 0 and report["model_evaluations"] >= report["model_calls"]
+    assert report["samples"] == {"fit": 24, "heldout": 8}
+    assert set(report["heldout_rms_bases"]) == {"euler", "ipndm", "ipndm_v"}
+
+
+def test_json_round_trip_is_exact(fitted):
+    model, sigmas, calibration = fitted
+    text = calibration.to_json()
+    assert len(text.encode()) < 8192
+    again = Calibration.from_json(text)
+    assert again == calibration
+    x = noise(5, 7)
+    assert torch.equal(sample_lml_calibrated(model, x, sigmas, calibration=calibration),
+                       sample_lml_calibrated(model, x, sigmas, calibration=again))
+
+
+def test_a_schedule_it_was_not_fitted_for_is_refused(fitted):
+    model, sigmas, calibration = fitted
+    with pytest.raises(ValueError, match=r"fitted for 5 steps.*given 8 steps"):
+        sample_lml_calibrated(model, noise(2, 1), karras_sigmas(8).double(),
+                              calibration=calibration)
+    other_range = karras_sigmas(5).double() * 0.5
+    with pytest.raises(ValueError, match=r"sigma 80 -> 0.002 -> 0.*sigma 40"):
+        sample_lml_calibrated(model, noise(2, 1), other_range, calibration=calibration)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"base": "euler"}', "missing field"),
+    ('{"base": "heun", "sigmas": [1, 0], "corrections": [[0]], "fitted_on": {"steps": 1}}',
+     "base must be one of"),
+    ('{"base": "euler", "sigmas": [1, 2, 0], "corrections": [[0], [0]], '
+     '"fitted_on": {"steps": 2}}', "strictly decreasing"),
+    ('{"base": "euler", "sigmas": [2, 1, 0], "corrections": [[0]], "fitted_on": {"steps": 2}}',
+     "2 rows"),
+])
+def test_malformed_calibration_text_is_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        Calibration.from_json(text)
+
+
+def test_sampler_calls_back_every_step_and_passes_extra_args(fitted):
+    model, sigmas, calibration = fitted
+    seen = []
+
+    def spy(x, sigma, **extra_args):
+        seen.append(extra_args)
+        return model(x, sigma)
+
+    steps = []
+    sample_lml_calibrated(spy, noise(2, 5), sigmas, extra_args={"seed": 3},
+                          callback=steps.append, calibration=calibration)
+    assert [s["i"] for s in steps] == list(range(5))
+    assert all(extra == {"seed": 3} for extra in seen) and len(seen) == 5
+
+
+def test_float32_latents_come_back_in_float32(fitted):
+    model, sigmas, calibration = fitted
+    out = sample_lml_calibrated(model, noise(2, 5).float(), sigmas.float(),
+                                calibration=calibration)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_nan_model_output_is_an_error(fitted):
+    _, sigmas, calibration = fitted
+
+    def broken(x, sigma, **_):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(FloatingPointError, match="NaN or inf at step 1"):
+        sample_lml_calibrated(broken, noise(2, 5), sigmas, calibration=calibration)
+
+
+def test_flow_model_calibration():
+    """Flow (CONST) models: the sampler's timesteps stay in (0, 1) and it beats its base."""
+    model = MixtureDenoiser(dim=DIM, components=3, flow=True, seed=4, spread=1.0)
+    sigmas = flow_sigmas(4).double()
+    x = noise(32, 8, scale=1.0)
+    calibration = calibrate(model, x, sigmas, reference_floor=1e-3)
+    assert all(0 < s < 1 for s in calibration.sigmas[1:-1])
+    assert calibration.report["heldout_rms"] <= calibration.report["heldout_rms_base"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"rank": 2}, "unknown option"),
+    ({"history": 0}, "history must be a whole number"),
+    ({"heldout": 1.0}, "heldout must be between"),
+    ({"base": "heun"}, "base must be 'auto' or one of"),
+    ({"damping": -1}, "damping must be"),
+])
+def test_bad_options_are_named(options, message):
+    model = MixtureDenoiser(dim=DIM)
+    with pytest.raises(ValueError, match=message):
+        calibrate(model, noise(4, 1), karras_sigmas(3).double(), **options)
+
+
+def test_defaults_are_documented():
+    doc = calibrate.__doc__
+    for name in CALIBRATE_DEFAULTS:
+        assert name in doc
