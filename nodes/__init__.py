@@ -6,11 +6,11 @@ The node classes are V3 ``io.ComfyNode`` classes; ComfyUI's loader (0.3.75 and n
 them from NODE_CLASS_MAPPINGS like V1 classes, so each module keeps its own mappings.
 """
 
-from . import compare_node, lab_node, sampler_nodes, wrap_node
+from . import calibrate_node, compare_node, lab_node, sampler_nodes, wrap_node
 from .dropdown import register_dropdown_samplers
 from .templates import register_thumbnail_route
 
-NODE_MODULES = (sampler_nodes, compare_node, lab_node, wrap_node)
+NODE_MODULES = (sampler_nodes, compare_node, lab_node, wrap_node, calibrate_node)
 NODE_CLASS_MAPPINGS = {k: v for m in NODE_MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in NODE_MODULES
                               for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

@@ -18,7 +18,7 @@ import inspect
 
 import torch
 
-from ..lml_core import SAMPLERS, lml_wrap
+from ..lml_core import SAMPLERS, lml_wrap, sample_lml_calibrated
 
 
 def _keep_unmasked(model, samples, sigmas, extra_args):
@@ -72,6 +72,23 @@ def wrapped_sampler(sampler_function, lm):
 
     sample.lml_wrapped = sampler_function
     return sample
+
+
+def calibrated_sampler(calibration):
+    """A KSAMPLER running ``lml_core.sample_lml_calibrated`` with ``calibration``; a masked run
+    gets its kept region back as with the other LML samplers."""
+    import comfy.samplers
+
+    @torch.no_grad()
+    def sample_lml_calibrated_run(model, x, sigmas, extra_args=None, callback=None,
+                                  disable=None, calibration=None):
+        samples = sample_lml_calibrated(model, x, sigmas, extra_args=extra_args,
+                                        callback=callback, disable=disable,
+                                        calibration=calibration)
+        return _keep_unmasked(model, samples, sigmas, extra_args)
+
+    return comfy.samplers.KSAMPLER(sample_lml_calibrated_run,
+                                   extra_options={"calibration": calibration})
 
 
 class StepDiagnostics:

@@ -1,0 +1,291 @@
+"""LMLCalibrate ("LML Calibrate") and SamplerLMLCalibrated ("Sampler LML Calibrated"): an LML
+sampler fitted to the user's own model, schedule and guidance (lml_core.calibrate).
+
+LML Calibrate runs the fit inside ComfyUI's own sampling path: ``comfy.sample.sample_custom``
+with a KSAMPLER whose function is the calibration, so model loading, patches, conditioning and
+CFG are exactly those of a KSampler with the same inputs.  The calibration noises come from
+``seed`` (``samples`` latents of the input latent's size); the result is cached on disk under
+ComfyUI's user folder, keyed by the model's weights, the conditioning and every setting, so a
+restart does not refit.  Sampler LML Calibrated turns a saved calibration (its JSON text) back
+into a SAMPLER, so a shared workflow runs without calibrating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
+from .bridge import calibrated_sampler, empty_latent_fixed
+from .sampler_nodes import advanced, ksampler_category, samplers_category
+
+CACHE_FOLDER = "lml_calibrations"
+DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
+
+
+def calibration_inputs() -> list[io.Input]:
+    """The fit's settings (lml_core.CALIBRATE_DEFAULTS), all advanced."""
+    d = CALIBRATE_DEFAULTS
+    inputs = [
+        io.Combo.Input("base", options=["auto", *CALIBRATION_BASES], default=d["base"],
+                       tooltip="The analytic solver the corrections start from (zero "
+                               "corrections = that solver): auto picks the best of euler, ipndm "
+                               "and ipndm_v on the calibration noise."),
+        io.Int.Input("history", default=d["history"], min=1, max=4,
+                     tooltip="Previous step directions each step's correction may combine."),
+        io.Boolean.Input("move_timesteps", default=d["move_timesteps"],
+                         tooltip="Also fit the timesteps (the first sigma stays)."),
+        io.Float.Input("heldout", default=d["heldout"], min=0.05, max=0.9, step=0.05,
+                       tooltip="Share of the calibration noises held out to decide what is "
+                               "kept (early stopping)."),
+        io.Int.Input("iterations", default=d["iterations"], min=0, max=200,
+                     tooltip="Levenberg-Marquardt steps at most."),
+        io.Float.Input("damping", default=d["damping"], min=0.0, max=100.0, step=0.0001,
+                       round=False, tooltip="How strongly the fit is pulled toward the base."),
+        io.Float.Input("trajectory", default=d["trajectory"], min=0.0, max=100.0, step=0.1,
+                       tooltip="Weight of the states on the way in the objective (0: the final "
+                               "sample only; keeps the fit from compositions that drift)."),
+        io.Int.Input("reference_steps", default=d["reference_steps"], min=4, max=1000,
+                     tooltip="RK4 steps of the converged reference (4 model calls each)."),
+    ]
+    for inp in inputs:
+        advanced(inp)
+    return inputs
+
+
+def _digest(h, value):
+    """Feed a tensor (its shape, dtype and a strided sample of its values), a container or a
+    scalar into the hash ``h``."""
+    if torch.is_tensor(value):
+        flat = value.detach().reshape(-1)
+        stride = max(1, flat.numel() // 64)
+        sample = flat[::stride][:64].to(device="cpu", dtype=torch.float64)
+        h.update(f"T{tuple(value.shape)}{value.dtype}".encode())
+        h.update(sample.numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(str(key).encode())
+            _digest(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())
+        for item in value:
+            _digest(h, item)
+    elif isinstance(value, (str, int, float, bool)) or value is None:
+        h.update(repr(value).encode())
+    else:
+        h.update(type(value).__name__.encode())
+
+
+def fingerprint(model, positive, negative, settings: dict) -> str:
+    """A key for the on-disk cache: the diffusion model's weights (a strided sample of every
+    tensor), its patches (LoRAs) and model_sampling, the conditioning and the settings."""
+    h = hashlib.sha256()
+    diffusion = model.model
+    h.update(type(diffusion).__name__.encode())
+    _digest(h, dict(diffusion.state_dict()))
+    patches = getattr(model, "patches", {}) or {}
+    for key in sorted(patches):
+        h.update(key.encode())
+        for patch in patches[key]:
+            _digest(h, [item for item in patch if torch.is_tensor(item)
+                        or isinstance(item, (int, float, str, tuple, list))])
+    sampling = model.get_model_object("model_sampling")
+    h.update(type(sampling).__name__.encode())
+    _digest(h, getattr(sampling, "sigmas", None))
+    _digest(h, [positive, negative])
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path | None:
+    try:
+        import folder_paths
+
+        return Path(folder_paths.get_user_directory()) / CACHE_FOLDER / f"{key}.json"
+    except Exception:  # no user folder (an embedded host): no disk cache
+        return None
+
+
+def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
+                       cached: Path | None) -> str:
+    r, fit = calibration.report, calibration.fitted_on
+    heldout, base = r["heldout_rms"], r["heldout_rms_base"]
+    bases = r["heldout_rms_bases"]
+    best_name = min(bases, key=bases.get)
+    lines = [
+        f"LML Calibrate: {fit['steps']} steps ({scheduler}, sigma {fit['sigma_max']:.4g} -> "
+        f"{fit['sigma_min']:.4g} -> 0), cfg {cfg:g}, {fit['model_kind']} model, base "
+        f"{calibration.base}",
+        f"held-out error (RMS vs a converged solution, {r['samples']['heldout']} noises not "
+        f"fitted on): calibrated {heldout:.4g}, base {base:.4g} ({heldout / base:.2f}x)",
+        "built-ins on the same noise: " + ", ".join(f"{k} {v:.4g}" for k, v in bases.items())
+        + f"; best {best_name} (calibrated = {heldout / bases[best_name]:.2f}x its error)",
+        f"fit: {r['iterations']} Levenberg-Marquardt steps on {r['samples']['fit']} noises; "
+        f"cost {r['model_calls']} model calls ({r['model_evaluations']} per-sample "
+        f"evaluations), {r['seconds']:.1f} s",
+    ]
+    if not r["calibrated"]:
+        lines.append(f"no gain on the held-out noise: the sampler is {calibration.base} itself")
+    if cached is not None:
+        lines.append(f"loaded from the cache: {cached}")
+    return "\n".join(lines)
+
+
+def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
+                    samples, options):
+    """(Calibration, cache file it came from or None).  The fit runs through
+    comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
+    Cancel checked after every model call."""
+    latent = empty_latent_fixed(model, latent_image)
+    batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
+    noise = comfy.sample.prepare_noise(batch, seed)
+    sigmas = comfy.samplers.KSampler(
+        model, steps=steps, device=model.load_device, sampler="euler", scheduler=scheduler,
+        denoise=1.0, model_options=model.model_options).sigmas
+    settings = {"format": "lml-calibrate-node/1", "seed": seed, "cfg": cfg,
+                "scheduler": scheduler, "steps": steps, "samples": samples,
+                "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
+                **options}
+    path = None
+    try:
+        path = cache_path(fingerprint(model, positive, negative, settings))
+    except Exception as error:  # an unusual model object: calibrate, just do not cache
+        logging.warning("comfyui-lml: no calibration cache for this model (%s)", error)
+    if path is not None and path.exists():
+        try:
+            return Calibration.from_json(path.read_text()), path
+        except ValueError as error:
+            logging.warning("comfyui-lml: ignoring the unreadable cached calibration %s (%s)",
+                            path, error)
+
+    pbar = comfy.utils.ProgressBar(1)
+    result = {}
+
+    def progress(done, planned):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        pbar.update_absolute(min(done, planned), planned)
+
+    def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
+                                          progress=progress, **options)
+        return x
+
+    comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(fit), sigmas,
+                               positive, negative, batch, noise_mask=None, callback=None,
+                               disable_pbar=True, seed=seed)
+    calibration = result["calibration"]
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(calibration.to_json())
+        except OSError as error:
+            logging.warning("comfyui-lml: could not cache the calibration (%s)", error)
+    return calibration, None
+
+
+class LMLCalibrate(io.ComfyNode):
+    """Fits the calibrated LML sampler to a model, conditioning, cfg, scheduler and steps."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LMLCalibrate",
+            display_name="LML Calibrate",
+            category=ksampler_category(),
+            description=(
+                "Fits an LML sampler to your model, prompt, cfg, scheduler and step count: the "
+                "step corrections (in the subspace of the previous directions) and the "
+                "timesteps are fitted by Levenberg-Marquardt so that the sampler's result "
+                "matches a converged solution from the same noise. Outputs a SAMPLER for "
+                "SamplerCustom / SamplerCustomAdvanced (use the same scheduler and steps) and "
+                "the calibration as text for Sampler LML Calibrated."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image", tooltip="Sets the latent size of the "
+                                                        "calibration noises."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             control_after_generate=False,
+                             tooltip="Seed of the calibration noises (pick another seed for "
+                                     "the images you judge it by)."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
+                               default="karras"),
+                io.Int.Input("steps", default=8, min=1, max=100,
+                             tooltip="The step count the sampler is fitted for (4-10 is where "
+                                     "it pays)."),
+                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
+                             tooltip="Calibration noises (a share is held out); the cost grows "
+                                     "with it."),
+                *calibration_inputs(),
+            ],
+            outputs=[
+                io.Sampler.Output(display_name="SAMPLER"),
+                io.String.Output(display_name="calibration",
+                                 tooltip="The calibration as JSON, for Sampler LML Calibrated."),
+                io.String.Output(display_name="report",
+                                 tooltip="Held-out error against the base and the built-ins "
+                                         "tried, and the model calls spent."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
+                samples, **options) -> io.NodeOutput:
+        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+            raise ValueError(f"scheduler must be one of the host's schedulers, got {scheduler!r}")
+        calibration, cached = run_calibration(model, positive, negative, latent_image, seed,
+                                              cfg, scheduler, steps, samples, options)
+        text = calibration.to_json()
+        report = calibration_report(calibration, scheduler, cfg, cached)
+        return io.NodeOutput(calibrated_sampler(calibration), text, report,
+                             ui={"lml_calibration": [text], "text": [report]})
+
+
+class SamplerLMLCalibrated(io.ComfyNode):
+    """A saved calibration (LML Calibrate's JSON) as a SAMPLER."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SamplerLMLCalibrated",
+            display_name="Sampler LML Calibrated",
+            category=samplers_category(),
+            description=(
+                "The calibrated LML sampler from a saved calibration (the JSON text LML "
+                "Calibrate outputs), for SamplerCustom / SamplerCustomAdvanced with the "
+                "scheduler and steps it was fitted for."),
+            inputs=[io.String.Input("calibration", multiline=True, default="",
+                                    tooltip="LML Calibrate's calibration output (JSON).")],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, calibration=None):
+        if calibration is None:  # linked: checked when it runs
+            return True
+        try:
+            Calibration.from_json(calibration)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, calibration) -> io.NodeOutput:
+        return io.NodeOutput(calibrated_sampler(Calibration.from_json(calibration)))
+
+
+NODE_CLASS_MAPPINGS = {"LMLCalibrate": LMLCalibrate,
+                       "SamplerLMLCalibrated": SamplerLMLCalibrated}
+NODE_DISPLAY_NAME_MAPPINGS = {"LMLCalibrate": "LML Calibrate",
+                              "SamplerLMLCalibrated": "Sampler LML Calibrated"}

@@ -1,0 +1,115 @@
+"""LML Calibrate and Sampler LML Calibrated in-process: the fit through ComfyUI's own sampling
+path on the test checkpoint, the SAMPLER it returns, the saved text reproducing it, the errors,
+the on-disk cache and Cancel."""
+
+import json
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import folder_paths
+import pytest
+import torch
+
+from lml_core import Calibration
+
+# A small fit (seconds on the CPU): the node's plumbing, not the fit's quality (lml_core's
+# tests and the benchmark measure that).
+FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
+        "iterations": 1, "damping": 1e-3, "trajectory": 1.0, "reference_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("user")
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(path))
+    yield path
+    folder_paths.set_user_directory(old)
+
+
+@pytest.fixture(scope="module")
+def calibrated(pack, sd15, conds, user_dir):
+    return calibrate_node(pack, sd15, conds, seed=21)
+
+
+def node(pack, name):
+    return pack.nodes.NODE_CLASS_MAPPINGS[name]
+
+
+def calibrate_node(pack, sd15, conds, seed=5, steps=3, samples=4, **changes):
+    latent = {"samples": torch.zeros([1, 4, 8, 8])}
+    out = node(pack, "LMLCalibrate").execute(
+        model=sd15[0], positive=conds[0], negative=conds[1], latent_image=latent, seed=seed,
+        cfg=4.0, scheduler="karras", steps=steps, samples=samples, **{**FAST, **changes})
+    return out
+
+
+def sample(sd15, conds, sampler, steps, seed=11):
+    model = sd15[0]
+    latent = torch.zeros([2, 4, 8, 8])
+    noise = comfy.sample.prepare_noise(latent, seed)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
+                                             "karras", steps)
+    return comfy.sample.sample_custom(model, noise, 4.0, sampler, sigmas, *conds, latent,
+                                      disable_pbar=True, seed=seed)
+
+
+def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, conds, calibrated):
+    out = calibrated
+    sampler, text, report = out.result
+    calibration = Calibration.from_json(text)
+    assert calibration.fitted_on["steps"] == 3 and calibration.fitted_on["model_kind"] == "eps"
+    assert out.ui["lml_calibration"] == [text]
+    assert "held-out error" in report and "model calls" in report
+    assert calibration.report["model_calls"] > 0
+    first = sample(sd15, conds, sampler, 3)
+    assert torch.isfinite(first).all()
+    # The text in a new Sampler LML Calibrated reproduces the samples bit for bit.
+    again = node(pack, "SamplerLMLCalibrated").execute(calibration=text).result[0]
+    assert torch.equal(sample(sd15, conds, again, 3), first)
+    # Another step count is refused, naming both.
+    with pytest.raises(ValueError, match=r"fitted for 3 steps.*given 5 steps"):
+        sample(sd15, conds, again, 5)
+
+
+def test_same_inputs_load_from_the_disk_cache(pack, sd15, conds, user_dir, calibrated):
+    first = calibrated.result
+    assert len(list((user_dir / "lml_calibrations").glob("*.json"))) == 1
+    second = calibrate_node(pack, sd15, conds, seed=21).result
+    assert second[1] == first[1] and "loaded from the cache" in second[2]
+    third = calibrate_node(pack, sd15, conds, seed=22).result  # another seed: another fit
+    assert "loaded from the cache" not in third[2]
+    assert len(list((user_dir / "lml_calibrations").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "not valid JSON"),
+    ("{}", "missing field"),
+    (json.dumps({"base": "euler", "sigmas": [2.0, 1.0, 0.0], "corrections": [[0.0]],
+                 "fitted_on": {"steps": 2}}), "must be 2 rows"),
+])
+def test_malformed_text_is_refused_at_validation(pack, text, message):
+    result = node(pack, "SamplerLMLCalibrated").validate_inputs(calibration=text)
+    assert isinstance(result, str) and message in result
+    with pytest.raises(ValueError, match=message):
+        node(pack, "SamplerLMLCalibrated").execute(calibration=text)
+
+
+def test_cancel_stops_the_calibration(pack, sd15, conds, user_dir, calibrated):
+    model = sd15[0].clone()
+    calls = []
+
+    def interrupt_at_fifth_call(apply_model, args):
+        calls.append(1)
+        if len(calls) == 5:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(interrupt_at_fifth_call)
+    before = sorted((user_dir / "lml_calibrations").glob("*.json"))
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        calibrate_node(pack, (model, *sd15[1:]), conds, seed=31)
+    assert not comfy.model_management.processing_interrupted()
+    assert len(calls) < 10
+    assert sorted((user_dir / "lml_calibrations").glob("*.json")) == before  # nothing cached
