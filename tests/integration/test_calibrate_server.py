@@ -1,0 +1,124 @@
+"""LML Calibrate in a real server: Calibrate -> SamplerCustom makes an image, the calibration
+text in Sampler LML Calibrated reproduces it in a new prompt, a schedule it was not fitted for
+and malformed text are refused, and Cancel mid-calibration leaves the server serving."""
+
+import asyncio
+import io
+import json
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+
+CALIBRATE, SAMPLER = "5", "6"
+FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
+        "iterations": 1, "damping": 0.001, "trajectory": 1.0, "reference_steps": 4}
+
+
+def prompt(seed, sampler, steps=3, **calibrate_inputs):
+    """Checkpoint -> (LML Calibrate | Sampler LML Calibrated) -> SamplerCustom -> PNG."""
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras",
+                                                         "steps": steps, "denoise": 1.0}},
+        "8": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": True, "noise_seed": seed, "cfg": 5.0,
+            "positive": ["2", 0], "negative": ["3", 0], "sampler": [sampler, 0],
+            "sigmas": ["7", 0], "latent_image": ["4", 0]}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0],
+                                                     "filename_prefix": "lml_test/calibrated"}},
+    }
+    if sampler == CALIBRATE:
+        graph[CALIBRATE] = {"class_type": "LMLCalibrate", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+            "latent_image": ["4", 0], "seed": seed + 1, "cfg": 5.0, "scheduler": "karras",
+            "steps": 3, "samples": 4, **FAST, **calibrate_inputs}}
+    return graph
+
+
+def saved(server, calibration, seed, steps=3):
+    graph = prompt(seed, SAMPLER, steps)
+    graph[SAMPLER] = {"class_type": "SamplerLMLCalibrated", "inputs": {"calibration": calibration}}
+    return graph
+
+
+def pixels(server, entry):
+    (image,) = output_files(entry, "images")
+    return np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def calibrated(server):
+    """(seed, history entry) of one Calibrate -> SamplerCustom prompt (a seed of its own:
+    fresh_seed is per test)."""
+    seed = 7_000_001
+    return seed, server.run(prompt(seed, CALIBRATE))
+
+
+def test_calibrate_feeds_samplercustom_and_its_text_reproduces_the_image(server, calibrated):
+    seed, entry = calibrated
+    image = pixels(server, entry)
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    (text,) = entry["outputs"][CALIBRATE]["lml_calibration"]
+    assert json.loads(text)["fitted_on"]["steps"] == 3
+    (report,) = entry["outputs"][CALIBRATE]["text"]
+    assert "held-out error" in report and "model calls" in report
+    again = server.run(saved(server, text, seed))
+    assert np.array_equal(pixels(server, again), image)
+
+
+def test_another_step_count_is_refused_naming_both(server, calibrated, fresh_seed):
+    (text,) = calibrated[1]["outputs"][CALIBRATE]["lml_calibration"]
+    entry = server.run(saved(server, text, fresh_seed(), steps=5), check=False)
+    assert entry["status"]["status_str"] == "error"
+    message = json.dumps(entry["status"]["messages"])
+    assert "fitted for 3 steps" in message and "given 5 steps" in message
+
+
+def test_malformed_text_is_a_validation_error(server, fresh_seed):
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(saved(server, '{"base": "euler"}', fresh_seed()))
+    details = json.dumps(rejected.value.response["node_errors"][SAMPLER])
+    assert "missing field" in details
+
+
+def listen_and_cancel(server, graph, node, timeout=240):
+    """Queue ``graph``, POST /interrupt at ``node``'s first progress message, and return the
+    prompt's websocket messages until it ends."""
+
+    async def run():
+        url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
+        messages, cancelled = [], False
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            prompt_id = await asyncio.to_thread(server.queue, graph)
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    continue
+                data = json.loads(message.data)
+                messages.append(data)
+                if data["type"] == "progress" and data["data"]["node"] == node and not cancelled:
+                    cancelled = True
+                    await asyncio.to_thread(server.post_json, "/interrupt", {})
+                if data["type"] in ("execution_success", "execution_error",
+                                    "execution_interrupted") and \
+                        data["data"].get("prompt_id") == prompt_id:
+                    break
+        return messages
+
+    return asyncio.run(asyncio.wait_for(run(), timeout))
+
+
+def test_cancel_mid_calibration_and_the_server_goes_on(server, fresh_seed):
+    graph = prompt(fresh_seed(), CALIBRATE, samples=8, iterations=50, reference_steps=200)
+    messages = listen_and_cancel(server, graph, CALIBRATE)
+    assert messages[-1]["type"] == "execution_interrupted"
+    follow_up = server.run(prompt(fresh_seed(), CALIBRATE))
+    assert follow_up["status"]["status_str"] == "success"
