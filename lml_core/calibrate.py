@@ -51,7 +51,7 @@ CALIBRATE_DEFAULTS = {
     "history": 3,              # directions per step the correction may combine
     "move_timesteps": True,    # fit s_1 .. s_{N-1} too (s_0 fixed)
     "heldout": 0.25,           # share of the noise kept for validation
-    "iterations": 12,          # Levenberg-Marquardt steps (Jacobians)
+    "iterations": 20,          # Levenberg-Marquardt steps (Jacobians)
     "patience": 3,             # accepted steps without a held-out gain before stopping
     "damping": 1e-3,           # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective

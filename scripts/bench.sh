@@ -5,6 +5,7 @@
 #   bash scripts/bench.sh study      # the parameter study instead (longer)
 #   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
 #   bash scripts/bench.sh wrap       # lml_wrap around the field -> docs/bench/wrap_study.md
+#   bash scripts/bench.sh calibrated # calibrated LML vs the field -> docs/bench/calibrated.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,5 +23,9 @@ fi
 if [ "${1:-}" = "wrap" ]; then
   shift
   exec "$PY" -m bench.wrap_study "$@"
+fi
+if [ "${1:-}" = "calibrated" ]; then
+  shift
+  exec "$PY" -m bench.calibrated "$@"
 fi
 exec "$PY" -m bench "$@"

@@ -1,0 +1,205 @@
+"""The calibrated LML sampler against the whole deterministic field (python -m bench.calibrated,
+bash scripts/bench.sh calibrated -> docs/bench/calibrated.md).
+
+For each problem (the exact mixtures under Karras and flow schedules, the digits network at cfg
+1, 3 and 6) and each NFE budget 4-10, ``lml_core.calibrate`` fits the sampler on 32 noises of
+its own (a generator seeded apart from the benchmark's), with the default options, through the
+same HostModel the built-ins get; the calibrated sampler then samples the benchmark's noise,
+which it never saw, and is scored like every built-in: RMS distance to the reference ODE
+solution from the same noise.  The calibration's cost (seconds, batched model calls,
+per-sample evaluations) is recorded per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
+
+from . import field, report
+from .common import initial_noise, rms
+from .exact import EXACT_DATASETS
+from .run import CFG_SCALES, SAMPLES, deterministic_specs
+from .suite import (
+    NOISE_SEED,
+    SCHEDULES,
+    Problem,
+    evaluate,
+    exact_problems,
+    geometric_mean,
+    sigmas_for,
+)
+
+NFES = [4, 5, 6, 8, 10]
+CALIBRATION_SAMPLES = 32
+CALIBRATION_SEED = 31337  # apart from the benchmark's noise (NOISE_SEED, 77)
+LABEL = "lml_calibrated"
+
+
+def calibrated_rows(problem, nfes, samples, options, log):
+    """Rows of the calibrated sampler (fitted per NFE on its own noise, sampling the problem's
+    noise), with the calibration's cost."""
+    rows = []
+    dim = problem.x_start[0].numel()
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    noise = initial_noise(problem.kind, torch.randn(samples, dim, dtype=torch.float64,
+                                                    generator=generator))
+    for nfe in nfes:
+        sigmas = sigmas_for("euler", problem.kind, nfe).to(torch.float64)
+        host = field.HostModel(problem.model, flow=problem.flow)
+        started = time.perf_counter()
+        calibration = calibrate(host, noise, sigmas, **options)
+        seconds = time.perf_counter() - started
+        sampler_host = field.HostModel(problem.model, flow=problem.flow)
+        x = sample_lml_calibrated(sampler_host, problem.x_start, sigmas,
+                                  calibration=calibration, disable=True)
+        per_sample = ((x - problem.reference.double()) ** 2).reshape(x.shape[0], -1).mean(1)
+        r = calibration.report
+        rows.append({"data": problem.name, "schedule": problem.kind, "sampler": LABEL,
+                     "nfe_budget": nfe, "nfe": sampler_host.calls,
+                     "rms": rms(x, problem.reference),
+                     "median": float(per_sample.sqrt().median()), "base": calibration.base,
+                     "calibrated": r["calibrated"], "iterations": r["iterations"],
+                     "heldout_rms": r["heldout_rms"], "heldout_rms_base": r["heldout_rms_base"],
+                     "cost": {"seconds": round(seconds, 2), "model_calls": r["model_calls"],
+                              "evaluations": r["model_evaluations"]}})
+        log(f"    {LABEL} {nfe:>2} NFE: rms {rows[-1]['rms']:.4f} (base {calibration.base}, "
+            f"{r['iterations']} LM steps, {seconds:.1f}s, {r['model_evaluations']} evals)")
+    return rows
+
+
+def comparison(rows):
+    """Per (data, schedule, nfe): the calibrated RMS over the best built-in's (CFG++ excluded,
+    as in the main benchmark)."""
+    out = []
+    for cal in (r for r in rows if r["sampler"] == LABEL):
+        field_rows = [r for r in rows if (r["data"], r["schedule"], r["nfe_budget"]) == (
+            cal["data"], cal["schedule"], cal["nfe_budget"]) and report.competes(r["sampler"])]
+        best = min(field_rows, key=lambda r: r["rms"])
+        out.append({"data": cal["data"], "schedule": cal["schedule"], "nfe": cal["nfe_budget"],
+                    "best": best["sampler"], "best_rms": best["rms"], "calibrated": cal["rms"],
+                    "ratio": cal["rms"] / best["rms"], "base": cal["base"],
+                    "cost": cal["cost"]})
+    return out
+
+
+def summary(points, label):
+    ratios = [p["ratio"] for p in points]
+    worst = max(points, key=lambda p: p["ratio"])
+    above = [p for p in points if p["ratio"] > 1.02]
+    return (f"| {label} | {len(points)} | {geometric_mean(ratios):.3f} | {worst['ratio']:.3f} "
+            f"({worst['data']}/{worst['schedule']}, {worst['nfe']} NFE) | {len(above)} |")
+
+
+def write_markdown(out: Path, rows, points, meta):
+    exact = [p for p in points if not p["data"].startswith("digits")]
+    guided = [p for p in points if p["data"] in ("digits cfg 3", "digits cfg 6")]
+    plain = [p for p in points if p["data"] == "digits cfg 1"]
+    lines = [
+        "# The calibrated LML sampler against the whole field",
+        "",
+        "`bash scripts/bench.sh calibrated` (python -m bench.calibrated). Each point: "
+        f"`lml_core.calibrate` with the default options on {meta['calibration_samples']} noises "
+        "of its own (seeded apart from the benchmark's), then the calibrated sampler on the "
+        "benchmark's noise, which it never saw; RMS distance to the reference ODE solution from "
+        "the same noise, against every deterministic built-in of the host run from its own code "
+        "(CFG++ samplers run but do not count as the best built-in: they follow another ODE).",
+        "",
+        f"Samples per problem {meta['samples']}, reference {meta['ref_steps']} RK4 steps, "
+        f"{meta['threads']} thread(s); run took {meta['wall_seconds']:.0f} s.",
+        "",
+        "## Summary: calibrated RMS / best built-in RMS at the same NFE",
+        "",
+        "| problems | points | geometric mean | worst | points above 1.02 |",
+        "|---|---|---|---|---|",
+    ]
+    for group, label in ((exact, "exact mixtures (Karras + flow), NFE 4-10"),
+                         (guided, "digits cfg 3 and 6 (Karras + flow), NFE 4-10"),
+                         (plain, "digits cfg 1 (Karras + flow), NFE 4-10")):
+        if group:
+            lines.append(summary(group, label))
+    lines += ["", "## Per point", "",
+              "| data | schedule | NFE | best built-in | its RMS | calibrated RMS | ratio | base "
+              "| calibration cost (s, model calls, per-sample evaluations) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        c = p["cost"]
+        lines.append(f"| {p['data']} | {p['schedule']} | {p['nfe']} | {p['best']} | "
+                     f"{p['best_rms']:.4f} | {p['calibrated']:.4f} | {p['ratio']:.3f} | "
+                     f"{p['base']} | {c['seconds']:.1f}, {c['model_calls']}, "
+                     f"{c['evaluations']} |")
+    lines += ["", "## The deterministic table (RMS; the calibrated sampler as lml_calibrated)",
+              ""]
+    lines.append(report.error_tables(rows))
+    (out / "calibrated.md").write_text("\n".join(lines) + "\n")
+
+
+def digits_problems(cfgs, samples, ref_steps, log):
+    from .digits import CFGDigitsModel, load_or_train
+
+    net, _ = load_or_train(log)
+    for cfg in cfgs:
+        for kind in SCHEDULES:
+            noise = torch.randn(samples, 64, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(77))
+            yield Problem(f"digits cfg {cfg:g}", kind, CFGDigitsModel(net, kind == "flow", cfg),
+                          noise, ref_steps, log=log)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description="calibrated LML vs the deterministic field")
+    parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--quick", action="store_true", help="mix2d and digits cfg 3, 5 NFE")
+    parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", nargs="*", default=None)
+    parser.add_argument("--cfg", nargs="*", type=float, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    names = args.data if args.data is not None else (["mix2d"] if args.quick
+                                                       else list(EXACT_DATASETS))
+    cfgs = args.cfg if args.cfg is not None else ([3.0] if args.quick else list(CFG_SCALES))
+    nfes = [5] if args.quick else NFES
+    samples = (lambda name: 256) if args.quick else (lambda name: SAMPLES[name])
+    ref_steps = 40 if args.quick else args.ref_steps
+    options = {}
+    started = time.time()
+    rows = []
+    problems = [p for _, p in exact_problems(names, samples, ref_steps, lambda _: NOISE_SEED,
+                                             log)]
+    problems += list(digits_problems(cfgs, samples("digits"), ref_steps, log))
+    for problem in problems:
+        guided = problem.name.startswith("digits")
+        log(f"  {problem.name}/{problem.kind}")
+        rows += evaluate(problem, deterministic_specs(guided=guided), nfes, log=log)
+        rows += calibrated_rows(problem, nfes, CALIBRATION_SAMPLES, options, log)
+    points = comparison(rows)
+    meta = {"calibration_samples": CALIBRATION_SAMPLES, "options": CALIBRATE_DEFAULTS,
+            "samples": {n: samples(n) for n in [*names, "digits"]}, "ref_steps": ref_steps,
+            "nfes": nfes, "threads": args.threads, "wall_seconds": time.time() - started}
+    (out / "calibrated.json").write_text(json.dumps({"meta": meta, "rows": rows,
+                                                     "points": points}, indent=1))
+    write_markdown(out, rows, points, meta)
+    for p in points:
+        log(f"{p['data']}/{p['schedule']} {p['nfe']:>2}: {p['ratio']:.3f} vs {p['best']}")
+    log(f"done in {time.time() - started:.0f}s; wrote {out / 'calibrated.md'}")
+    return rows, points
+
+
+if __name__ == "__main__":
+    main()
