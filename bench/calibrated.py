@@ -113,6 +113,12 @@ def write_markdown(out: Path, rows, points, meta):
         f"Samples per problem {meta['samples']}, reference {meta['ref_steps']} RK4 steps, "
         f"{meta['threads']} thread(s); run took {meta['wall_seconds']:.0f} s.",
         "",
+        "**Cost.** One calibration with the default options of a 200-dimensional exact "
+        "mixture, 10 Karras steps, 32 noises, on one thread: "
+        + (f"{meta['cost_200d']['seconds']:.1f} s, {meta['cost_200d']['model_calls']} batched "
+           f"model calls, {meta['cost_200d']['evaluations']} per-sample evaluations."
+           if meta.get("cost_200d") else "not measured in this run."),
+        "",
         "## Summary: calibrated RMS / best built-in RMS at the same NFE",
         "",
         "| problems | points | geometric mean | worst | points above 1.02 |",
@@ -151,6 +157,35 @@ def digits_problems(cfgs, samples, ref_steps, log):
                           noise, ref_steps, log=log)
 
 
+def cost_200d(log, steps=10, samples=CALIBRATION_SAMPLES):
+    """Seconds and model calls of one calibration with the default options: a 200-D exact
+    mixture (6 anisotropic components, as mix64d), a 10-step Karras schedule, 32 noises, on the
+    current thread count."""
+    from .exact import GaussianMixture, MixtureModel, _random_rotation
+
+    gen = torch.Generator().manual_seed(200)
+    k, dim = 6, 200
+    variances = torch.exp(torch.empty(k, dim, dtype=torch.float64).uniform_(
+        -5.3, -0.7, generator=gen))
+    mixture = GaussianMixture("mix200d", torch.full((k,), 1.0 / k, dtype=torch.float64),
+                              0.6 * torch.randn(k, dim, generator=gen, dtype=torch.float64),
+                              torch.stack([_random_rotation(dim, gen) for _ in range(k)]),
+                              variances, 0.0)
+    host = field.HostModel(MixtureModel(mixture, False), flow=False)
+    noise = initial_noise("karras", torch.randn(samples, dim, dtype=torch.float64,
+                                                generator=gen))
+    started = time.perf_counter()
+    calibration = calibrate(host, noise, sigmas_for("euler", "karras", steps).double())
+    seconds = time.perf_counter() - started
+    r = calibration.report
+    result = {"dim": dim, "steps": steps, "samples": samples, "seconds": round(seconds, 2),
+              "threads": torch.get_num_threads(), "model_calls": r["model_calls"],
+              "evaluations": r["model_evaluations"], "iterations": r["iterations"]}
+    log(f"  cost: 200-D, {steps} steps, {samples} noises: {seconds:.1f} s, "
+        f"{r['model_calls']} model calls, {r['model_evaluations']} evaluations")
+    return result
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description="calibrated LML vs the deterministic field")
     parser.add_argument("--out", default="docs/bench")
@@ -159,6 +194,10 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", nargs="*", default=None)
     parser.add_argument("--cfg", nargs="*", type=float, default=None)
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only time one 200-D, 10-step calibration")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite calibrated.md from calibrated.json in --out")
     return parser.parse_args(argv)
 
 
@@ -171,6 +210,12 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
+    if args.cost_only:
+        return cost_200d(log)
+    if args.markdown_only:
+        data = json.loads((out / "calibrated.json").read_text())
+        write_markdown(out, data["rows"], data["points"], data["meta"])
+        return data["rows"], data["points"]
     names = args.data if args.data is not None else (["mix2d"] if args.quick
                                                        else list(EXACT_DATASETS))
     cfgs = args.cfg if args.cfg is not None else ([3.0] if args.quick else list(CFG_SCALES))
@@ -189,7 +234,9 @@ def main(argv=None):
         rows += evaluate(problem, deterministic_specs(guided=guided), nfes, log=log)
         rows += calibrated_rows(problem, nfes, CALIBRATION_SAMPLES, options, log)
     points = comparison(rows)
-    meta = {"calibration_samples": CALIBRATION_SAMPLES, "options": CALIBRATE_DEFAULTS,
+    cost = cost_200d(log)
+    meta = {"cost_200d": cost, "calibration_samples": CALIBRATION_SAMPLES,
+            "options": CALIBRATE_DEFAULTS,
             "samples": {n: samples(n) for n in [*names, "digits"]}, "ref_steps": ref_steps,
             "nfes": nfes, "threads": args.threads, "wall_seconds": time.time() - started}
     (out / "calibrated.json").write_text(json.dumps({"meta": meta, "rows": rows,
