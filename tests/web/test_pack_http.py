@@ -125,3 +125,15 @@ def test_lml_compare_returns_one_labelled_image_of_twice_the_width(server, fresh
     assert diagnostics["solver"] == "euler"
     assert len(diagnostics["sigmas"]) == len(diagnostics["strength"]) == steps
     assert diagnostics["strength"][0] == 0.0 and max(diagnostics["strength"]) > 0.0
+
+
+@pytest.mark.parametrize("node, words", [
+    ("LMLCalibrate", ("samples", "held out", "Cancel", "lml_calibrations", "Cost")),
+    ("SamplerLMLCalibrated", ("calibration", "refused", "bit for bit")),
+])
+def test_calibration_help_pages_are_served(server, node, words):
+    status, body = server.request(f"/extensions/{PACK}/docs/{node}.md")
+    assert status == 200
+    for word in words:
+        assert word in body.decode(), (node, word)
+    assert node in server.object_info()
