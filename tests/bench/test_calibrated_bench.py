@@ -28,3 +28,24 @@ def test_zero_corrections_reproduce_the_hosts_sampler(kind, steps, base):
                                  calibration=zero)
     # The same arithmetic up to the order of float64 additions.
     assert torch.allclose(ours, host, rtol=0, atol=1e-12 * float(host.abs().max()))
+
+
+def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
+    """bench.calibrated fits on its own noise (CALIBRATION_SEED) and scores the benchmark's
+    noise against the same reference as the field; the comparison names the best built-in."""
+    from bench import calibrated
+    from bench.suite import Problem, evaluate
+
+    model = MixtureModel(mixture_64d(), False)
+    noise = torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    problem = Problem("mix64d", "karras", model, noise, ref_steps=24, log=lambda _: None)
+    rows = evaluate(problem, {"euler": ("euler", {}), "ipndm_v": ("ipndm_v", {})}, [5],
+                    log=lambda _: None)
+    rows += calibrated.calibrated_rows(problem, [5], 16, {"iterations": 3}, lambda _: None)
+    (point,) = calibrated.comparison(rows)
+    assert point["best"] in ("euler", "ipndm_v") and point["nfe"] == 5
+    cal = rows[-1]
+    assert cal["nfe"] == 5  # one model call per step, counted on the sampling run
+    assert cal["cost"]["evaluations"] > cal["cost"]["model_calls"] > 0
+    assert point["ratio"] == pytest.approx(cal["rms"] / point["best_rms"])
+    assert cal["rms"] < [r for r in rows if r["sampler"] == point["best"]][0]["rms"]
