@@ -328,6 +328,13 @@ class Reference:
         self.states.append(x)
         self.slopes.append(to_d(x, grid[-1], self.final))
         self.scale = float(self.final.std())  # the data's scale, for the state weights
+        self.weights = None  # per-sample weights of the fit (robust_weights), or None
+
+    def weigh(self, rows):
+        """[B, ...] rows times the per-sample weights."""
+        if self.weights is None:
+            return rows
+        return rows * self.weights.reshape(-1, *[1] * (rows.ndim - 1)).to(rows.dtype)
 
     def at(self, sigma: float):
         grid = self.grid
@@ -410,7 +417,7 @@ class Fit:
 
     def residual(self, outcome, sig, reference: Reference):
         final, states = outcome
-        parts = [(final - reference.final).reshape(-1).to(torch.float64)]
+        parts = [reference.weigh(final - reference.final).reshape(-1).to(torch.float64)]
         if self.trajectory > 0 and self.steps > 1:
             rows = final.shape[0]
             width = final[0].numel()
@@ -422,7 +429,7 @@ class Fit:
             for n, state in enumerate(states, start=1):
                 alpha = 1 - sig[n] if self.flow else 1.0
                 weight = share * scale / math.sqrt(sig[n] ** 2 + (alpha * scale) ** 2)
-                diff = (state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
+                diff = reference.weigh(state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
                 parts.append(weight * diff.reshape(-1).to(torch.float64))
         return torch.cat(parts)
 
@@ -431,6 +438,12 @@ class Fit:
         outcome = self.rollout(plan, x)
         r = self.residual(outcome, plan[0], reference)
         return float((r * r).sum()) / outcome[0].numel(), mse(outcome[0], reference.final)
+
+    def final_errors(self, theta, x, reference):
+        """Per-sample RMS of the final sample against the reference."""
+        final = self.rollout(self.plan(theta), x)[0]
+        return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
+            final.shape[0], -1).pow(2).mean(1).sqrt()
 
     def jacobian(self, theta, x, reference, eps):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
@@ -470,6 +483,26 @@ class Fit:
 
 def mse(x, ref) -> float:
     return float(((x.to(torch.float64) - ref.to(torch.float64)) ** 2).mean())
+
+
+# A noise whose error is ROBUST_SCALE x the typical (median) one counts 1/sqrt(2) in the fit.
+ROBUST_SCALE = 3.0
+
+
+def robust_weights(errors, typical: float):
+    """Cauchy weights 1 / sqrt(1 + (e / (ROBUST_SCALE typical))^2) per noise.  The few noises
+    that end in another mode than the reference (an error many times the typical one) would
+    otherwise dominate a least-squares fit, which then bends every step to move those few
+    and generalises worse; they still count, with a weight ~ typical / error."""
+    c = ROBUST_SCALE * max(typical, 1e-300)
+    return 1.0 / torch.sqrt(1.0 + (errors / c) ** 2)
+
+
+def robust_loss(errors, typical: float) -> float:
+    """The Cauchy loss c^2 log(1 + (e / c)^2) averaged over the noises (c as above): what the
+    weights minimise, used to compare bases and held-out iterates."""
+    c = ROBUST_SCALE * max(typical, 1e-300)
+    return float((c * c * torch.log1p((errors / c) ** 2)).mean())
 
 
 def fit_options(options: dict) -> dict:
@@ -564,18 +597,28 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
     ref_fit, ref_val = Reference(denoise, x_fit, grid), Reference(denoise, x_val, grid)
     say(f"reference: {opts['reference_steps']} RK4 steps to sigma {floor:.4g}")
 
-    fits = {}
+    fits, errors = {}, {}
     for name in bases:
         fit = Fit(denoise, sigma_list, name, int(opts["history"]), move, flow, floor,
                   float(opts["trajectory"]))
         zero = torch.zeros(fit.size, dtype=torch.float64)
-        fits[name] = (fit, fit.loss(fit.plan(zero), x_fit, ref_fit))
-    base = min(fits, key=lambda name: fits[name][1][1])
-    fit, (base_objective, base_fit_mse) = fits[base]
-    say("bases on the fitting noise (RMS): " + ", ".join(
-        f"{name} {math.sqrt(v[1][1]):.4g}" for name, v in fits.items()) + f"; base {base}")
+        fits[name] = fit
+        errors[name] = (fit.final_errors(zero, x_fit, ref_fit),
+                        fit.final_errors(zero, x_val, ref_val))
+    # The base: the lowest robust loss on all the noise (a base has nothing fitted, so the
+    # held-out part may take part); the typical error sets the robust scale from here on.
+    typical = float(torch.cat(errors[bases[0]]).median())
+    base = min(bases, key=lambda name: robust_loss(torch.cat(errors[name]), typical))
+    fit = fits[base]
+    typical = float(torch.cat(errors[base]).median())
+    ref_fit.weights = robust_weights(errors[base][0], typical)
+    ref_val.weights = robust_weights(errors[base][1], typical)
+    say("bases on all the noise (RMS): " + ", ".join(
+        f"{name} {float(torch.cat(e).pow(2).mean().sqrt()):.4g}" for name, e in errors.items())
+        + f"; base {base}")
 
     theta = torch.zeros(fit.size, dtype=torch.float64)
+    base_objective, base_fit_mse = fit.loss(fit.plan(theta), x_fit, ref_fit)
     rows = x_fit.numel()
     scale = max(base_objective, 1e-300) * rows  # the objective is relative to the base's
     lam = float(opts["damping"])
@@ -583,7 +626,10 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
     def objective(value, theta):
         return value * rows / scale + lam * float(theta @ theta)
 
-    val_base = mse(fit.rollout(fit.plan(theta), x_val)[0], ref_val.final)
+    def heldout(theta):
+        return robust_loss(fit.final_errors(theta, x_val, ref_val), typical)
+
+    val_base = heldout(theta)
     best = (val_base, theta.clone())
     current = base_objective
     mu = 1e-2
@@ -620,10 +666,10 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
             say(f"iteration {iteration + 1}: no step lowers the fitting objective; stopping")
             break
         accepted += 1
-        val = mse(fit.rollout(fit.plan(theta), x_val)[0], ref_val.final)
-        trace.append([round(current / base_objective, 6), round(math.sqrt(val), 8)])
+        val = heldout(theta)
+        trace.append([round(current / base_objective, 6), round(val / val_base, 6)])
         say(f"iteration {iteration + 1}: objective {current / base_objective:.4g} x the "
-            f"base's, held-out RMS {math.sqrt(val):.4g} (base {math.sqrt(val_base):.4g})")
+            f"base's, held-out loss {val / val_base:.4g} x the base's")
         if val < best[0] * (1 - 1e-4):
             best, stale = (val, theta.clone()), 0
         else:
@@ -633,22 +679,25 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
                 break
 
     val_best, theta = best
-    fit_best = fit.loss(fit.plan(theta), x_fit, ref_fit)[1]
-    heldout_bases = {}
-    for name, (other, _) in fits.items():
-        zero = torch.zeros(other.size, dtype=torch.float64)
-        heldout_bases[name] = math.sqrt(val_base if name == base else mse(
-            other.rollout(other.plan(zero), x_val)[0], ref_val.final))
+
+    def rms_of(errors):
+        return float(errors.pow(2).mean().sqrt())
+
+    heldout_bases = {name: rms_of(e[1]) for name, e in errors.items()}
     report = {
-        "fit_rms": math.sqrt(fit_best), "fit_rms_base": math.sqrt(base_fit_mse),
-        "heldout_rms": math.sqrt(val_best), "heldout_rms_base": math.sqrt(val_base),
+        "fit_rms": rms_of(fit.final_errors(theta, x_fit, ref_fit)),
+        "fit_rms_base": rms_of(errors[base][0]),
+        "heldout_rms": rms_of(fit.final_errors(theta, x_val, ref_val)),
+        "heldout_rms_base": heldout_bases[base],
         "heldout_rms_bases": heldout_bases,
+        "heldout_loss": val_best / val_base,
         "samples": {"fit": int(x_fit.shape[0]), "heldout": int(x_val.shape[0])},
         "iterations": accepted, "trace": trace,
         "model_calls": denoise.calls, "model_evaluations": denoise.rows,
         "seconds": round(time.perf_counter() - started, 3),
         "reference": {"rk4_steps": int(opts["reference_steps"]), "floor": floor},
         "options": {k: v for k, v in opts.items() if k != "batch_size"},
+        "robust_scale": ROBUST_SCALE * typical,
         "calibrated": bool(val_best < val_base),
     }
     fitted_on = {"steps": steps, "sigma_max": sigma_list[0], "sigma_min": sigma_list[-2],
