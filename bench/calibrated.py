@@ -194,6 +194,10 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", nargs="*", default=None)
     parser.add_argument("--cfg", nargs="*", type=float, default=None)
+    parser.add_argument("--nfes", nargs="*", type=int, default=None)
+    parser.add_argument("--schedules", nargs="*", default=None)
+    parser.add_argument("--options", default="{}",
+                        help="calibrate options as JSON (default: lml_core's defaults)")
     parser.add_argument("--cost-only", action="store_true",
                         help="only time one 200-D, 10-step calibration")
     parser.add_argument("--markdown-only", action="store_true",
@@ -219,15 +223,16 @@ def main(argv=None):
     names = args.data if args.data is not None else (["mix2d"] if args.quick
                                                        else list(EXACT_DATASETS))
     cfgs = args.cfg if args.cfg is not None else ([3.0] if args.quick else list(CFG_SCALES))
-    nfes = [5] if args.quick else NFES
+    nfes = args.nfes or ([5] if args.quick else NFES)
     samples = (lambda name: 256) if args.quick else (lambda name: SAMPLES[name])
     ref_steps = 40 if args.quick else args.ref_steps
-    options = {}
+    options = json.loads(args.options)
     started = time.time()
     rows = []
     problems = [p for _, p in exact_problems(names, samples, ref_steps, lambda _: NOISE_SEED,
                                              log)]
     problems += list(digits_problems(cfgs, samples("digits"), ref_steps, log))
+    problems = [p for p in problems if args.schedules is None or p.kind in args.schedules]
     for problem in problems:
         guided = problem.name.startswith("digits")
         log(f"  {problem.name}/{problem.kind}")
@@ -236,7 +241,7 @@ def main(argv=None):
     points = comparison(rows)
     cost = cost_200d(log)
     meta = {"cost_200d": cost, "calibration_samples": CALIBRATION_SAMPLES,
-            "options": CALIBRATE_DEFAULTS,
+            "options": {**CALIBRATE_DEFAULTS, **options},
             "samples": {n: samples(n) for n in [*names, "digits"]}, "ref_steps": ref_steps,
             "nfes": nfes, "threads": args.threads, "wall_seconds": time.time() - started}
     (out / "calibrated.json").write_text(json.dumps({"meta": meta, "rows": rows,

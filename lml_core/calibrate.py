@@ -52,7 +52,7 @@ CALIBRATE_DEFAULTS = {
     "move_timesteps": True,    # fit s_1 .. s_{N-1} too (s_0 fixed)
     "heldout": 0.25,           # share of the noise kept for validation
     "iterations": 20,          # Levenberg-Marquardt steps (Jacobians)
-    "patience": 3,             # accepted steps without a held-out gain before stopping
+    "patience": 6,             # accepted steps without a held-out gain before stopping
     "damping": 1e-3,           # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
     "reference_steps": 32,     # RK4 steps of the converged reference (4 model calls each)
