@@ -13,7 +13,7 @@ LATENT = {"samples": torch.zeros([1, 4, 8, 8])}
 
 
 def lab(pack):
-    return pack.nodes.NODE_CLASS_MAPPINGS["LMLSamplerLab"]
+    return pack.nodes.NODES_BY_ID["LMLSamplerLab"]
 
 
 def study(pack, sd15, conds, samplers, steps, reference="dpmpp_2m", reference_steps=8,
@@ -30,7 +30,7 @@ def test_registered_as_a_v3_node_in_the_sampling_category(pack):
 
     node = lab(pack)
     assert issubclass(node, io.ComfyNode)
-    assert pack.nodes.NODE_DISPLAY_NAME_MAPPINGS["LMLSamplerLab"] == "LML Sampler Lab"
+    assert node.GET_SCHEMA().display_name == "LML Sampler Lab"
     info = node.GET_NODE_INFO_V1()
     assert info["category"] == "sampling" and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
