@@ -129,12 +129,14 @@ class LMLCompare(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, scheduler=None, baseline_sampler=None, solver=None,
-                        damping_mode=None, start_percent=None, end_percent=None):
+                        damping_mode=None, damping=None, fade=None, start_percent=None,
+                        end_percent=None):
         return validate({"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
                          "baseline_sampler": (baseline_sampler, comfy.samplers.KSampler.SAMPLERS),
                          "solver": (solver, SOLVERS),
                          "damping_mode": (damping_mode, DAMPING_MODES)},
-                        start_percent, end_percent)
+                        damping=damping, fade=fade, start_percent=start_percent,
+                        end_percent=end_percent)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,

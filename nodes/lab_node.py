@@ -24,6 +24,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from ..lml_core import expected_nfe, is_stochastic
 from . import lab_report
 from .bridge import decode, run_ksampler
 from .sampler_nodes import ksampler_category
@@ -78,7 +79,7 @@ class StudyProgress:
     slice, carries ComfyUI's latent previews, and jumps to the slice's end when the run ends."""
 
     def __init__(self, model, plan):
-        self.slices = [lab_report.expected_nfe(name, steps) for name, steps in plan]
+        self.slices = [expected_nfe(name, steps) for name, steps in plan]
         self.total = max(1, sum(self.slices))
         self.preview = latent_preview.prepare_callback(model, self.total)  # previews + the bar
         self.pbar = comfy.utils.ProgressBar(self.total)
@@ -133,7 +134,7 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
     ref_samples, ref_counts = run(0, reference_sampler, reference_steps)
     ref_images = decode(vae, ref_samples)
     reference = {"sampler": reference_sampler, "steps": reference_steps, **ref_counts,
-                 "stochastic": lab_report.is_stochastic(reference_sampler)}
+                 "stochastic": is_stochastic(reference_sampler)}
 
     rows, cells, captions = [], {}, {}
     index = 1
@@ -147,7 +148,7 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
                    "error": lab_report.rms_error(samples, ref_samples),
                    "psnr": lab_report.psnr(images, ref_images),
                    "seconds": measured["seconds"],
-                   "stochastic": lab_report.is_stochastic(name)}
+                   "stochastic": is_stochastic(name)}
             rows.append(row)
             cells[(name, n_steps)] = lab_report.to_uint8(images[0])
             psnr_text = "=" if row["psnr"] is None else f"{row['psnr']:.1f}dB"

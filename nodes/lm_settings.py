@@ -11,7 +11,7 @@ Saved workflows store widget values by position, so the order is the order the i
 added in: ``fade`` came last and sits last (an optional input, so an API prompt saved before it
 still validates), except on Sampler LML Wrap, which had it after ``damping`` from the start.
 
-``damping`` and ``fade`` accept -1 (any negative value) for "auto": the solver's measured
+``damping`` and ``fade`` accept -1 for "auto": the solver's measured
 setting (lml_core's SOLVER_DEFAULTS), which is what the solver nodes default to.  That is how
 KSampler (LML)'s euler_ancestral runs with the Langevin defaults (damping 10, fade 5) while
 euler keeps damping 1, fade 0: a widget cannot change its default with another widget.
@@ -40,8 +40,8 @@ AUTO = -1.0  # the widget value of "auto" for damping, fade (and omega: lml_core
 @dataclass(frozen=True)
 class Setting:
     """One LM input: ``kind`` is io.Int, io.Float or io.Combo; ``options`` its keyword bounds;
-    ``auto``: a negative value means the solver's measured setting; ``solver_only``: only on
-    nodes with a solver (the ancestral solver's eta, s_noise)."""
+    ``auto``: -1 means the solver's measured setting; ``positive``: a value must be > 0 (else
+    >= the minimum); ``solver_only``: only on nodes with a solver (eta, s_noise)."""
 
     name: str
     kind: type
@@ -49,6 +49,7 @@ class Setting:
     options: dict = field(default_factory=dict)
     advanced: bool = False
     auto: bool = False
+    positive: bool = False
     solver_only: bool = False
 
 
@@ -56,12 +57,12 @@ LM_SETTINGS = (
     Setting("rank", io.Int, options={"min": 1, "max": 16},
             tooltip="How many previous step directions form the low-rank curvature estimate. "
                     "1 is cheapest; larger ranks use more history."),
-    Setting("damping", io.Float, auto=True,
+    Setting("damping", io.Float, auto=True, positive=True,
             options={"min": AUTO, "max": 10000.0, "step": 0.01, "round": 0.001},
             tooltip="Levenberg-Marquardt damping lambda (> 0). Large values shrink the "
                     "correction towards the plain solver; small values trust the curvature "
-                    "estimate more. -1 (any negative value) means auto: the solver's measured "
-                    "setting (1 for euler and dpmpp_2m, 10 for euler_ancestral)."),
+                    "estimate more. -1 means auto: the solver's measured setting (1 for euler "
+                    "and dpmpp_2m, 10 for euler_ancestral)."),
     Setting("kappa", io.Float, advanced=True,
             options={"min": 0.0, "max": 1.0, "step": 0.01},
             tooltip="Weight of the previous directions in the curvature estimate: 0 switches "
@@ -96,9 +97,9 @@ LM_SETTINGS = (
             options={"min": AUTO, "max": 10.0, "step": 0.1},
             tooltip="How fast the correction fades as the steps get shorter: the damping grows "
                     "like h^-fade on steps shorter than 1 in log-SNR (0 = no fade). High-order "
-                    "samplers are disturbed by the correction most on short steps. -1 (any "
-                    "negative value) means auto: the solver's measured setting (0 for euler and "
-                    "dpmpp_2m, 5 for euler_ancestral)."),
+                    "samplers are disturbed by the correction most on short steps. -1 means "
+                    "auto: the solver's measured setting (0 for euler and dpmpp_2m, 5 for "
+                    "euler_ancestral)."),
 )
 SETTINGS = {setting.name: setting for setting in LM_SETTINGS}
 
@@ -170,7 +171,7 @@ def solver_node_inputs() -> dict[str, io.Input]:
 
 def lm_options(measured: dict, lm: dict) -> LMOptions:
     """One validated LMOptions from the widget values ``lm`` (by name; extra names such as eta
-    are ignored): auto (negative, or missing for an appended input) damping and fade take the
+    are ignored): auto (-1, or missing for an appended input) damping and fade take the
     ``measured`` table's value, omega's widget -1 is "auto".  A bad value raises a ValueError
     naming it, before any model is loaded."""
     values = {}
@@ -178,7 +179,7 @@ def lm_options(measured: dict, lm: dict) -> LMOptions:
         if name not in SETTINGS:
             continue
         value = lm.get(name)
-        if SETTINGS[name].auto and (value is None or (_is_number(value) and value < 0)):
+        if SETTINGS[name].auto and (value is None or value == AUTO):
             value = measured[name]
         values[name] = value
     values["omega"] = omega_widget(values["omega"])
@@ -220,27 +221,40 @@ def check_choice(name: str, value, choices) -> str | None:
     return f"{name} must be one of {shown}, got {value!r}"
 
 
-def validate_percent_range(start_percent=None, end_percent=None):
-    """The start/end pair.  Declaring these two arguments in ``validate_inputs`` makes ComfyUI
-    skip its own min/max check for them, so the bounds are checked here too.  Values coming
-    from links are not known yet (None) and are checked at run time by lml_core instead."""
-    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-        if value is None:
-            continue
-        if not _is_number(value):
-            return f"{name} must be a number, got {value!r}"
-        if not 0.0 <= value <= 1.0:
-            return f"{name} must be between 0 and 1, got {value}"
-    if start_percent is not None and end_percent is not None and start_percent > end_percent:
-        return (f"start_percent ({start_percent}) must not be greater than "
-                f"end_percent ({end_percent})")
-    return True
+def check_setting(name: str, value) -> str | None:
+    """None when the LM setting ``name`` may be ``value`` (or it is not known yet: a link),
+    else the message.  A node that names a setting in ``validate_inputs`` makes ComfyUI skip
+    its own min/max check of it, so the bounds are checked here."""
+    if value is None:
+        return None
+    setting = SETTINGS[name]
+    if not _is_number(value) or value != value:  # value != value: NaN
+        return f"{name} must be a number, got {value!r}"
+    if setting.auto and value == AUTO:
+        return None
+    low, high = setting.options["min"], setting.options["max"]
+    if setting.auto:
+        low = max(low, 0.0)
+    if setting.positive and value <= 0:
+        return f"{name} must be > 0{' (or -1: auto)' if setting.auto else ''}, got {value}"
+    if not low <= value <= high:
+        auto = " (or -1: auto)" if setting.auto else ""
+        return f"{name} must be between {low:g} and {high:g}{auto}, got {value}"
+    return None
 
 
-def validate(choices: dict, start_percent=None, end_percent=None):
-    """``choices``: name -> (value, allowed values).  True, or the first message."""
+def validate(choices: dict, **settings):
+    """``choices``: name -> (value, allowed values); ``settings``: LM setting values by name
+    (start_percent and end_percent checked as a pair too).  True, or the first message."""
     for name, (value, allowed) in choices.items():
         message = check_choice(name, value, allowed)
         if message:
             return message
-    return validate_percent_range(start_percent, end_percent)
+    for name, value in settings.items():
+        message = check_setting(name, value)
+        if message:
+            return message
+    start, end = settings.get("start_percent"), settings.get("end_percent")
+    if start is not None and end is not None and start > end:
+        return f"start_percent ({start}) must not be greater than end_percent ({end})"
+    return True

@@ -64,11 +64,12 @@ class SamplerLML(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, solver=None, damping_mode=None, start_percent=None,
-                        end_percent=None):
+    def validate_inputs(cls, solver=None, damping_mode=None, damping=None, fade=None,
+                        start_percent=None, end_percent=None):
         return validate({"solver": (solver, SOLVERS),
                          "damping_mode": (damping_mode, DAMPING_MODES)},
-                        start_percent, end_percent)
+                        damping=damping, fade=fade, start_percent=start_percent,
+                        end_percent=end_percent)
 
     @classmethod
     def execute(cls, solver, **lm) -> io.NodeOutput:
@@ -118,12 +119,13 @@ class KSamplerLML(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, solver=None, scheduler=None, damping_mode=None, start_percent=None,
-                        end_percent=None):
+    def validate_inputs(cls, solver=None, scheduler=None, damping_mode=None, damping=None,
+                        fade=None, start_percent=None, end_percent=None):
         return validate({"solver": (solver, SOLVERS),
                          "scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
                          "damping_mode": (damping_mode, DAMPING_MODES)},
-                        start_percent, end_percent)
+                        damping=damping, fade=fade, start_percent=start_percent,
+                        end_percent=end_percent)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, solver, scheduler, positive, negative,

@@ -37,9 +37,10 @@ class SamplerLMLWrap(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, damping_mode=None, start_percent=None, end_percent=None):
-        return validate({"damping_mode": (damping_mode, DAMPING_MODES)}, start_percent,
-                        end_percent)
+    def validate_inputs(cls, damping_mode=None, damping=None, fade=None, start_percent=None,
+                        end_percent=None):
+        return validate({"damping_mode": (damping_mode, DAMPING_MODES)}, damping=damping,
+                        fade=fade, start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
     def execute(cls, sampler, **lm) -> io.NodeOutput:

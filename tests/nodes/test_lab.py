@@ -58,7 +58,7 @@ MULTI_EVAL = ["euler", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_
 def test_nfe_is_counted_and_matches_the_progress_table(pack, sd15, conds):
     report, _ = study(pack, sd15, conds, ",".join(MULTI_EVAL), "3", reference="euler",
                       reference_steps=2, cfg=1.0)
-    expected = pack.nodes.lab_report.expected_nfe
+    expected = pack.lml_core.expected_nfe
     counted = {row["sampler"]: row["nfe"] for row in report["rows"]}
     assert counted == {name: expected(name, 3) for name in MULTI_EVAL}
     assert counted["heun"] == 5 and counted["seeds_3"] == 7  # 2N-1, 3N-2

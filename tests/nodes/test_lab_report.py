@@ -66,20 +66,6 @@ def test_parse_steps_names_the_bad_entry(lab, text, named):
     assert named in str(error.value)
 
 
-def test_expected_nfe(lab):
-    assert [lab.expected_nfe("euler", n) for n in (1, 2, 8)] == [1, 2, 8]
-    assert [lab.expected_nfe("heun", n) for n in (1, 2, 4, 8)] == [1, 3, 7, 15]
-    assert lab.expected_nfe("seeds_3", 4) == 10
-    assert [lab.expected_nfe("heunpp2", n) for n in (1, 2, 5)] == [1, 3, 12]
-    assert lab.expected_nfe("lml_euler", 6) == 6
-
-
-def test_stochastic(lab):
-    assert lab.is_stochastic("euler_ancestral") and lab.is_stochastic("lml_euler_ancestral")
-    assert lab.is_stochastic("dpmpp_2m_sde") and lab.is_stochastic("some_new_ancestral")
-    assert not any(map(lab.is_stochastic, ("euler", "heun", "dpmpp_2m", "lml_euler", "uni_pc")))
-
-
 # --------------------------------------------------------------------------------------------
 # Metric
 

@@ -194,3 +194,17 @@ def test_auto_damping_and_fade_are_the_solvers_measured_setting(pack, solver):
     del values["fade"]
     lm = sampler_node.execute(**values).result[0].extra_options["lm"]
     assert lm.fade == measured["fade"]
+
+
+@pytest.mark.parametrize("node_name", ["SamplerLML", "KSamplerLML", "LMLCompare",
+                                       "SamplerLMLWrap"])
+def test_validate_inputs_checks_damping_and_fade_with_auto(pack, node_name):
+    # Naming them in validate_inputs makes ComfyUI skip its own bounds check: done here.
+    validate = pack.nodes.NODES_BY_ID[node_name].validate_inputs
+    assert validate(damping=-1.0, fade=-1.0) is True  # auto
+    assert validate(damping=0.5, fade=0.0) is True
+    for bad in ({"damping": 0.0}, {"damping": -0.5}, {"damping": -2.0}, {"fade": -0.5},
+                {"fade": 11.0}, {"damping": float("nan")}):
+        (name,) = bad
+        message = validate(**bad)
+        assert isinstance(message, str) and message.startswith(name), (bad, message)
