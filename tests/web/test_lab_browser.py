@@ -1,26 +1,22 @@
 """The LML Sampler Lab in the browser: load its example workflow, run a small study with the Run
 button, and check that web/lml_lab.js draws the report table on the node with the best rows
-highlighted (read back from the graph canvas's pixels).  It uses the shared browser page of
-tests/web/conftest.py (the host's pinned frontend, classic canvas); a screenshot goes to
+highlighted (read back from the pixels of the canvas it was drawn on: the graph canvas, or the
+widget's own canvas with Vue nodes).  It uses the shared browser pages of tests/web/conftest.py:
+both frontends, classic and Vue nodes (test ids like ``[1.58.1-vue]``); a screenshot goes to
 test_artifacts/.
 
 Needs /usr/bin/chromium and pip `playwright` in the host venv (scripts/install_browser.sh).
 """
 
-import importlib.metadata
 import json
 
 import pytest
 
 from harness import comfy_host
-from harness.comfy_host import ROOT
 
-ARTIFACTS = ROOT / "test_artifacts"
+from .conftest import artifact_name
+
 WORKFLOW = "lml_sampler_lab"
-PINNED_CLASSIC = (importlib.metadata.version("comfyui-frontend-package"), "classic")
-
-pytestmark = pytest.mark.parametrize("lml_page", [PINNED_CLASSIC], indirect=True,
-                                     ids=["-".join(PINNED_CLASSIC)])
 
 
 @pytest.fixture
@@ -36,24 +32,31 @@ def lab_errors(console):
 
 
 def test_bad_ui_data_adds_no_table(lab_page):
+    # The table widget is there from the start (see on_node_widget.js) but empty; bad or
+    # missing ui data changes none of that.
     result = lab_page.evaluate("""() => {
         const node = LiteGraph.createNode("LMLSamplerLab");
         app.graph.add(node);
-        const before = node.widgets.length;
+        const table = () => node.widgets.find(w => w.name === "lml_lab_table");
+        const before = {widgets: node.widgets.length, height: table().computeSize(300)[1]};
         for (const output of [undefined, {}, {lml_lab: []}, {lml_lab: ["not json"]},
                               {lml_lab: [{rows: "x"}]}, {lml_lab: [{rows: [{sampler: 1}]}]}]) {
             node.onExecuted(output);
         }
-        const after = node.widgets.length;
+        const after = {widgets: node.widgets.length, height: table().computeSize(300)[1]};
+        const drawn = Boolean(window.LMLLab?.nodes?.[node.id]);
         app.graph.remove(node);
-        return {before, after};
+        return {before, after, drawn, data: node.lmlLab ?? null};
     }""")
-    assert result["after"] == result["before"]
+    assert result["before"]["height"] == 0
+    assert result == {"before": result["before"], "after": result["before"], "drawn": False,
+                      "data": None}
     assert lab_errors(lab_page.console_messages) == []
 
 
-def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, server, fresh_seed):
-    page = lab_page
+def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, fresh_seed):
+    page, mode, server = lab_page, lab_page.lml["mode"], lab_page.lml["server"]
+    page.evaluate("app.graph.clear(); app.canvas.setDirty(true, true)")
     status, raw = server.request(f"/api/workflow_templates/{comfy_host.PACK_NAME}/"
                                  f"{WORKFLOW}.json")
     assert status == 200
@@ -61,13 +64,19 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, server, 
     page.wait_for_function("app.graph.nodes.some(n => n.type === 'LMLSamplerLab')",
                            timeout=20_000)
     node_id = page.evaluate("app.graph.nodes.find(n => n.type === 'LMLSamplerLab').id")
-    assert page.evaluate("""id => app.graph.getNodeById(id).widgets
-                            .every(w => w.name !== 'lml_lab_table')""", node_id)
+    if mode == "vue":
+        page.locator(f"[data-node-id='{node_id}']").wait_for(timeout=20_000)
+    assert page.evaluate("""id => {  // no table before the first run
+        const table = app.graph.getNodeById(id).widgets.find(w => w.name === 'lml_lab_table');
+        return table.computeSize(300)[1] === 0 && !window.LMLLab?.nodes?.[id];
+    }""", node_id)
 
     # The test checkpoint, 64x64, two samplers at two step counts, a short reference.
     page.evaluate("""([ckpt, seed]) => {
         const set = (node, name, value) => {
-            node.widgets.find(w => w.name === name).value = value;
+            const widget = node.widgets.find(w => w.name === name);
+            widget.value = value;
+            widget.callback?.(value);
         };
         for (const node of app.graph.nodes) {
             if (node.type === 'CheckpointLoaderSimple') set(node, 'ckpt_name', ckpt);
@@ -93,11 +102,11 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, server, 
         app.canvas.ds.offset = [120 - node.pos[0], 120 - node.pos[1]];
         app.canvas.setDirty(true, true);
     }""", node_id)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(700)
     table = page.evaluate("""id => {
         app.canvas.draw(true, true);
         const info = window.LMLLab.nodes[id];
-        const canvas = app.canvas.canvas;
+        const canvas = info.canvas;
         const [x, y, w, h] = info.rect.map(Math.round);
         const x0 = Math.max(0, x), y0 = Math.max(0, y);
         const x1 = Math.min(canvas.width, x + w), y1 = Math.min(canvas.height, y + h);
@@ -108,12 +117,18 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, server, 
             if (rgb.every((v, k) => Math.abs(data[i + k] - v) < 12)) bestPixels++;
             if (data[i] > 180 && data[i + 1] > 180 && data[i + 2] > 180) textPixels++;
         }
+        const box = canvas.getBoundingClientRect();
         return {rows: info.rows, best: info.best, visible: [x1 - x0, y1 - y0],
+                surface: info.surface, isGraphCanvas: canvas === app.canvas.canvas,
+                shown: canvas.isConnected && box.width > 100 && box.height > 50,
                 bestPixels, textPixels};
     }""", node_id)
-    page.screenshot(path=str(ARTIFACTS / "browser_lab_table.png"))
+    page.screenshot(path=str(artifact_name(page, "lab_table.png")))
 
     assert table["rows"] == 4
+    # Classic mode draws on the graph canvas; Vue nodes on the widget's own canvas.
+    assert table["surface"] == ("graph" if mode == "classic" else "widget"), table
+    assert table["isGraphCanvas"] == (mode == "classic") and table["shown"], table
     assert table["visible"][0] > 200 and table["visible"][1] > 80, table
     assert table["best"], table  # at least one row on the frontier ...
     assert table["bestPixels"] > 500, table  # ... drawn highlighted

@@ -20,11 +20,15 @@ UI_EXAMPLES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 def test_extensions_lists_the_pack_js(server):
     extensions = server.get_json("/extensions")
     ours = sorted(e for e in extensions if e.startswith(f"/extensions/{PACK}/"))
-    assert ours == [f"/extensions/{PACK}/lml.js", f"/extensions/{PACK}/lml_lab.js"]
-    for path, marker in zip(ours, (b"lml_diagnostics", b"lml_lab")):
+    assert ours == [f"/extensions/{PACK}/{name}"
+                    for name in ("lml.js", "lml_lab.js", "on_node_widget.js")]
+    for path, marker in zip(ours, (b"lml_diagnostics", b"lml_lab", b"triggerDraw")):
         status, body = server.request(path)
         assert status == 200
         assert b"registerExtension" in body and marker in body
+    # the two extensions share the widget scaffolding (both node renderers)
+    for path in ours[:2]:
+        assert b'from "./on_node_widget.js"' in server.request(path)[1]
 
 
 @pytest.mark.parametrize("node", ["KSamplerLML", "SamplerLML", "LMLCompare"])
