@@ -19,7 +19,7 @@ euler keeps damping 1, fade 0: a widget cannot change its default with another w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from comfy_api.latest import io
 
@@ -45,56 +45,52 @@ class Setting:
 
     name: str
     kind: type
+    options: dict
     tooltip: str
-    options: dict = field(default_factory=dict)
     advanced: bool = False
     auto: bool = False
     positive: bool = False
     solver_only: bool = False
 
 
+FRACTION = {"min": 0.0, "max": 1.0, "step": 0.01}
+NOISE = {"min": 0.0, "max": 100.0, "step": 0.01, "round": False}
+
 LM_SETTINGS = (
-    Setting("rank", io.Int, options={"min": 1, "max": 16},
+    Setting("rank", io.Int, {"min": 1, "max": 16},
             tooltip="How many previous step directions form the low-rank curvature estimate. "
                     "1 is cheapest; larger ranks use more history."),
-    Setting("damping", io.Float, auto=True, positive=True,
-            options={"min": AUTO, "max": 10000.0, "step": 0.01, "round": 0.001},
+    Setting("damping", io.Float, {"min": AUTO, "max": 10000.0, "step": 0.01, "round": 0.001},
+            auto=True, positive=True,
             tooltip="Levenberg-Marquardt damping lambda (> 0). Large values shrink the "
                     "correction towards the plain solver; small values trust the curvature "
                     "estimate more. -1 means auto: the solver's measured setting (1 for euler "
                     "and dpmpp_2m, 10 for euler_ancestral)."),
-    Setting("kappa", io.Float, advanced=True,
-            options={"min": 0.0, "max": 1.0, "step": 0.01},
+    Setting("kappa", io.Float, FRACTION, advanced=True,
             tooltip="Weight of the previous directions in the curvature estimate: 0 switches "
                     "the correction off (the plain solver), 1 uses the history directions "
                     "alone."),
-    Setting("damping_mode", io.Combo, advanced=True, options={"options": list(DAMPING_MODES)},
+    Setting("damping_mode", io.Combo, {"options": list(DAMPING_MODES)}, advanced=True,
             tooltip="relative: lambda = damping x the mean squared size of the history (one "
                     "setting for every model and resolution); absolute: lambda = damping; "
                     "adaptive: lambda is solved per step so that the direction turns away from "
                     "the history by omega times its angle to it."),
-    Setting("omega", io.Float, advanced=True,
-            options={"min": -1.0, "max": 2.0, "step": 0.05},
+    Setting("omega", io.Float, {"min": -1.0, "max": 2.0, "step": 0.05}, advanced=True,
             tooltip="adaptive damping_mode only: the fraction of the angle between the "
                     "direction and the history by which the direction is turned. -1 (any "
                     "negative value) means auto: the Adams-Bashforth-2 weight "
                     "h_n / (2 h_(n-1)) from the log-SNR step sizes."),
-    Setting("start_percent", io.Float, advanced=True,
-            options={"min": 0.0, "max": 1.0, "step": 0.01},
+    Setting("start_percent", io.Float, FRACTION, advanced=True,
             tooltip="Fraction of the steps after which the correction starts (0 = from the "
                     "first step). Must not be greater than end_percent."),
-    Setting("end_percent", io.Float, advanced=True,
-            options={"min": 0.0, "max": 1.0, "step": 0.01},
+    Setting("end_percent", io.Float, FRACTION, advanced=True,
             tooltip="Fraction of the steps at which the correction stops (1 = until the last "
                     "step)."),
-    Setting("eta", io.Float, advanced=True, solver_only=True,
-            options={"min": 0.0, "max": 100.0, "step": 0.01, "round": False},
+    Setting("eta", io.Float, NOISE, advanced=True, solver_only=True,
             tooltip="euler_ancestral only: amount of fresh noise per step (0 = lml euler)."),
-    Setting("s_noise", io.Float, advanced=True, solver_only=True,
-            options={"min": 0.0, "max": 100.0, "step": 0.01, "round": False},
+    Setting("s_noise", io.Float, NOISE, advanced=True, solver_only=True,
             tooltip="euler_ancestral only: scale of the fresh noise."),
-    Setting("fade", io.Float, advanced=True, auto=True,
-            options={"min": AUTO, "max": 10.0, "step": 0.1},
+    Setting("fade", io.Float, {"min": AUTO, "max": 10.0, "step": 0.1}, advanced=True, auto=True,
             tooltip="How fast the correction fades as the steps get shorter: the damping grows "
                     "like h^-fade on steps shorter than 1 in log-SNR (0 = no fade). High-order "
                     "samplers are disturbed by the correction most on short steps. -1 means "

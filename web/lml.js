@@ -10,14 +10,13 @@
 // The widget's scaffolding (both node renderers, classic and Vue nodes) is on_node_widget.js;
 // the draw uses only the y and width it is given, so the coordinates are right in both.
 import { app } from "../../scripts/app.js";
-import { drawnRect, registerRunWidget } from "./on_node_widget.js";
+import { PANEL_COLORS, beginPanel, drawnRect, registerRunWidget } from "./on_node_widget.js";
 
 const NODES_WITH_DIAGNOSTICS = new Set(["KSamplerLML", "LMLCompare"]);
 const WIDGET_NAME = "lml_diagnostics_chart";
 const CHART_HEIGHT = 110;
 const COLORS = {
-  background: "#1e1e24",
-  border: "#555",
+  ...PANEL_COLORS,
   sigma: "#4da3ff",
   strength: "#ff9f3d",
   text: "#cfcfcf",
@@ -58,14 +57,7 @@ function drawChart(ctx, node, width, y, data) {
   const plot = { x: left + 4, y: top + 16, w: w - 8, h: h - 22 };
   const steps = data.sigmas.length;
 
-  ctx.save();
-  ctx.fillStyle = COLORS.background;
-  ctx.strokeStyle = COLORS.border;
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.rect(left, top, w, h);
-  ctx.fill();
-  ctx.stroke();
+  beginPanel(ctx, left, top, w, h, COLORS);
 
   // Strength bars, scaled to the largest value (at least 0.01 so noise-level values stay small).
   const maxStrength = Math.max(0.01, ...data.strength);

@@ -8,7 +8,7 @@
 // serialized, so saved workflows and API prompts are unchanged.  The widget's scaffolding (both
 // node renderers, classic and Vue nodes) is on_node_widget.js, shared with lml.js.
 import { app } from "../../scripts/app.js";
-import { drawnRect, registerRunWidget } from "./on_node_widget.js";
+import { PANEL_COLORS, beginPanel, drawnRect, registerRunWidget } from "./on_node_widget.js";
 
 const NODE_TYPE = "LMLSamplerLab";
 const WIDGET_NAME = "lml_lab_table";
@@ -16,8 +16,7 @@ const ROW_HEIGHT = 16;
 const HEADER_HEIGHT = 38;
 const FOOTER_HEIGHT = 8;
 const COLORS = {
-  background: "#1e1e24",
-  border: "#555",
+  ...PANEL_COLORS,
   header: "#9aa0aa",
   text: "#d8d8d8",
   best: "#1f5e3a",
@@ -90,14 +89,7 @@ function drawTable(ctx, node, width, y, data) {
   const w = Math.max(120, width - 2 * margin);
   const h = tableHeight(data) - 4;
 
-  ctx.save();
-  ctx.fillStyle = COLORS.background;
-  ctx.strokeStyle = COLORS.border;
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.rect(left, top, w, h);
-  ctx.fill();
-  ctx.stroke();
+  beginPanel(ctx, left, top, w, h, COLORS);
 
   ctx.font = "11px sans-serif";
   ctx.textBaseline = "middle";

@@ -13,6 +13,9 @@
 // of older frontends (1.32) only mounts the widgets a node has when it is added to the graph.
 // Until the first run it takes no height and draws nothing.
 
+// The panel colours both widgets draw on.
+export const PANEL_COLORS = { background: "#1e1e24", border: "#555" };
+
 // Canvas coordinates (x, y) in pixels of the canvas, through the context's transform.
 export function toPixels(transform, x, y) {
   return [transform.a * x + transform.c * y + transform.e, transform.b * x + transform.d * y + transform.f];
@@ -24,6 +27,19 @@ export function drawnRect(ctx, left, top, w, h) {
   const [x0, y0] = toPixels(t, left, top);
   const [x1, y1] = toPixels(t, left + w, top + h);
   return [x0, y0, x1 - x0, y1 - y0];
+}
+
+// Start drawing a panel: save the context and draw the box (left, top, w, h) in
+// colors.background with a colors.border frame.  The caller ends with ctx.restore().
+export function beginPanel(ctx, left, top, w, h, colors) {
+  ctx.save();
+  ctx.fillStyle = colors.background;
+  ctx.strokeStyle = colors.border;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.rect(left, top, w, h);
+  ctx.fill();
+  ctx.stroke();
 }
 
 // The node's widget `spec.name`, added if missing.  spec: {name, type, key (the node property
