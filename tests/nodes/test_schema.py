@@ -172,3 +172,20 @@ def test_this_host_has_the_two_argument_fix_empty_latent_channels():
 
     assert list(inspect.signature(comfy.sample.fix_empty_latent_channels).parameters) == [
         "model", "latent_image"]
+
+
+def test_one_class_per_name_in_the_loaded_pack(pack):
+    # Every module of the pack is reached one way (relative imports inside the package), so
+    # the LMOptions a node builds is the class the pack's samplers check for, and ComfyUI's
+    # own top-level `nodes` module is not shadowed by the pack's nodes/ package.
+    import sys
+
+    lm_settings = pack.nodes.lm_settings
+    assert lm_settings.LMOptions is pack.lml_core.LMOptions
+    assert pack.nodes.bridge.SAMPLERS is pack.lml_core.SAMPLERS
+    options = lm_settings.sampler_options("euler", **{
+        "rank": 1, "damping": -1.0, "kappa": 0.5, "damping_mode": "relative", "omega": 0.75,
+        "start_percent": 0.0, "end_percent": 1.0, "eta": 1.0, "s_noise": 1.0})
+    assert pack.lml_core.LMOptions.for_sampler("lml_euler", options["lm"]) is options["lm"]
+    assert hasattr(sys.modules["nodes"], "KSampler")  # ComfyUI's nodes.py
+    assert sys.modules["nodes"] is not pack.nodes

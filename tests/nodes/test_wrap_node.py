@@ -5,8 +5,6 @@ import comfy.samplers
 import pytest
 import torch
 
-from lml_core import WRAP_DEFAULTS
-
 BASES = ("euler", "ipndm_v", "dpmpp_2m_sde", "euler_ancestral")
 
 
@@ -44,6 +42,7 @@ def test_wrapping_a_builtin_sampler(pack, sd15, conds, base):
 
 
 def test_wrap_node_defaults_are_the_wrap_defaults(pack):
+    WRAP_DEFAULTS = pack.lml_core.WRAP_DEFAULTS
     schema = pack.nodes.NODES_BY_ID["SamplerLMLWrap"].define_schema()
     defaults = {inp.id: inp.default for inp in schema.inputs if hasattr(inp, "default")}
     for name in ("rank", "damping", "fade", "kappa", "damping_mode", "start_percent",
