@@ -7,8 +7,10 @@ carries a real ``comfy.model_sampling`` object (several samplers read
 ``model.inner_model.inner_model.model_sampling`` or
 ``model.inner_model.model_patcher.get_model_object("model_sampling")``).
 
-Every name of ``comfy.samplers.KSampler.SAMPLERS`` is in exactly one group below; an unknown
-name (a newer host) stops the benchmark until it is placed.
+Every name of ``comfy.samplers.KSampler.SAMPLERS`` is in exactly one group, from the host's own
+list and lml_core's table of what each sampler is (``lml_core.classify``): a newer host's name
+that table does not know is classified by its name or reported as not run (results.json,
+meta.host_samplers) - never an error.
 """
 
 from __future__ import annotations
@@ -23,48 +25,22 @@ import comfy.k_diffusion.sampling  # noqa: E402
 import comfy.model_sampling  # noqa: E402
 import comfy.samplers  # noqa: E402
 
-from .common import FLOW_SHIFT, KARRAS  # noqa: E402
+from lml_core import samplers_of_kind  # noqa: E402
 
-DETERMINISTIC = ("euler", "heun", "heunpp2", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v",
-                 "deis", "res_multistep", "gradient_estimation", "uni_pc", "uni_pc_bh2")
-STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
-              "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "er_sde",
-              "res_multistep_ancestral", "sa_solver", "sa_solver_pece", "seeds_2", "seeds_3",
-              "ddpm", "lcm")
-# CFG++ samplers replace the unconditional prediction through a post-CFG hook: they run only
-# where there is guidance (the cfg rows), where the benchmark's CFG model calls the hook.
-GUIDED_DETERMINISTIC = ("euler_cfg_pp", "dpmpp_2m_cfg_pp", "gradient_estimation_cfg_pp",
-                        "res_multistep_cfg_pp")
-GUIDED_STOCHASTIC = ("euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
-                     "res_multistep_ancestral_cfg_pp")
-NOT_RUN = {
-    "ddim": "the same function as euler in ComfyUI (sampler_object('ddim') is ksampler('euler'))",
-    "dpm_fast": "ignores the schedule: its own log-SNR grid between the first and last nonzero "
-                "sigma, and stops there (never at 0)",
-    "dpm_adaptive": "adaptive step size: its model calls are not set by the step count",
-}
-GPU_SUFFIX = "_gpu"  # dpmpp_sde_gpu etc.: the same sampler with its Brownian tree on the device
+from .common import FLOW_SHIFT, KARRAS  # noqa: E402
 
 
 def host_sampler_names() -> list[str]:
     return list(comfy.samplers.KSampler.SAMPLERS)
 
 
-def classify(name: str) -> str:
-    """"deterministic", "stochastic", "guided deterministic", "guided stochastic", "lml" or
-    "not run: <why>"; a ValueError for a name this file does not place."""
-    if name.startswith("lml_"):
-        return "lml"
-    for group, names in (("deterministic", DETERMINISTIC), ("stochastic", STOCHASTIC),
-                         ("guided deterministic", GUIDED_DETERMINISTIC),
-                         ("guided stochastic", GUIDED_STOCHASTIC)):
-        if name in names:
-            return group
-    if name in NOT_RUN:
-        return "not run: " + NOT_RUN[name]
-    if name.endswith(GPU_SUFFIX) and name[: -len(GPU_SUFFIX)] in STOCHASTIC:
-        return f"not run: {name[: -len(GPU_SUFFIX)]} with its noise tree on the device"
-    raise ValueError(f"host sampler {name!r} is not placed in bench/field.py")
+# The host's samplers by group (lml_core's table order first, so the rows stay in place).
+DETERMINISTIC = samplers_of_kind("deterministic", host_sampler_names())
+STOCHASTIC = samplers_of_kind("stochastic", host_sampler_names())
+# CFG++ samplers replace the unconditional prediction through a post-CFG hook: they run only
+# where there is guidance (the cfg rows), where the benchmark's CFG model calls the hook.
+GUIDED_DETERMINISTIC = samplers_of_kind("guided deterministic", host_sampler_names())
+GUIDED_STOCHASTIC = samplers_of_kind("guided stochastic", host_sampler_names())
 
 
 def host_function(name: str):

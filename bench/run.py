@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lml_core import DEFAULTS, SOLVER_DEFAULTS
+from lml_core import DEFAULTS, SOLVER_DEFAULTS, classify
 
 from . import field, report
 from .common import FLOW_SHIFT, KARRAS, initial_noise, sliced_w2
@@ -174,7 +174,7 @@ def main(argv=None):
             "wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads,
             "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(),
-            "host_samplers": {name: field.classify(name) for name in host_names}}
+            "host_samplers": {name: classify(name) for name in host_names}}
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "deterministic": det, "stochastic": sto}, indent=1))
     write_markdown(out, det, sto, meta)

@@ -34,26 +34,33 @@ STEPS = 20
 SEED = 42
 
 
-LM_WIDGETS = ("rank", "damping", "kappa", "damping_mode", "omega", "start_percent",
-              "end_percent")
+AUTO = -1.0  # the LM nodes' widget value for "the solver's measured setting"
 
 
-def _lm_widgets(defaults, names=LM_WIDGETS):
-    """The LM widgets ``names`` with the values of a defaults table when the files are
-    written (omega as the widget shows it)."""
-    values = {**defaults, "omega": omega_widget(defaults["omega"])}
-    return {name: values[name] for name in names}
+def _lm_widgets(defaults, fade_after):
+    """Every LM widget (LMOptions' fields) with the values of a defaults table when the files
+    are written (omega as the widget shows it), fade after the widget ``fade_after``.  The
+    UI files take the widget order from /object_info (nodes/lm_settings.py's declaration);
+    this order only keeps the API files' key order stable."""
+    values = {name: value for name, value in defaults.items() if name != "fade"}
+    values["omega"] = omega_widget(defaults["omega"])
+    at = list(values).index(fade_after) + 1
+    items = list(values.items())
+    return dict(items[:at] + [("fade", defaults["fade"])] + items[at:])
 
 
 def _lml_widgets(solver):
-    """Sampler LML's widgets with lml_core's defaults for ``solver``."""
-    return {"solver": solver, **_lm_widgets(SOLVER_DEFAULTS[f"lml_{solver}"]),
-            **ANCESTRAL_DEFAULTS}
+    """Sampler LML's widgets with lml_core's defaults for ``solver``; fade (the last widget)
+    as a new node has it: auto, which is also what a workflow saved before fade existed
+    loads with."""
+    widgets = {"solver": solver, **_lm_widgets(SOLVER_DEFAULTS[f"lml_{solver}"], "end_percent"),
+               **ANCESTRAL_DEFAULTS}
+    return {**{k: v for k, v in widgets.items() if k != "fade"}, "fade": AUTO}
 
 
 def _wrap_widgets():
     """Sampler LML Wrap's widgets with lml_core's WRAP_DEFAULTS (fade after damping)."""
-    return _lm_widgets(WRAP_DEFAULTS, ("rank", "damping", "fade", *LM_WIDGETS[2:]))
+    return _lm_widgets(WRAP_DEFAULTS, "damping")
 
 
 def _text_nodes():
@@ -305,6 +312,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = [str(link[1]), link[2]]
                 continue
             if not _is_widget(spec):
+                continue
+            if not values:  # saved before this widget existed: the frontend keeps its default
+                inputs[name] = spec[1]["default"]
                 continue
             inputs[name] = values.pop(0)
             for _ in _extra_widget_values(node["type"], name, spec):

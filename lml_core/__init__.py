@@ -1,7 +1,8 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
-gram, options -> adaptive -> precondition -> sampling -> wrap -> calibrate.  See lml_core/README.md.
+gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds -> calibrate.
+See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
@@ -24,6 +25,7 @@ from .options import (
     omega_widget,
 )
 from .precondition import lm_precondition
+from .sampler_kinds import classify, expected_nfe, is_stochastic, samplers_of_kind
 from .sampling import (
     SAMPLERS,
     STOCHASTIC_SAMPLERS,
@@ -51,8 +53,11 @@ __all__ = [
     "adaptive_lambda",
     "auto_omega",
     "calibrate",
+    "classify",
+    "expected_nfe",
     "half_log_snr",
     "is_flow_model",
+    "is_stochastic",
     "lm_precondition",
     "lml_wrap",
     "omega_widget",
@@ -61,6 +66,7 @@ __all__ = [
     "sample_lml_euler",
     "sample_lml_euler_ancestral",
     "sample_lml_euler_ancestral_RF",
+    "samplers_of_kind",
     "step_omega",
     "WRAP_DEFAULTS",
 ]

@@ -56,12 +56,23 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, 
     return (sigma_next**2 - sigma_up**2) ** 0.5, sigma_up
 
 
+def model_sampling_of(model):
+    """ComfyUI's model_sampling object behind a sampler's ``model``, without importing comfy
+    (KSamplerX0Inpaint -> CFGGuider wrapper -> BaseModel.model_sampling); None elsewhere."""
+    return getattr(getattr(getattr(model, "inner_model", None), "inner_model", None),
+                   "model_sampling", None)
+
+
 def is_flow_model(model) -> bool:
-    """True for ComfyUI flow-matching models (model_sampling of type CONST), without importing
-    comfy: KSamplerX0Inpaint -> CFGGuider wrapper -> BaseModel.model_sampling."""
-    sampling = getattr(getattr(getattr(model, "inner_model", None), "inner_model", None),
-                       "model_sampling", None)
+    """True for ComfyUI flow-matching models (model_sampling of type CONST)."""
+    sampling = model_sampling_of(model)
     return sampling is not None and any(c.__name__ == "CONST" for c in type(sampling).__mro__)
+
+
+def noise_scale(model) -> float:
+    """The model's noise scale (newer ComfyUI: a flow model's ``model_sampling.noise_scale``,
+    which also scales the initial noise); 1 where there is none."""
+    return float(getattr(model_sampling_of(model), "noise_scale", 1.0))
 
 
 def faded_damping(lm: LMOptions, sigmas: list[float], step: int, flow: bool) -> float:
@@ -162,6 +173,36 @@ def langevin_noise_sampler(x, extra_args):
                                                  device=x.device)
 
 
+class Run:
+    """What every loop sets up first: the validated options, the schedule as floats, the
+    guarded model, ``x`` in the working dtype, the batch's sigma multiplier and the history
+    (the uncorrected vectors of the previous steps, most recent first)."""
+
+    def __init__(self, name, model, x, sigmas, extra_args, lm, settings):
+        self.lm = LMOptions.for_sampler(name, lm, **settings)
+        self.sigma_tensor = sigmas  # what the model and the callback get, as ComfyUI passes it
+        self.sigmas = checked_sigmas(name, x, sigmas)
+        self.denoise = GuardedModel(name, model, x, self.sigmas, extra_args)
+        self.x = x.to(self.denoise.dtype)
+        self.s_in = self.x.new_ones([x.shape[0]])
+        self.history = []
+
+    def corrected(self, vector, i, flow):
+        """``P(vector; history)`` at step ``i`` (with its cosine); ``vector`` joins the
+        history."""
+        corrected, cos = lm_correct(vector, self.history, self.lm, i, self.sigmas, flow)
+        self.history = [vector, *self.history][: self.lm.rank]
+        return corrected, cos
+
+    def euler_direction(self, x, i, flow, callback):
+        """Step ``i``'s model call and LM-corrected direction P(d_i; ..), reported to
+        ``callback``."""
+        denoised = self.denoise(x, self.sigma_tensor[i] * self.s_in)
+        d_lm, cos = self.corrected(to_d(x, self.sigmas[i], denoised), i, flow)
+        report_step(callback, x, i, self.sigma_tensor[i], denoised, cos)
+        return d_lm
+
+
 # --------------------------------------------------------------------------------------------
 # Samplers
 
@@ -178,22 +219,13 @@ def sample_lml_euler(model, x, sigmas, extra_args=None, callback=None, disable=N
     With the correction off (rank 0, start_percent 1, huge damping) this is ComfyUI's euler.
     ``flow`` forces the flow (True) or VE (False) log-SNR for omega "auto"; default: detected.
     """
-    lm = LMOptions.for_sampler("lml_euler", lm, **settings)
-    sigma_values = checked_sigmas("lml_euler", x, sigmas)
+    run = Run("lml_euler", model, x, sigmas, extra_args, lm, settings)
     flow = is_flow_model(model) if flow is None else bool(flow)
-    denoise = GuardedModel("lml_euler", model, x, sigma_values, extra_args)
-    x = x.to(denoise.dtype)
-    s_in = x.new_ones([x.shape[0]])
-    history = []  # the uncorrected directions of the previous steps, most recent first
-    for i in trange(len(sigma_values) - 1, disable=disable):
-        sigma, sigma_next = sigma_values[i], sigma_values[i + 1]
-        denoised = denoise(x, sigmas[i] * s_in)
-        d = to_d(x, sigma, denoised)
-        d_lm, cos = lm_correct(d, history, lm, i, sigma_values, flow)
-        history = [d, *history][: lm.rank]
-        report_step(callback, x, i, sigmas[i], denoised, cos)
-        x = x + d_lm * (sigma_next - sigma)
-    return denoise.finish(x)
+    x = run.x
+    for i in trange(len(run.sigmas) - 1, disable=disable):
+        d_lm = run.euler_direction(x, i, flow, callback)
+        x = x + d_lm * (run.sigmas[i + 1] - run.sigmas[i])
+    return run.denoise.finish(x)
 
 
 @torch.no_grad()
@@ -217,17 +249,13 @@ def sample_lml_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disabl
     if correct_on not in ("update", "direction"):
         raise ValueError(f"correct_on must be 'update' or 'direction', got {correct_on!r}")
     on_update = correct_on == "update"
-    lm = LMOptions.for_sampler("lml_dpmpp_2m", lm, **settings)
-    sigma_values = checked_sigmas("lml_dpmpp_2m", x, sigmas)
+    run = Run("lml_dpmpp_2m", model, x, sigmas, extra_args, lm, settings)
+    sigma_values, x = run.sigmas, run.x
     flow = is_flow_model(model) if flow is None else bool(flow)
-    denoise = GuardedModel("lml_dpmpp_2m", model, x, sigma_values, extra_args)
-    x = x.to(denoise.dtype)
-    s_in = x.new_ones([x.shape[0]])
     old_denoised = None
-    history = []  # the uncorrected update terms (or directions), most recent first
     for i in trange(len(sigma_values) - 1, disable=disable):
         sigma, sigma_next = sigma_values[i], sigma_values[i + 1]
-        denoised = denoise(x, sigmas[i] * s_in)
+        denoised = run.denoise(x, sigmas[i] * run.s_in)
         if old_denoised is None or sigma_next == 0:
             denoised_d = denoised
         else:
@@ -235,12 +263,55 @@ def sample_lml_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disabl
             denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
         ratio = sigma_next / sigma
         raw = (1 - ratio) * denoised_d if on_update else to_d(x, sigma, denoised_d)
-        corrected, cos = lm_correct(raw, history, lm, i, sigma_values, flow)
-        history = [raw, *history][: lm.rank]
+        corrected, cos = run.corrected(raw, i, flow)  # the history: update terms or directions
         report_step(callback, x, i, sigmas[i], denoised, cos)
         x = ratio * x + corrected if on_update else x + corrected * (sigma_next - sigma)
         old_denoised = denoised
-    return denoise.finish(x)
+    return run.denoise.finish(x)
+
+
+def ve_ancestral_step(x, d, sigma, sigma_next, eta, s_noise, noise):
+    """One ancestral VE step along ``d``: to sigma_down, then ``noise()`` scaled to sigma_up
+    (``ancestral_step``)."""
+    sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+    x = x + d * (sigma_down - sigma)
+    if sigma_up > 0:
+        x = x + noise().to(x.dtype) * (s_noise * sigma_up)
+    return x
+
+
+def rf_ancestral_step(x, d, sigma, sigma_next, eta, s_noise, noise):
+    """One ancestral rectified-flow step along ``d`` (ComfyUI's sample_euler_ancestral_RF):
+    to sigma_down = sigma_next (1 + (sigma_next / sigma - 1) eta), then rescaled to alpha_next
+    and renoised to sigma_next."""
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    x = x + d * (sigma_down - sigma)
+    if eta > 0:
+        renoise = max(sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2, 0.0)
+        x = (alpha_next / alpha_down) * x + noise().to(x.dtype) * (s_noise * renoise**0.5)
+    return x
+
+
+def langevin_loop(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler,
+                  lm, settings, flow):
+    """The LML-Langevin loop; ``flow`` picks the renoising rule (RF or VE)."""
+    eta, s_noise = checked_noise_settings(eta, s_noise)
+    run = Run("lml_euler_ancestral", model, x, sigmas, extra_args, lm, settings)
+    x = run.x
+    noise_sampler = noise_sampler or langevin_noise_sampler(x, extra_args)
+    step = rf_ancestral_step if flow else ve_ancestral_step
+    if flow:  # as ComfyUI's RF samplers: a flow model's noise scale scales the fresh noise too
+        s_noise *= noise_scale(model)
+    for i in trange(len(run.sigmas) - 1, disable=disable):
+        sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
+        d_lm = run.euler_direction(x, i, flow, callback)
+        if sigma_next == 0:
+            x = x + d_lm * (sigma_next - sigma)
+            continue
+        x = step(x, d_lm, sigma, sigma_next, eta, s_noise,
+                 lambda i=i: noise_sampler(sigmas[i], sigmas[i + 1]))
+    return run.denoise.finish(x)
 
 
 @torch.no_grad()
@@ -260,31 +331,11 @@ def sample_lml_euler_ancestral(model, x, sigmas, extra_args=None, callback=None,
     models go to ``sample_lml_euler_ancestral_RF``.
     """
     if is_flow_model(model) if flow is None else flow:
-        return sample_lml_euler_ancestral_RF(model, x, sigmas, extra_args, callback, disable,
-                                             eta, s_noise, noise_sampler, lm, **settings)
-    eta, s_noise = checked_noise_settings(eta, s_noise)
-    lm = LMOptions.for_sampler("lml_euler_ancestral", lm, **settings)
-    sigma_values = checked_sigmas("lml_euler_ancestral", x, sigmas)
-    denoise = GuardedModel("lml_euler_ancestral", model, x, sigma_values, extra_args)
-    x = x.to(denoise.dtype)
-    noise_sampler = noise_sampler or langevin_noise_sampler(x, extra_args)
-    s_in = x.new_ones([x.shape[0]])
-    history = []
-    for i in trange(len(sigma_values) - 1, disable=disable):
-        sigma, sigma_next = sigma_values[i], sigma_values[i + 1]
-        denoised = denoise(x, sigmas[i] * s_in)
-        d = to_d(x, sigma, denoised)
-        d_lm, cos = lm_correct(d, history, lm, i, sigma_values, False)
-        history = [d, *history][: lm.rank]
-        report_step(callback, x, i, sigmas[i], denoised, cos)
-        if sigma_next == 0:
-            x = x + d_lm * (sigma_next - sigma)
-            continue
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = x + d_lm * (sigma_down - sigma)
-        if sigma_up > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]).to(x.dtype) * (s_noise * sigma_up)
-    return denoise.finish(x)
+        return sample_lml_euler_ancestral_RF(
+            model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+            eta=eta, s_noise=s_noise, noise_sampler=noise_sampler, lm=lm, **settings)
+    return langevin_loop(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
+                         noise_sampler, lm, settings, flow=False)
 
 
 @torch.no_grad()
@@ -299,33 +350,12 @@ def sample_lml_euler_ancestral_RF(model, x, sigmas, extra_args=None, callback=No
         x' = x_n + (sigma_down - sigma_n) P(d_n; ..)
         x_{n+1} = (alpha_{n+1} / alpha_down) x'
                   + s_noise * sqrt(sigma_{n+1}^2 - sigma_down^2 alpha_{n+1}^2 / alpha_down^2) z_n
+
+    As in ComfyUI's sample_euler_ancestral_RF (newer hosts), s_noise is multiplied by the
+    model's noise scale (``model_sampling.noise_scale``; 1 where the host has none).
     """
-    eta, s_noise = checked_noise_settings(eta, s_noise)
-    lm = LMOptions.for_sampler("lml_euler_ancestral", lm, **settings)
-    sigma_values = checked_sigmas("lml_euler_ancestral", x, sigmas)
-    denoise = GuardedModel("lml_euler_ancestral", model, x, sigma_values, extra_args)
-    x = x.to(denoise.dtype)
-    noise_sampler = noise_sampler or langevin_noise_sampler(x, extra_args)
-    s_in = x.new_ones([x.shape[0]])
-    history = []
-    for i in trange(len(sigma_values) - 1, disable=disable):
-        sigma, sigma_next = sigma_values[i], sigma_values[i + 1]
-        denoised = denoise(x, sigmas[i] * s_in)
-        d = to_d(x, sigma, denoised)
-        d_lm, cos = lm_correct(d, history, lm, i, sigma_values, True)
-        history = [d, *history][: lm.rank]
-        report_step(callback, x, i, sigmas[i], denoised, cos)
-        if sigma_next == 0:
-            x = x + d_lm * (sigma_next - sigma)
-            continue
-        sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
-        alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-        x = x + d_lm * (sigma_down - sigma)
-        if eta > 0:
-            renoise = max(sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2, 0.0)
-            x = (alpha_next / alpha_down) * x + noise_sampler(sigmas[i], sigmas[i + 1]).to(
-                x.dtype) * (s_noise * renoise**0.5)
-    return denoise.finish(x)
+    return langevin_loop(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
+                         noise_sampler, lm, settings, flow=True)
 
 
 SAMPLERS = {

@@ -1,21 +1,36 @@
 """The pack's ComfyUI nodes; the only package that imports comfy.
 
-Importing it registers the LML names in the built-in sampler dropdowns (idempotently), adds
-the template-thumbnail route (templates.py) and merges the node mappings of the node modules.
-The node classes are V3 ``io.ComfyNode`` classes; ComfyUI's loader (0.3.75 and newest) takes
-them from NODE_CLASS_MAPPINGS like V1 classes, so each module keeps its own mappings.
+Importing it registers the LML names in the built-in sampler dropdowns (idempotently) and adds
+the template-thumbnail route (templates.py).  The nodes are V3 ``io.ComfyNode`` classes, served
+to ComfyUI as core does it: ``comfy_entrypoint()`` returns a ``ComfyExtension`` whose
+``get_node_list()`` lists them; each schema carries its node id and display name.
 """
 
-from . import calibrate_node, compare_node, lab_node, sampler_nodes, wrap_node
-from .dropdown import register_dropdown_samplers
-from .templates import register_thumbnail_route
+from comfy_api.latest import ComfyExtension
 
-NODE_MODULES = (sampler_nodes, compare_node, lab_node, wrap_node, calibrate_node)
-NODE_CLASS_MAPPINGS = {k: v for m in NODE_MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in NODE_MODULES
-                              for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}
+from .calibrate_node import LMLCalibrate, SamplerLMLCalibrated
+from .compare_node import LMLCompare
+from .dropdown import register_dropdown_samplers
+from .lab_node import LMLSamplerLab
+from .sampler_nodes import KSamplerLML, SamplerLML
+from .templates import register_thumbnail_route
+from .wrap_node import SamplerLMLWrap
+
+NODES = (SamplerLML, KSamplerLML, LMLCompare, SamplerLMLWrap, LMLSamplerLab, LMLCalibrate,
+         SamplerLMLCalibrated)
+NODES_BY_ID = {node.GET_SCHEMA().node_id: node for node in NODES}  # for tests and tools
 
 register_dropdown_samplers()
 register_thumbnail_route()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+class LMLExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    return LMLExtension()
+
+
+__all__ = ["NODES", "comfy_entrypoint"]

@@ -9,6 +9,8 @@ directions over the whole latent (it is a low-rank operator on the flattened ten
 step can move the kept region a little.  ``comfy_sampler`` therefore ends every masked run that
 reaches sigma 0 by copying the kept region from the input latent: the unmasked region comes back
 exactly as it went in, as users expect from the built-in samplers.
+
+``run_ksampler`` is the one way the nodes prepare and run a KSampler-style sampling.
 """
 
 from __future__ import annotations
@@ -153,3 +155,48 @@ def output_latent(latent: dict, samples) -> dict:
         out.pop(key, None)
     out["samples"] = samples
     return out
+
+
+def ksampler_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise=1.0):
+    """The sigmas KSampler uses for ``sampler_name``: its own ``KSampler(...).sigmas``, so the
+    discard-penultimate-sigma rule (uni_pc, dpm_2, ...) and denoise < 1 are core's."""
+    import comfy.samplers
+
+    return comfy.samplers.KSampler(
+        model, steps=steps, device=model.load_device, sampler=sampler_name,
+        scheduler=scheduler, denoise=denoise, model_options=model.model_options).sigmas
+
+
+def run_ksampler(model, latent: dict, seed: int, steps: int, cfg: float, sampler,
+                 sampler_name: str, scheduler: str, positive, negative, denoise=1.0,
+                 callback=None):
+    """Sample ``latent`` as core's KSampler (nodes.common_ksampler) does, with the SAMPLER
+    object ``sampler``: the empty latent fixed up (``empty_latent_fixed``), the seed's noise
+    (per batch_index), KSampler's sigmas for ``sampler_name``, the latent's noise_mask, latent
+    previews and the progress bar (or ``callback(step, x0, x, total)``), and Cancel checked
+    when the run ends.  Returns the sampled latent tensor."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    samples = empty_latent_fixed(model, latent)
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    sigmas = ksampler_sigmas(model, steps, sampler_name, scheduler, denoise)
+    if callback is None:
+        callback = latent_preview.prepare_callback(model, steps)
+    samples = comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive, negative, samples,
+        noise_mask=latent.get("noise_mask"), callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return samples
+
+
+def decode(vae, samples):
+    """VAEDecode's images for ``samples``; video VAEs' frames folded into the batch as
+    VAEDecode does."""
+    images = vae.decode(samples)
+    if images.ndim == 5:
+        images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+    return images

@@ -18,15 +18,15 @@ import logging
 from pathlib import Path
 
 import comfy.model_management
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
-from .bridge import calibrated_sampler, empty_latent_fixed
-from .sampler_nodes import advanced, ksampler_category, samplers_category
+from .bridge import calibrated_sampler, empty_latent_fixed, ksampler_sigmas, run_ksampler
+from .lm_settings import advanced, validate
+from .sampler_nodes import ksampler_category, samplers_category
 
 CACHE_FOLDER = "lml_calibrations"
 DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
@@ -147,10 +147,7 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
     Cancel checked after every model call."""
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
-    noise = comfy.sample.prepare_noise(batch, seed)
-    sigmas = comfy.samplers.KSampler(
-        model, steps=steps, device=model.load_device, sampler="euler", scheduler=scheduler,
-        denoise=1.0, model_options=model.model_options).sigmas
+    sigmas = ksampler_sigmas(model, steps, "euler", scheduler)
     settings = {"format": "lml-calibrate-node/1", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,
                 "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
@@ -179,9 +176,8 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
                                           progress=progress, **options)
         return x
 
-    comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(fit), sigmas,
-                               positive, negative, batch, noise_mask=None, callback=None,
-                               disable_pbar=True, seed=seed)
+    run_ksampler(model, {"samples": batch}, seed, steps, cfg, comfy.samplers.KSAMPLER(fit),
+                 "euler", scheduler, positive, negative, callback=lambda *_: None)
     calibration = result["calibration"]
     if path is not None:
         try:
@@ -240,10 +236,17 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, scheduler=None, base=None):
+        # ComfyUI 0.3.75 does not check V3 combos itself.
+        return validate({"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+                         "base": (base, ("auto", *CALIBRATION_BASES))})
+
+    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
-        if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-            raise ValueError(f"scheduler must be one of the host's schedulers, got {scheduler!r}")
+        message = cls.validate_inputs(scheduler, options.get("base"))
+        if message is not True:  # a linked value: known only now
+            raise ValueError(message)
         calibration, cached = run_calibration(model, positive, negative, latent_image, seed,
                                               cfg, scheduler, steps, samples, options)
         text = calibration.to_json()
@@ -284,8 +287,3 @@ class SamplerLMLCalibrated(io.ComfyNode):
     def execute(cls, calibration) -> io.NodeOutput:
         return io.NodeOutput(calibrated_sampler(Calibration.from_json(calibration)))
 
-
-NODE_CLASS_MAPPINGS = {"LMLCalibrate": LMLCalibrate,
-                       "SamplerLMLCalibrated": SamplerLMLCalibrated}
-NODE_DISPLAY_NAME_MAPPINGS = {"LMLCalibrate": "LML Calibrate",
-                              "SamplerLMLCalibrated": "Sampler LML Calibrated"}

@@ -10,25 +10,18 @@ progress and Cancel behave as in the built-in samplers.
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.sample
 import comfy.samplers
-import comfy.utils
 import latent_preview
 import numpy as np
 import torch
 from comfy_api.latest import io
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from .bridge import StepDiagnostics, comfy_sampler, empty_latent_fixed
-from .sampler_nodes import LMSettingsNode, ksampler_category, lml_inputs, sampler_options
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+from ..lml_core import DAMPING_MODES
+from .bridge import StepDiagnostics, comfy_sampler, decode, run_ksampler
+from .lab_report import font as pil_font
+from .lm_settings import SOLVERS, sampler_options, solver_node_inputs, validate
+from .sampler_nodes import ksampler_category
 
 
 def _wrap(draw, text: str, font, width: int) -> list[str]:
@@ -51,7 +44,7 @@ def label_panel(image: np.ndarray, lines: list[str]) -> tuple[np.ndarray, int]:
     image and the height of the band."""
     panel = Image.fromarray(image).convert("RGBA")
     width = panel.width
-    font = _font(max(8, min(16, width // 28)))
+    font = pil_font(max(8, min(16, width // 28)))
     draw = ImageDraw.Draw(panel)
     wrapped = [part for line in lines for part in _wrap(draw, line, font, width - 8)]
     line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + 2
@@ -90,12 +83,14 @@ def lml_settings(options: dict) -> str:
         text += f", omega {lm.omega if lm.omega == 'auto' else format(lm.omega, 'g')}"
     if (lm.start_percent, lm.end_percent) != (0.0, 1.0):
         text += f", steps {lm.start_percent:g}-{lm.end_percent:g}"
+    if lm.fade:
+        text += f", fade {lm.fade:g}"
     if "eta" in options:
         text += f", eta {options['eta']:g}"
     return text
 
 
-class LMLCompare(LMSettingsNode):
+class LMLCompare(io.ComfyNode):
     """Baseline sampler vs LML, same model/seed/steps/conditioning, one labelled image."""
 
     @classmethod
@@ -124,7 +119,7 @@ class LMLCompare(LMSettingsNode):
                 io.Combo.Input("baseline_sampler", options=comfy.samplers.KSampler.SAMPLERS,
                                default="dpmpp_2m",
                                tooltip="The built-in sampler for the left-hand panel."),
-                *lml_inputs().values(),
+                *solver_node_inputs().values(),
             ],
             outputs=[io.Image.Output(
                 display_name="comparison",
@@ -133,48 +128,37 @@ class LMLCompare(LMSettingsNode):
         )
 
     @classmethod
-    def execute(cls, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
-                baseline_sampler, solver, rank, damping, kappa, damping_mode, omega,
-                start_percent, end_percent, eta, s_noise) -> io.NodeOutput:
-        options = sampler_options(solver, rank, damping, kappa, damping_mode, omega,
-                                  start_percent, end_percent, eta, s_noise)
-        lml_name = f"lml_{solver}"
-        latent = empty_latent_fixed(model, latent_image)
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        noise_mask = latent_image.get("noise_mask")
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
-                                                 scheduler, steps).cpu()
+    def validate_inputs(cls, scheduler=None, baseline_sampler=None, solver=None,
+                        damping_mode=None, damping=None, fade=None, start_percent=None,
+                        end_percent=None):
+        return validate({"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+                         "baseline_sampler": (baseline_sampler, comfy.samplers.KSampler.SAMPLERS),
+                         "solver": (solver, SOLVERS),
+                         "damping_mode": (damping_mode, DAMPING_MODES)},
+                        damping=damping, fade=fade, start_percent=start_percent,
+                        end_percent=end_percent)
 
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
+                baseline_sampler, solver, **lm) -> io.NodeOutput:
+        options = sampler_options(solver, **lm)
+        lml_name = f"lml_{solver}"
         # One progress bar over both runs: steps 1..n baseline, n+1..2n LML.
         preview = latent_preview.prepare_callback(model, 2 * steps)
-        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
         diagnostics = StepDiagnostics()
-        runs = (comfy.samplers.sampler_object(baseline_sampler),
-                comfy.samplers.KSAMPLER(comfy_sampler(lml_name, record=diagnostics),
-                                        extra_options=options))
+        runs = ((baseline_sampler, comfy.samplers.sampler_object(baseline_sampler)),
+                (lml_name, comfy.samplers.KSAMPLER(comfy_sampler(lml_name, record=diagnostics),
+                                                   extra_options=options)))
         results = []
-        for offset, sampler in zip((0, steps), runs):
+        for offset, (name, sampler) in zip((0, steps), runs):
             def callback(step, x0, x, total, offset=offset):
                 preview(step + offset, x0, x, 2 * steps)
 
-            samples = comfy.sample.sample_custom(
-                model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar, seed=seed)
-            results.append(cls._decode(vae, samples))
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            samples = run_ksampler(model, latent_image, seed, steps, cfg, sampler, name,
+                                   scheduler, positive, negative, callback=callback)
+            results.append(decode(vae, samples))
 
         left = [baseline_sampler, f"{scheduler}, {steps} steps, cfg {cfg:g}, seed {seed}"]
         right = [lml_name, lml_settings(options)]
         grid = side_by_side(results[0], results[1], left, right)
         return io.NodeOutput(grid, ui={"lml_diagnostics": [diagnostics.as_ui(solver)]})
-
-    @staticmethod
-    def _decode(vae, samples):
-        images = vae.decode(samples)
-        if images.ndim == 5:  # video VAEs: fold frames into the batch, as VAEDecode does
-            images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
-        return images
-
-
-NODE_CLASS_MAPPINGS = {"LMLCompare": LMLCompare}
-NODE_DISPLAY_NAME_MAPPINGS = {"LMLCompare": "LML Compare (baseline vs LML)"}

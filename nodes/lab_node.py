@@ -9,8 +9,7 @@ previews and Cancel behave as in KSampler.  Model evaluations are counted by a w
 clone of the ModelPatcher, never assumed.  The comfy-free parts (parsing, metric, report,
 pictures) live in ``lab_report``.
 
-A V3 node (``comfy_api.latest``) registered through ``NODE_CLASS_MAPPINGS``, which ComfyUI
-0.3.75 accepts for V3 classes as it does for V1 ones.
+Each run goes through ``bridge.run_ksampler``, as KSampler (LML) and LML Compare do.
 """
 
 from __future__ import annotations
@@ -20,13 +19,14 @@ import time
 
 import comfy.model_management
 import comfy.patcher_extension
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from ..lml_core import expected_nfe, is_stochastic
 from . import lab_report
+from .bridge import decode, run_ksampler
 from .sampler_nodes import ksampler_category
 
 NODE_ID = "LMLSamplerLab"
@@ -79,7 +79,7 @@ class StudyProgress:
     slice, carries ComfyUI's latent previews, and jumps to the slice's end when the run ends."""
 
     def __init__(self, model, plan):
-        self.slices = [lab_report.expected_nfe(name, steps) for name, steps in plan]
+        self.slices = [expected_nfe(name, steps) for name, steps in plan]
         self.total = max(1, sum(self.slices))
         self.preview = latent_preview.prepare_callback(model, self.total)  # previews + the bar
         self.pbar = comfy.utils.ProgressBar(self.total)
@@ -105,13 +105,6 @@ class StudyProgress:
         self.pbar.update_absolute(self.base + self.slices[self.run], self.total)
 
 
-def decode(vae, samples):
-    images = vae.decode(samples)
-    if images.ndim == 5:  # video VAEs: fold frames into the batch, as VAEDecode does
-        images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
-    return images
-
-
 def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler, samplers,
               steps, reference_sampler, reference_steps):
     """Run the study; return (report dict, plot HxWx3 uint8, grid HxWx3 uint8)."""
@@ -120,30 +113,20 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
     if reference_sampler not in sampler_names():
         raise ValueError(f"reference_sampler: unknown sampler {reference_sampler!r}")
 
-    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-    noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-    noise_mask = latent_image.get("noise_mask")
-    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-
     plan = [(reference_sampler, reference_steps)] + [(n, s) for n in names for s in counts]
     counter = CallCounter()
     counted = counter.attach(model)
     progress = StudyProgress(model, plan)
 
     def run(index, name, n_steps):
-        sigmas = comfy.samplers.KSampler(
-            counted, steps=n_steps, device=counted.load_device, sampler=name,
-            scheduler=scheduler, denoise=1.0, model_options=counted.model_options).sigmas
         progress.begin(index, counter)
         evals, passes = counter.evals, counter.forward_passes
         started = time.perf_counter()
-        samples = comfy.sample.sample_custom(
-            counted, noise, cfg, comfy.samplers.sampler_object(name), sigmas, positive,
-            negative, latent, noise_mask=noise_mask, callback=progress.callback(counter),
-            disable_pbar=disable_pbar, seed=seed)
+        samples = run_ksampler(counted, latent_image, seed, n_steps, cfg,
+                               comfy.samplers.sampler_object(name), name, scheduler, positive,
+                               negative, callback=progress.callback(counter))
         seconds = time.perf_counter() - started
         progress.end()
-        comfy.model_management.throw_exception_if_processing_interrupted()
         return samples, {"nfe": counter.evals - evals,
                          "model_calls": counter.forward_passes - passes,
                          "seconds": round(seconds, 4)}
@@ -151,7 +134,7 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
     ref_samples, ref_counts = run(0, reference_sampler, reference_steps)
     ref_images = decode(vae, ref_samples)
     reference = {"sampler": reference_sampler, "steps": reference_steps, **ref_counts,
-                 "stochastic": lab_report.is_stochastic(reference_sampler)}
+                 "stochastic": is_stochastic(reference_sampler)}
 
     rows, cells, captions = [], {}, {}
     index = 1
@@ -165,14 +148,14 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
                    "error": lab_report.rms_error(samples, ref_samples),
                    "psnr": lab_report.psnr(images, ref_images),
                    "seconds": measured["seconds"],
-                   "stochastic": lab_report.is_stochastic(name)}
+                   "stochastic": is_stochastic(name)}
             rows.append(row)
             cells[(name, n_steps)] = lab_report.to_uint8(images[0])
             psnr_text = "=" if row["psnr"] is None else f"{row['psnr']:.1f}dB"
             captions[(name, n_steps)] = f"nfe {row['nfe']}  {psnr_text}"
 
     settings = {"seed": seed, "cfg": cfg, "scheduler": scheduler,
-                "latent_shape": list(latent.shape), "batch_note": (
+                "latent_shape": list(ref_samples.shape), "batch_note": (
                     "error and psnr cover the whole batch; the grid shows its first image")}
     report = lab_report.build_report(reference, rows, settings)
     best = [(row["sampler"], row["steps"]) for row in report["rows"] if row["best"]]
@@ -260,7 +243,3 @@ class LMLSamplerLab(io.ComfyNode):
                                        reference_steps)
         return io.NodeOutput(json.dumps(report, indent=1), lab_report.as_image_batch(plot),
                              lab_report.as_image_batch(grid), ui={"lml_lab": [report]})
-
-
-NODE_CLASS_MAPPINGS = {NODE_ID: LMLSamplerLab}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE_ID: DISPLAY_NAME}

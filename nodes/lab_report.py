@@ -2,6 +2,8 @@
 metric, the report, and the two pictures (a log-log chart and a labelled grid) drawn with PIL.
 
 Nothing here imports comfy, so all of it is unit-tested without a host (tests/nodes/test_lab.py).
+What each sampler is (stochastic, model calls per step) is lml_core.sampler_kinds, the table
+the benchmark uses too.
 The node itself (nodes/lab_node.py) only runs the samplers through ComfyUI and hands the
 results to these functions.
 """
@@ -26,45 +28,6 @@ PSNR_METRIC = ("PSNR of the decoded image against the decoded reference image, i
 NFE_METRIC = ("model evaluations made by the sampler, counted (one evaluation = one guided "
               "prediction; ComfyUI batches cond and uncond into one forward pass when memory "
               "allows; model_calls counts the diffusion-model forward passes)")
-
-# Samplers that add fresh noise while sampling (ComfyUI 0.3.75 defaults): their distance to an
-# ODE reference includes that noise, so it does not shrink to 0 with more steps.
-STOCHASTIC_SAMPLERS = frozenset({
-    "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
-    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
-    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
-    "dpmpp_3m_sde_gpu", "ddpm", "lcm", "res_multistep_ancestral",
-    "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
-    "sa_solver_pece", "lml_euler_ancestral",
-})
-
-# Model evaluations per step for samplers that evaluate more than once per step; their last
-# step (to sigma 0) is a single evaluation.  Every other sampler evaluates once per step.
-EVALS_PER_STEP = {
-    "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
-    "dpmpp_2s_ancestral_cfg_pp": 2, "dpmpp_sde": 2, "dpmpp_sde_gpu": 2, "seeds_2": 2,
-    "sa_solver_pece": 2, "seeds_3": 3,
-}
-
-
-def is_stochastic(name: str) -> bool:
-    """Whether sampler ``name`` adds noise while sampling (by ComfyUI's defaults).  Names this
-    table does not know count as stochastic when they say so (``ancestral``, ``sde``)."""
-    return name in STOCHASTIC_SAMPLERS or "ancestral" in name or "sde" in name
-
-
-def expected_nfe(name: str, steps: int) -> int:
-    """The model evaluations sampler ``name`` makes for ``steps`` steps ending at sigma 0, as
-    ComfyUI 0.3.75's samplers are written.  Used for the progress bar's total before anything
-    runs; the report's ``nfe`` is counted, not taken from here.  (``dpm_adaptive`` chooses its
-    own steps: its count is only known afterwards, this says ``steps``.)"""
-    if steps < 1:
-        return 0
-    if name == "heunpp2":  # 3 per step, 2 on the second-to-last, 1 on the last
-        return 1 if steps == 1 else 3 * steps - 3
-    per_step = EVALS_PER_STEP.get(name, 1)
-    return per_step * (steps - 1) + 1
-
 
 # --------------------------------------------------------------------------------------------
 # Parsing the text inputs

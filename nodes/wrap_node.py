@@ -11,25 +11,13 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..lml_core import WRAP_DEFAULTS, LMOptions, omega_widget
+from ..lml_core import DAMPING_MODES, WRAP_DEFAULTS
 from .bridge import wrapped_sampler
-from .sampler_nodes import LMSettingsNode, lml_inputs, samplers_category
+from .lm_settings import WRAP_ORDER, lm_inputs, validate, wrap_options
+from .sampler_nodes import samplers_category
 
 
-def wrap_inputs() -> list[io.Input]:
-    """The shared LM inputs with WRAP_DEFAULTS as defaults, plus ``fade`` after damping."""
-    shared = lml_inputs(WRAP_DEFAULTS)
-    fade = io.Float.Input(
-        "fade", default=float(WRAP_DEFAULTS["fade"]), min=0.0, max=10.0, step=0.1,
-        tooltip="How fast the correction fades as the steps get shorter: the damping grows like "
-                "h^-fade on steps shorter than 1 in log-SNR (0 = no fade). High-order samplers "
-                "are disturbed by the correction most on short steps.")
-    return [shared["rank"], shared["damping"], fade,
-            *(shared[name] for name in ("kappa", "damping_mode", "omega", "start_percent",
-                                        "end_percent"))]
-
-
-class SamplerLMLWrap(LMSettingsNode):
+class SamplerLMLWrap(io.ComfyNode):
     """A SAMPLER in, the same sampler with the LM correction on its model calls out."""
 
     @classmethod
@@ -44,25 +32,25 @@ class SamplerLMLWrap(LMSettingsNode):
                 "a damped low-rank curvature estimate from the previous calls. Connect it "
                 "between a sampler node and SamplerCustom / SamplerCustomAdvanced."),
             inputs=[io.Sampler.Input("sampler", tooltip="The sampler to wrap."),
-                    *wrap_inputs()],
+                    *lm_inputs(WRAP_ORDER, WRAP_DEFAULTS)],
             outputs=[io.Sampler.Output(tooltip="The wrapped sampler.")],
         )
 
     @classmethod
-    def execute(cls, sampler, rank, damping, fade, kappa, damping_mode, omega, start_percent,
-                end_percent) -> io.NodeOutput:
+    def validate_inputs(cls, damping_mode=None, damping=None, fade=None, start_percent=None,
+                        end_percent=None):
+        return validate({"damping_mode": (damping_mode, DAMPING_MODES)}, damping=damping,
+                        fade=fade, start_percent=start_percent, end_percent=end_percent)
+
+    @classmethod
+    def execute(cls, sampler, **lm) -> io.NodeOutput:
         function = getattr(sampler, "sampler_function", None)
         if not isinstance(sampler, comfy.samplers.KSAMPLER) or not callable(function):
             raise ValueError(
                 f"Sampler LML Wrap cannot wrap a {type(sampler).__name__}: only samplers "
                 "built on ComfyUI's KSAMPLER (a k-diffusion sampler function) can be wrapped")
-        lm = LMOptions(rank=rank, damping=damping, kappa=kappa, damping_mode=damping_mode,
-                       omega=omega_widget(omega), start_percent=start_percent,
-                       end_percent=end_percent, fade=fade)
         return io.NodeOutput(comfy.samplers.KSAMPLER(
-            wrapped_sampler(function, lm), extra_options=dict(sampler.extra_options),
+            wrapped_sampler(function, wrap_options(**lm)),
+            extra_options=dict(sampler.extra_options),
             inpaint_options=dict(sampler.inpaint_options)))
 
-
-NODE_CLASS_MAPPINGS = {"SamplerLMLWrap": SamplerLMLWrap}
-NODE_DISPLAY_NAME_MAPPINGS = {"SamplerLMLWrap": "Sampler LML Wrap"}

@@ -7,22 +7,16 @@
 // missing or malformed data leaves the node as it is.  The widget is never serialized, so saved
 // workflows and API prompts are unchanged.
 //
-// The widget works in both node renderers of the ComfyUI frontend:
-//   - classic (LiteGraph) canvas: LGraphNode.drawWidgets calls draw(ctx, node, width, y, H) on
-//     the graph canvas, translated to the node's origin; y is the widget's offset in the node;
-//   - Vue nodes ("Nodes 2.0", setting Comfy.VueNodes.Enabled): WidgetLegacy.vue gives the
-//     widget its own <canvas> and calls draw(ctx, node, width, 1, height) on it, but only on
-//     mount, resize, palette change and widget.triggerDraw().  So after every run we call
-//     triggerDraw (set by that renderer only) as well as marking the graph canvas dirty.
-// The draw uses only the y and width it is given, so the coordinates are right in both.
+// The widget's scaffolding (both node renderers, classic and Vue nodes) is on_node_widget.js;
+// the draw uses only the y and width it is given, so the coordinates are right in both.
 import { app } from "../../scripts/app.js";
+import { PANEL_COLORS, beginPanel, drawnRect, registerRunWidget } from "./on_node_widget.js";
 
 const NODES_WITH_DIAGNOSTICS = new Set(["KSamplerLML", "LMLCompare"]);
 const WIDGET_NAME = "lml_diagnostics_chart";
 const CHART_HEIGHT = 110;
 const COLORS = {
-  background: "#1e1e24",
-  border: "#555",
+  ...PANEL_COLORS,
   sigma: "#4da3ff",
   strength: "#ff9f3d",
   text: "#cfcfcf",
@@ -54,10 +48,6 @@ export function parseDiagnostics(output) {
   };
 }
 
-function toPixels(transform, x, y) {
-  return [transform.a * x + transform.c * y + transform.e, transform.b * x + transform.d * y + transform.f];
-}
-
 function drawChart(ctx, node, width, y, data) {
   const margin = 10;
   const left = margin;
@@ -67,14 +57,7 @@ function drawChart(ctx, node, width, y, data) {
   const plot = { x: left + 4, y: top + 16, w: w - 8, h: h - 22 };
   const steps = data.sigmas.length;
 
-  ctx.save();
-  ctx.fillStyle = COLORS.background;
-  ctx.strokeStyle = COLORS.border;
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.rect(left, top, w, h);
-  ctx.fill();
-  ctx.stroke();
+  beginPanel(ctx, left, top, w, h, COLORS);
 
   // Strength bars, scaled to the largest value (at least 0.01 so noise-level values stay small).
   const maxStrength = Math.max(0.01, ...data.strength);
@@ -114,9 +97,6 @@ function drawChart(ctx, node, width, y, data) {
   ctx.restore();
 
   // Where the chart landed on the canvas, for tests and debugging.
-  const t = ctx.getTransform();
-  const [x0, y0] = toPixels(t, left, top);
-  const [x1, y1] = toPixels(t, left + w, top + h);
   state.draws += 1;
   const previous = state.nodes[node.id];
   state.nodes[node.id] = {
@@ -125,75 +105,22 @@ function drawChart(ctx, node, width, y, data) {
     steps,
     run: data.run,
     draws: (previous?.draws ?? 0) + 1,
-    rect: [x0, y0, x1 - x0, y1 - y0],
+    rect: drawnRect(ctx, left, top, w, h),
     canvas: ctx.canvas,
     surface: ctx.canvas === app.canvas?.canvas ? "graph" : "widget",
     colors: { sigma: COLORS.sigma, strength: COLORS.strength },
   };
 }
 
-// The chart widget is added when the node is created, not at the first run: the Vue-nodes
-// renderer of older frontends (1.32) only mounts the widgets a node has when it is added to
-// the graph.  Until the first run it takes no height and draws nothing.
-function ensureChartWidget(node) {
-  let widget = node.widgets?.find((w) => w.name === WIDGET_NAME);
-  if (widget) return widget;
-  widget = {
-    name: WIDGET_NAME,
-    type: "lml_chart", // a type of our own: a Vue component for a known type would replace draw
-    value: null,
-    serialize: false, // not in the saved workflow's widgets_values
-    options: { serialize: false }, // not in the API prompt
-    computeSize(width) {
-      return [width ?? 200, node.lmlDiagnostics ? CHART_HEIGHT : 0];
-    },
-    draw(ctx, drawNode, width, y) {
-      if (drawNode.lmlDiagnostics) drawChart(ctx, drawNode, width, y, drawNode.lmlDiagnostics);
-    },
-  };
-  return node.addCustomWidget(widget) ?? widget;
-}
-
-// Grow the node (classic canvas) so the chart fits below the other widgets.
-function fitNode(node) {
-  const size = node.computeSize();
-  node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
-}
-
-app.registerExtension({
-  name: "comfyui-lml.diagnostics",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!NODES_WITH_DIAGNOSTICS.has(nodeData?.name)) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      try {
-        ensureChartWidget(this);
-      } catch (error) {
-        console.warn("[comfyui-lml] could not add the diagnostics chart:", error);
-      }
-      return result;
-    };
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (output) {
-      const result = onExecuted?.apply(this, arguments);
-      try {
-        const data = parseDiagnostics(output);
-        if (data) {
-          data.run = (this.lmlDiagnostics?.run ?? 0) + 1;
-          this.lmlDiagnostics = data;
-          const widget = ensureChartWidget(this);
-          // The height LiteGraph's layout would give it now (the Vue renderer reads this
-          // value, which the classic layout only refreshes when it draws the node).
-          widget.computedHeight = widget.computeSize(this.size[0])[1] + 4;
-          fitNode(this);
-          widget.triggerDraw?.(); // Vue nodes: redraw the widget's own canvas now
-          this.setDirtyCanvas?.(true, true); // classic canvas: redrawn on the next frame
-        }
-      } catch (error) {
-        console.warn("[comfyui-lml] could not show the diagnostics chart:", error);
-      }
-      return result;
-    };
-  },
+registerRunWidget(app, "comfyui-lml.diagnostics", NODES_WITH_DIAGNOSTICS, {
+  name: WIDGET_NAME,
+  type: "lml_chart",
+  key: "lmlDiagnostics",
+  label: "diagnostics chart",
+  height: () => CHART_HEIGHT,
+  draw: drawChart,
+}, (output, node) => {
+  const data = parseDiagnostics(output);
+  if (data) data.run = (node.lmlDiagnostics?.run ?? 0) + 1;
+  return data;
 });

@@ -5,8 +5,10 @@
 // canvas-drawn widget lists the rows, sorted by model calls; the rows marked `best` (for their
 // NFE, no other row reaches a lower error with as few model calls) are highlighted.  No table
 // before the first run; missing or malformed data leaves the node as it is.  The widget is never
-// serialized, so saved workflows and API prompts are unchanged.
+// serialized, so saved workflows and API prompts are unchanged.  The widget's scaffolding (both
+// node renderers, classic and Vue nodes) is on_node_widget.js, shared with lml.js.
 import { app } from "../../scripts/app.js";
+import { PANEL_COLORS, beginPanel, drawnRect, registerRunWidget } from "./on_node_widget.js";
 
 const NODE_TYPE = "LMLSamplerLab";
 const WIDGET_NAME = "lml_lab_table";
@@ -14,8 +16,7 @@ const ROW_HEIGHT = 16;
 const HEADER_HEIGHT = 38;
 const FOOTER_HEIGHT = 8;
 const COLORS = {
-  background: "#1e1e24",
-  border: "#555",
+  ...PANEL_COLORS,
   header: "#9aa0aa",
   text: "#d8d8d8",
   best: "#1f5e3a",
@@ -81,10 +82,6 @@ function tableHeight(data) {
   return HEADER_HEIGHT + data.rows.length * ROW_HEIGHT + FOOTER_HEIGHT;
 }
 
-function toPixels(transform, x, y) {
-  return [transform.a * x + transform.c * y + transform.e, transform.b * x + transform.d * y + transform.f];
-}
-
 function drawTable(ctx, node, width, y, data) {
   const margin = 10;
   const left = margin;
@@ -92,14 +89,7 @@ function drawTable(ctx, node, width, y, data) {
   const w = Math.max(120, width - 2 * margin);
   const h = tableHeight(data) - 4;
 
-  ctx.save();
-  ctx.fillStyle = COLORS.background;
-  ctx.strokeStyle = COLORS.border;
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.rect(left, top, w, h);
-  ctx.fill();
-  ctx.stroke();
+  beginPanel(ctx, left, top, w, h, COLORS);
 
   ctx.font = "11px sans-serif";
   ctx.textBaseline = "middle";
@@ -137,60 +127,25 @@ function drawTable(ctx, node, width, y, data) {
   });
   ctx.restore();
 
-  // Where the table landed on the canvas, for tests and debugging.
-  const t = ctx.getTransform();
-  const [px0, py0] = toPixels(t, left, top);
-  const [px1, py1] = toPixels(t, left + w, top + h);
+  // Where the table landed on the canvas (the graph canvas in classic mode, the widget's own
+  // canvas with Vue nodes), for tests and debugging.
   state.draws += 1;
   state.nodes[node.id] = {
     rows: data.rows.length,
     best: data.rows.filter((r) => r.best).map((r) => `${r.sampler}@${r.steps}`),
-    rect: [px0, py0, px1 - px0, py1 - py0],
+    rect: drawnRect(ctx, left, top, w, h),
+    canvas: ctx.canvas,
+    surface: ctx.canvas === app.canvas?.canvas ? "graph" : "widget",
     colors: { best: COLORS.best },
   };
 }
 
-function ensureTableWidget(node) {
-  let widget = node.widgets?.find((w) => w.name === WIDGET_NAME);
-  if (!widget) {
-    widget = {
-      name: WIDGET_NAME,
-      type: "lml_lab_table",
-      value: null,
-      serialize: false, // not in the saved workflow's widgets_values
-      options: { serialize: false }, // not in the API prompt
-      computeSize(width) {
-        return [width ?? 320, node.lmlLab ? tableHeight(node.lmlLab) : 0];
-      },
-      draw(ctx, drawNode, width, y) {
-        if (drawNode.lmlLab) drawTable(ctx, drawNode, width, y, drawNode.lmlLab);
-      },
-    };
-    widget = node.addCustomWidget(widget) ?? widget;
-  }
-  const size = node.computeSize();
-  node.setSize([Math.max(node.size[0], size[0], 360), Math.max(node.size[1], size[1])]);
-  return widget;
-}
-
-app.registerExtension({
-  name: "comfyui-lml.lab",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_TYPE) return;
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (output) {
-      const result = onExecuted?.apply(this, arguments);
-      try {
-        const data = parseReport(output);
-        if (data) {
-          this.lmlLab = data;
-          ensureTableWidget(this);
-          this.setDirtyCanvas?.(true, true);
-        }
-      } catch (error) {
-        console.warn("[comfyui-lml] could not show the Lab's table:", error);
-      }
-      return result;
-    };
-  },
-});
+registerRunWidget(app, "comfyui-lml.lab", new Set([NODE_TYPE]), {
+  name: WIDGET_NAME,
+  type: "lml_lab_table",
+  key: "lmlLab",
+  label: "Lab's table",
+  minWidth: 360,
+  height: tableHeight,
+  draw: drawTable,
+}, parseReport);

@@ -15,6 +15,7 @@ from bench import field
 from bench.common import initial_noise, reference_solution, rms
 from bench.exact import GaussianMixture, MixtureModel, mixture_2d
 from bench.suite import nfe_of, run_sampler, sampler_fn, sigmas_for, steps_for_nfe
+from lml_core import classify
 
 
 def _dense_posterior_mean(mix, x, s, flow):
@@ -87,15 +88,16 @@ def test_baselines_are_the_hosts_own_functions():
 
 
 def test_every_host_sampler_is_placed():
-    groups = {name: field.classify(name) for name in field.host_sampler_names()}
+    groups = {name: classify(name) for name in field.host_sampler_names()}
     assert set(groups) >= {"ipndm", "ipndm_v", "deis", "gradient_estimation", "lms",
                            "res_multistep", "uni_pc", "uni_pc_bh2", "dpmpp_2m", "heun", "euler",
                            "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde",
                            "er_sde", "res_multistep_ancestral", "sa_solver"}
     run = [n for n, g in groups.items() if not g.startswith("not run")]
     assert len(run) >= 35, groups
-    with pytest.raises(ValueError, match="not placed"):
-        field.classify("a_sampler_from_the_future")
+    assert not any(g.startswith("not run: unknown") for g in groups.values()), groups
+    # a newer host's name this table does not know: reported, not an error
+    assert classify("a_sampler_from_the_future").startswith("not run: unknown")
 
 
 def test_host_model_carries_real_model_sampling():

@@ -65,13 +65,29 @@ def test_object_info_lists_the_nodes_and_their_inputs(object_info):
         assert advanced == {"kappa", "damping_mode", "omega", "start_percent", "end_percent",
                             "eta", "s_noise"}, node
         assert required["rank"][1]["min"] == 1
-        assert required["damping"][1]["min"] > 0
+        assert required["damping"][1]["min"] == required["damping"][1]["default"] == -1.0
+        fade = info["input"]["optional"]["fade"]  # appended: saved positions stay valid
+        assert fade[1]["default"] == -1.0 and fade[1]["advanced"] and fade[1]["tooltip"]
+        assert info["input_order"]["optional"] == ["fade"]
         assert (required["kappa"][1]["min"], required["kappa"][1]["max"]) == (0.0, 1.0)
     assert object_info["SamplerLML"]["output"] == ["SAMPLER"]
     assert object_info["KSamplerLML"]["output"] == ["LATENT"]
     for socket in ("model", "seed", "steps", "cfg", "scheduler", "positive", "negative",
                    "latent_image", "denoise"):
         assert socket in object_info["KSamplerLML"]["input"]["required"]
+
+
+def test_object_info_serves_each_node_once_with_its_schema_display_name(object_info):
+    # Registered through comfy_entrypoint: the display names come from the schemas alone.
+    served = {node: object_info[node]["display_name"] for node in object_info
+              if object_info[node]["python_module"] == "custom_nodes.comfyui-lml"}
+    assert served == {"SamplerLML": "Sampler LML (Levenberg-Marquardt-Langevin)",
+                      "KSamplerLML": "KSampler (LML)",
+                      "LMLCompare": "LML Compare (baseline vs LML)",
+                      "SamplerLMLWrap": "Sampler LML Wrap",
+                      "LMLSamplerLab": "LML Sampler Lab",
+                      "LMLCalibrate": "LML Calibrate",
+                      "SamplerLMLCalibrated": "Sampler LML Calibrated"}
 
 
 def test_dropdown_samplers_appended_once_after_the_builtin_ones(object_info):
@@ -239,7 +255,7 @@ BAD_INPUTS = [
     ("KSamplerLML", {"kappa": 1.5}, "kappa"),
     ("KSamplerLML", {"end_percent": 1.5}, "end_percent"),
     ("SamplerLML", {"rank": -1}, "rank"),
-    ("SamplerLML", {"damping": -1.0}, "damping"),
+    ("SamplerLML", {"damping": -2.0}, "damping"),  # -1 is auto; below is out of bounds
     ("SamplerLML", {"start_percent": 0.9, "end_percent": 0.1}, "start_percent"),
     ("SamplerLML", {"rank": "two"}, "rank"),
 ]

@@ -72,12 +72,19 @@ def test_out_of_bounds_inputs_are_validation_errors(server, fresh_seed, override
     assert word in json.dumps(rejected.value.response["node_errors"])
 
 
-def test_non_finite_damping_is_an_execution_error_and_the_server_goes_on(server, fresh_seed):
+def test_non_finite_setting_is_an_execution_error_and_the_server_goes_on(server, fresh_seed):
     # JSON NaN passes ComfyUI's bounds check (NaN compares false); lml_core names it at run time.
-    entry = server.run(txt2img(fresh_seed(), damping=float("nan")), check=False)
+    entry = server.run(txt2img(fresh_seed(), kappa=float("nan")), check=False)
     assert entry["status"]["status_str"] == "error"
-    assert "damping must be a finite number" in error_message(entry)
+    assert "kappa must be a finite number" in error_message(entry)
     assert server.run(txt2img(fresh_seed()))["status"]["status_str"] == "success"
+
+
+def test_non_finite_damping_is_a_validation_error(server, fresh_seed):
+    # damping (with its -1 = auto) is checked by the node's own validate_inputs, NaN included.
+    with pytest.raises(comfy_host.PromptRejected) as rejected:
+        server.queue(txt2img(fresh_seed(), damping=float("nan")))
+    assert "damping must be a number" in json.dumps(rejected.value.response["node_errors"])
 
 
 def test_non_finite_latent_is_an_execution_error(server, fresh_seed):

@@ -218,3 +218,37 @@ def test_degenerate_schedules(name):
     assert torch.equal(SAMPLERS[name](model, x, karras_sigmas(3)[:1], disable=True), x)
     one_step = SAMPLERS[name](model, x, torch.tensor([80.0, 0.0]), disable=True)
     assert torch.allclose(one_step, model(x, torch.full((2,), 80.0)), atol=1e-5)
+
+
+def test_rf_fresh_noise_follows_the_flow_models_noise_scale():
+    # Newer ComfyUI's sample_euler_ancestral_RF multiplies s_noise by the model's
+    # model_sampling.noise_scale (which scales the initial noise too); a host without one: 1.
+    class CONST:
+        pass
+
+    def flow_model(scale):
+        denoiser = MixtureDenoiser(flow=True)
+
+        class Sampling(CONST):
+            pass
+
+        sampling = Sampling()
+        if scale is not None:
+            sampling.noise_scale = scale
+
+        class Wrapper:
+            def __call__(self, x, sigma, **kwargs):
+                return denoiser(x, sigma, **kwargs)
+
+        wrapper = Wrapper()
+        wrapper.inner_model = type("Inner", (), {"inner_model": type(
+            "Model", (), {"model_sampling": sampling})()})()
+        return wrapper
+
+    x, sigmas = start_noise(True, batch=4), flow_sigmas(6)
+    run = lambda model, s_noise: sample_lml_euler_ancestral(
+        model, x, sigmas, extra_args={"seed": 3}, s_noise=s_noise, disable=True)
+    scaled = run(flow_model(2.0), 1.0)
+    assert torch.equal(scaled, run(flow_model(None), 2.0))
+    assert not torch.allclose(scaled, run(flow_model(None), 1.0))
+    assert torch.equal(run(flow_model(1.0), 1.0), run(flow_model(None), 1.0))

@@ -34,7 +34,7 @@ def calibrated(pack, sd15, conds, user_dir):
 
 
 def node(pack, name):
-    return pack.nodes.NODE_CLASS_MAPPINGS[name]
+    return pack.nodes.NODES_BY_ID[name]
 
 
 def calibrate_node(pack, sd15, conds, seed=5, steps=3, samples=4, **changes):
@@ -113,3 +113,10 @@ def test_cancel_stops_the_calibration(pack, sd15, conds, user_dir, calibrated):
     assert not comfy.model_management.processing_interrupted()
     assert len(calls) < 10
     assert sorted((user_dir / "lml_calibrations").glob("*.json")) == before  # nothing cached
+
+
+def test_unknown_scheduler_or_base_is_refused_before_anything_runs(pack):
+    validate = node(pack, "LMLCalibrate").validate_inputs
+    assert validate(scheduler="karras", base="auto") is True
+    assert "scheduler must be one of" in validate(scheduler="nope", base="auto")
+    assert "base must be one of" in validate(scheduler="karras", base="heun")

@@ -7,7 +7,7 @@ import torch
 
 
 def ksampler_lml(pack, model, conds, seed=3, steps=5, **changes):
-    node_class = pack.nodes.NODE_CLASS_MAPPINGS["KSamplerLML"]
+    node_class = pack.nodes.NODES_BY_ID["KSamplerLML"]
     required = node_class.INPUT_TYPES()["required"]
     inputs = {name: spec[1]["default"] for name, spec in required.items()
               if len(spec) > 1 and "default" in spec[1]}

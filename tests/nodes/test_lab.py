@@ -13,7 +13,7 @@ LATENT = {"samples": torch.zeros([1, 4, 8, 8])}
 
 
 def lab(pack):
-    return pack.nodes.NODE_CLASS_MAPPINGS["LMLSamplerLab"]
+    return pack.nodes.NODES_BY_ID["LMLSamplerLab"]
 
 
 def study(pack, sd15, conds, samplers, steps, reference="dpmpp_2m", reference_steps=8,
@@ -30,7 +30,7 @@ def test_registered_as_a_v3_node_in_the_sampling_category(pack):
 
     node = lab(pack)
     assert issubclass(node, io.ComfyNode)
-    assert pack.nodes.NODE_DISPLAY_NAME_MAPPINGS["LMLSamplerLab"] == "LML Sampler Lab"
+    assert node.GET_SCHEMA().display_name == "LML Sampler Lab"
     info = node.GET_NODE_INFO_V1()
     assert info["category"] == "sampling" and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
@@ -58,7 +58,7 @@ MULTI_EVAL = ["euler", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_
 def test_nfe_is_counted_and_matches_the_progress_table(pack, sd15, conds):
     report, _ = study(pack, sd15, conds, ",".join(MULTI_EVAL), "3", reference="euler",
                       reference_steps=2, cfg=1.0)
-    expected = pack.nodes.lab_report.expected_nfe
+    expected = pack.lml_core.expected_nfe
     counted = {row["sampler"]: row["nfe"] for row in report["rows"]}
     assert counted == {name: expected(name, 3) for name in MULTI_EVAL}
     assert counted["heun"] == 5 and counted["seeds_3"] == 7  # 2N-1, 3N-2

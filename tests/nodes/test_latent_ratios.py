@@ -54,7 +54,7 @@ def widget_defaults(node_class):
 
 
 def run_ksampler_lml(pack, sd15, conds, latent, steps=2, **changes):
-    node = pack.nodes.NODE_CLASS_MAPPINGS["KSamplerLML"]
+    node = pack.nodes.NODES_BY_ID["KSamplerLML"]
     options = {**widget_defaults(node), "steps": steps, "cfg": 4.0, "scheduler": "karras",
                "seed": 11, **changes}
     result = node.execute(model=sd15[0], positive=conds[0], negative=conds[1],
@@ -116,13 +116,13 @@ def test_lml_compare_samples_the_latent_the_ratio_asks_for(pack, sd15, conds, mo
     monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels",
                         newest_fix_empty_latent_channels(comfy.sample.fix_empty_latent_channels,
                                                          calls))
-    node = pack.nodes.NODE_CLASS_MAPPINGS["LMLCompare"]
+    node = pack.nodes.NODES_BY_ID["LMLCompare"]
     options = {**widget_defaults(node), "steps": 2, "cfg": 4.0, "seed": 3}
     result = node.execute(model=sd15[0], positive=conds[0], negative=conds[1], vae=sd15[2],
                           latent_image={"samples": torch.zeros([1, 4, 8, 8]),
                                         "downscale_ratio_spacial": 16}, **options)
     (grid,) = result.result
-    assert calls == [(16, None)]
+    assert calls == [(16, None)] * 2  # each panel is prepared as KSampler prepares its run
     # a 16x16 latent decodes to 128 px; the comparison is two panels side by side
     assert grid.shape == (1, 128, 256, 3)
 

@@ -13,13 +13,14 @@ STEPS = 4
 
 
 def widget_defaults(node_class):
-    required = node_class.INPUT_TYPES()["required"]
-    return {name: spec[1]["default"] for name, spec in required.items()
+    types = node_class.INPUT_TYPES()
+    inputs = {**types["required"], **types.get("optional", {})}
+    return {name: spec[1]["default"] for name, spec in inputs.items()
             if len(spec) > 1 and "default" in spec[1]}
 
 
 def lml_sampler(pack, **changes):
-    node = pack.nodes.NODE_CLASS_MAPPINGS["SamplerLML"]
+    node = pack.nodes.NODES_BY_ID["SamplerLML"]
     options = {**widget_defaults(node), **changes}
     return node.execute(**options).result[0]
 
@@ -104,7 +105,7 @@ def test_mask_keeps_the_unmasked_latent(pack, sd15, conds):
 
 
 def test_ksampler_lml_node_batch_and_diagnostics(pack, sd15, conds):
-    node = pack.nodes.NODE_CLASS_MAPPINGS["KSamplerLML"]
+    node = pack.nodes.NODES_BY_ID["KSamplerLML"]
     options = {**widget_defaults(node), "steps": 3, "cfg": 4.0, "solver": "dpmpp_2m",
                "scheduler": "karras"}
     positive, negative = conds
@@ -153,9 +154,10 @@ def test_validate_inputs_names_the_input(pack):
 
 def test_widget_defaults_are_lml_core_defaults_within_bounds(pack):
     defaults = pack.lml_core.DEFAULTS
-    for node_name in ("SamplerLML", "KSamplerLML"):
-        required = pack.nodes.NODE_CLASS_MAPPINGS[node_name].INPUT_TYPES()["required"]
-        for name, (kind, options) in ((n, (s[0], s[1])) for n, s in required.items()
+    for node_name in ("SamplerLML", "KSamplerLML", "LMLCompare"):
+        types = pack.nodes.NODES_BY_ID[node_name].INPUT_TYPES()
+        inputs = {**types["required"], **types.get("optional", {})}
+        for name, (kind, options) in ((n, (s[0], s[1])) for n, s in inputs.items()
                                       if len(s) > 1):
             if "default" not in options:
                 continue
@@ -163,7 +165,46 @@ def test_widget_defaults_are_lml_core_defaults_within_bounds(pack):
                 assert options["default"] in options["options"], (node_name, name)
             elif "min" in options:
                 assert options["min"] <= options["default"] <= options["max"], (node_name, name)
-        for name in ("damping", "kappa", "damping_mode", "start_percent", "end_percent"):
-            assert required[name][1]["default"] == defaults[name], (node_name, name)
-        omega = required["omega"][1]["default"]
+        for name in ("kappa", "damping_mode", "start_percent", "end_percent"):
+            assert inputs[name][1]["default"] == defaults[name], (node_name, name)
+        # damping and fade default to auto: the solver's measured setting
+        assert inputs["damping"][1]["default"] < 0 and inputs["fade"][1]["default"] < 0
+        omega = inputs["omega"][1]["default"]
         assert omega == defaults["omega"] or (defaults["omega"] == "auto" and omega < 0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "euler_ancestral"])
+def test_auto_damping_and_fade_are_the_solvers_measured_setting(pack, solver):
+    # KSampler (LML)'s euler_ancestral runs with the Langevin defaults (damping 10, fade 5),
+    # euler with damping 1, fade 0, from the same widget defaults.
+    core = pack.lml_core
+    measured = core.SOLVER_DEFAULTS[f"lml_{solver}"]
+    for node_name in ("SamplerLML", "KSamplerLML", "LMLCompare"):
+        node = pack.nodes.NODES_BY_ID[node_name]
+        values = {**widget_defaults(node), "solver": solver}
+        lm_values = {k: v for k, v in values.items() if k in pack.nodes.lm_settings.SETTINGS}
+        lm = pack.nodes.lm_settings.sampler_options(solver, **lm_values)["lm"]
+        assert (lm.damping, lm.fade) == (measured["damping"], measured["fade"]), node_name
+    assert core.SOLVER_DEFAULTS["lml_euler_ancestral"]["fade"] > 0
+    # an explicit value wins; an API prompt saved before fade existed means auto
+    sampler_node = pack.nodes.NODES_BY_ID["SamplerLML"]
+    values = {**widget_defaults(sampler_node), "solver": solver, "damping": 2.0, "fade": 1.0}
+    lm = sampler_node.execute(**values).result[0].extra_options["lm"]
+    assert (lm.damping, lm.fade) == (2.0, 1.0)
+    del values["fade"]
+    lm = sampler_node.execute(**values).result[0].extra_options["lm"]
+    assert lm.fade == measured["fade"]
+
+
+@pytest.mark.parametrize("node_name", ["SamplerLML", "KSamplerLML", "LMLCompare",
+                                       "SamplerLMLWrap"])
+def test_validate_inputs_checks_damping_and_fade_with_auto(pack, node_name):
+    # Naming them in validate_inputs makes ComfyUI skip its own bounds check: done here.
+    validate = pack.nodes.NODES_BY_ID[node_name].validate_inputs
+    assert validate(damping=-1.0, fade=-1.0) is True  # auto
+    assert validate(damping=0.5, fade=0.0) is True
+    for bad in ({"damping": 0.0}, {"damping": -0.5}, {"damping": -2.0}, {"fade": -0.5},
+                {"fade": 11.0}, {"damping": float("nan")}):
+        (name,) = bad
+        message = validate(**bad)
+        assert isinstance(message, str) and message.startswith(name), (bad, message)

@@ -21,37 +21,76 @@ PRE_PORT_INPUTS = {
                    "kappa", "damping_mode", "omega", "start_percent", "end_percent", "eta",
                    "s_noise"],
 }
-ADVANCED = {"kappa", "damping_mode", "omega", "start_percent", "end_percent", "eta", "s_noise"}
+# Inputs added since, appended as optional inputs so that those positions stay valid (and an
+# API prompt saved without them still validates).
+APPENDED_INPUTS = ["fade"]
+ADVANCED = {"kappa", "damping_mode", "omega", "start_percent", "end_percent", "eta", "s_noise",
+            "fade"}
 # Nodes added after the port, with their advanced inputs.
-NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent", "end_percent"},
-             "LMLSamplerLab": set()}
+NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent", "end_percent",
+                                "fade"},
+             "LMLSamplerLab": set(),
+             "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
+                              "damping", "trajectory", "reference_steps"},
+             "SamplerLMLCalibrated": set()}
+WRAP_INPUTS = ["sampler", "rank", "damping", "fade", "kappa", "damping_mode", "omega",
+               "start_percent", "end_percent"]  # since the node was added: never reorder
+
+
+def entrypoint_nodes(pack):
+    """The classes ComfyUI's loader gets: comfy_entrypoint() -> ComfyExtension.get_node_list()."""
+    import asyncio
+
+    from comfy_api.latest import ComfyExtension
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    return asyncio.run(extension.get_node_list())
+
+
+def test_the_pack_registers_through_comfy_entrypoint_only(pack):
+    # The loader takes NODE_CLASS_MAPPINGS first when a package has it: none here.
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack, "NODES_LIST")
+    nodes = entrypoint_nodes(pack)
+    assert nodes == list(pack.nodes.NODES)
+    assert sorted(n.GET_SCHEMA().node_id for n in nodes) == sorted([*PRE_PORT_INPUTS,
+                                                                    *NEW_NODES])
 
 
 def test_every_node_is_a_v3_node_under_its_pre_port_id(pack):
-    mappings = pack.nodes.NODE_CLASS_MAPPINGS
-    assert sorted(mappings) == sorted([*PRE_PORT_INPUTS, *NEW_NODES])
-    for node_id, node_class in mappings.items():
-        assert issubclass(node_class, io.ComfyNode), node_id
-        schema = node_class.GET_SCHEMA()
-        assert schema.node_id == node_id
-        assert pack.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == schema.display_name
+    for node_class in entrypoint_nodes(pack):
+        assert issubclass(node_class, io.ComfyNode)
+        node_id = node_class.GET_SCHEMA().node_id
+        info = node_class.GET_NODE_INFO_V1()  # what /object_info serves
         if node_id in PRE_PORT_INPUTS:
-            info = node_class.GET_NODE_INFO_V1()  # what /object_info serves
-            assert info["input_order"] == {"required": PRE_PORT_INPUTS[node_id]}, node_id
+            assert info["input_order"] == {"required": PRE_PORT_INPUTS[node_id],
+                                           "optional": APPENDED_INPUTS}, node_id
+        if node_id == "SamplerLMLWrap":
+            assert info["input_order"] == {"required": WRAP_INPUTS}
+
+
+def test_every_lm_node_takes_every_user_settable_lm_option(pack):
+    fields = set(pack.lml_core.DEFAULTS)  # LMOptions' fields
+    for node_id in (*PRE_PORT_INPUTS, "SamplerLMLWrap"):
+        info = pack.nodes.NODES_BY_ID[node_id].GET_NODE_INFO_V1()
+        inputs = {*info["input"]["required"], *info["input"].get("optional", {})}
+        assert fields <= inputs, (node_id, fields - inputs)
 
 
 def test_advanced_flag_on_the_rarely_changed_inputs_only(pack):
-    for node_id, node_class in pack.nodes.NODE_CLASS_MAPPINGS.items():
-        required = node_class.GET_NODE_INFO_V1()["input"]["required"]
+    for node_id, node_class in pack.nodes.NODES_BY_ID.items():
+        info = node_class.GET_NODE_INFO_V1()["input"]
+        required = {**info["required"], **info.get("optional", {})}
         flagged = {name for name, spec in required.items()
                    if len(spec) > 1 and spec[1].get("advanced")}
         assert flagged == NEW_NODES.get(node_id, ADVANCED), node_id
-        assert {"solver", "rank", "damping"}.isdisjoint(flagged)
+        if "rank" in required:  # the LM nodes keep their main settings up front
+            assert {"solver", "rank", "damping"}.isdisjoint(flagged)
         assert all(required[name][1]["advanced"] is True for name in flagged)
 
 
 def test_advanced_helper_uses_the_hosts_own_option_when_it_has_one(pack):
-    advanced = pack.nodes.sampler_nodes.advanced
+    advanced = pack.nodes.lm_settings.advanced
     # This host (0.3.75): no `advanced` option on io.Input; the flag goes through extra_dict.
     plain = io.Float.Input("x", default=1.0)
     assert not hasattr(plain, "advanced")
@@ -73,10 +112,11 @@ def test_categories_sit_beside_the_hosts_sampler_nodes(pack):
     ksampler = importlib.import_module("nodes").KSampler.CATEGORY
     select = importlib.import_module("comfy_extras.nodes_custom_sampler").KSamplerSelect.CATEGORY
     categories = {node_id: cls.GET_SCHEMA().category
-                  for node_id, cls in pack.nodes.NODE_CLASS_MAPPINGS.items()}
+                  for node_id, cls in pack.nodes.NODES_BY_ID.items()}
     assert categories == {"KSamplerLML": ksampler, "LMLCompare": ksampler,
                           "SamplerLML": select, "SamplerLMLWrap": select,
-                          "LMLSamplerLab": ksampler}
+                          "LMLSamplerLab": ksampler, "LMLCalibrate": ksampler,
+                          "SamplerLMLCalibrated": select}
     assert (ksampler, select) == ("sampling", "sampling/custom_sampling/samplers")  # 0.3.75
 
 
@@ -87,7 +127,7 @@ def test_category_falls_back_when_the_host_has_no_such_node(pack):
 
 
 def test_validate_inputs_is_the_v3_hook(pack):
-    node = pack.nodes.NODE_CLASS_MAPPINGS["KSamplerLML"]
+    node = pack.nodes.NODES_BY_ID["KSamplerLML"]
     from comfy_api.internal import first_real_override
 
     assert first_real_override(node, "validate_inputs") is not None  # what execution.py calls
@@ -97,10 +137,11 @@ def test_validate_inputs_is_the_v3_hook(pack):
 @pytest.mark.parametrize("node_id, name, bad", [
     ("KSamplerLML", "solver", "heun"), ("SamplerLML", "damping_mode", "loose"),
     ("KSamplerLML", "scheduler", "nope"), ("LMLCompare", "baseline_sampler", "nope"),
+    ("LMLCompare", "solver", "heun"), ("SamplerLMLWrap", "damping_mode", "loose"),
 ])
 def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
     # ComfyUI 0.3.75 only checks V1 (list-typed) combos; V3 combos are checked here.
-    node = pack.nodes.NODE_CLASS_MAPPINGS[node_id]
+    node = pack.nodes.NODES_BY_ID[node_id]
     message = node.validate_inputs(**{name: bad})
     assert isinstance(message, str) and name in message and repr(bad) in message
     good = node.GET_NODE_INFO_V1()["input"]["required"][name][1]["options"][-1]
@@ -108,11 +149,22 @@ def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
     assert node.validate_inputs(**{name: None}) is True  # a linked input: run time
 
 
+def test_each_node_validates_only_its_own_inputs(pack):
+    # ComfyUI passes validate_inputs the inputs its signature names: each names its own.
+    import inspect
+
+    for node_id, node in pack.nodes.NODES_BY_ID.items():
+        info = node.GET_NODE_INFO_V1()
+        inputs = {*info["input"]["required"], *info["input"].get("optional", {})}
+        named = set(inspect.signature(node.validate_inputs).parameters)
+        assert named <= inputs, (node_id, named - inputs)
+
+
 @pytest.mark.parametrize("node_id", ["KSamplerLML", "LMLCompare"])
 def test_dropdowns_list_what_the_host_lists(pack, node_id):
     import comfy.samplers
 
-    required = pack.nodes.NODE_CLASS_MAPPINGS[node_id].GET_NODE_INFO_V1()["input"]["required"]
+    required = pack.nodes.NODES_BY_ID[node_id].GET_NODE_INFO_V1()["input"]["required"]
     assert required["scheduler"][1]["options"] == comfy.samplers.KSampler.SCHEDULERS
     if node_id == "LMLCompare":
         assert required["baseline_sampler"][1]["options"] == comfy.samplers.KSampler.SAMPLERS
@@ -125,3 +177,20 @@ def test_this_host_has_the_two_argument_fix_empty_latent_channels():
 
     assert list(inspect.signature(comfy.sample.fix_empty_latent_channels).parameters) == [
         "model", "latent_image"]
+
+
+def test_one_class_per_name_in_the_loaded_pack(pack):
+    # Every module of the pack is reached one way (relative imports inside the package), so
+    # the LMOptions a node builds is the class the pack's samplers check for, and ComfyUI's
+    # own top-level `nodes` module is not shadowed by the pack's nodes/ package.
+    import sys
+
+    lm_settings = pack.nodes.lm_settings
+    assert lm_settings.LMOptions is pack.lml_core.LMOptions
+    assert pack.nodes.bridge.SAMPLERS is pack.lml_core.SAMPLERS
+    options = lm_settings.sampler_options("euler", **{
+        "rank": 1, "damping": -1.0, "kappa": 0.5, "damping_mode": "relative", "omega": 0.75,
+        "start_percent": 0.0, "end_percent": 1.0, "eta": 1.0, "s_noise": 1.0})
+    assert pack.lml_core.LMOptions.for_sampler("lml_euler", options["lm"]) is options["lm"]
+    assert hasattr(sys.modules["nodes"], "KSampler")  # ComfyUI's nodes.py
+    assert sys.modules["nodes"] is not pack.nodes

@@ -5,13 +5,11 @@ import comfy.samplers
 import pytest
 import torch
 
-from lml_core import WRAP_DEFAULTS
-
 BASES = ("euler", "ipndm_v", "dpmpp_2m_sde", "euler_ancestral")
 
 
 def wrap(pack, sampler, **changes):
-    node = pack.nodes.NODE_CLASS_MAPPINGS["SamplerLMLWrap"]
+    node = pack.nodes.NODES_BY_ID["SamplerLMLWrap"]
     options = {"rank": 1, "damping": 1.0, "fade": 0.0, "kappa": 0.5,
                "damping_mode": "relative", "omega": 0.75, "start_percent": 0.0,
                "end_percent": 1.0, **changes}
@@ -44,7 +42,8 @@ def test_wrapping_a_builtin_sampler(pack, sd15, conds, base):
 
 
 def test_wrap_node_defaults_are_the_wrap_defaults(pack):
-    schema = pack.nodes.NODE_CLASS_MAPPINGS["SamplerLMLWrap"].define_schema()
+    WRAP_DEFAULTS = pack.lml_core.WRAP_DEFAULTS
+    schema = pack.nodes.NODES_BY_ID["SamplerLMLWrap"].define_schema()
     defaults = {inp.id: inp.default for inp in schema.inputs if hasattr(inp, "default")}
     for name in ("rank", "damping", "fade", "kappa", "damping_mode", "start_percent",
                  "end_percent"):

@@ -160,3 +160,81 @@ def set_vue_nodes(page, enabled: bool):
 
 def artifact_name(page, name: str) -> Path:
     return ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', page.lml['label'])}_{name}"
+
+
+def set_small_run(page, node_type: str, values: dict):
+    """Set the loaded workflow up for a small run, as a user edits the widgets: the test
+    checkpoint, 64x64 empty latents, and ``values`` (widget name -> value) on the nodes of
+    ``node_type`` (a seed stays fixed after the run)."""
+    page.evaluate("""([ckpt, type, values]) => {
+        const set = (node, name, value) => {
+            const widget = node.widgets.find(w => w.name === name);
+            widget.value = value;
+            widget.callback?.(value);
+        };
+        for (const node of app.graph.nodes) {
+            if (node.type === 'CheckpointLoaderSimple') set(node, 'ckpt_name', ckpt);
+            if (node.type === 'EmptyLatentImage') {
+                set(node, 'width', 64);
+                set(node, 'height', 64);
+            }
+            if (node.type !== type) continue;
+            for (const [name, value] of Object.entries(values)) set(node, name, value);
+            node.widgets.find(w => w.name === 'seed')?.linkedWidgets?.forEach(w => {
+                if (w.name === 'control_after_generate') w.value = 'fixed';
+            });
+        }
+        app.canvas.setDirty(true, true);
+    }""", [comfy_host.CHECKPOINT_NAME, node_type, values])
+
+
+def feed_bad_outputs(page, node_type: str, widget: str, state: str, key: str, outputs: list):
+    """Add a ``node_type`` node, call its onExecuted with each of ``outputs`` (bad or missing
+    ui data), redraw, remove it; return its run widget's {widgets, height} before and after,
+    whether the extension's ``window[state]`` recorded a draw and the node's ``key`` data."""
+    return page.evaluate("""async ([type, name, state, key, outputs]) => {
+        const node = LiteGraph.createNode(type);
+        app.graph.add(node);
+        const widget = () => node.widgets.find(w => w.name === name);
+        const before = {widgets: node.widgets.length, height: widget().computeSize(300)[1]};
+        for (const output of [undefined, ...outputs]) node.onExecuted(output);
+        await new Promise(resolve => setTimeout(resolve, 300));
+        app.canvas.draw(true, true);
+        const after = {widgets: node.widgets.length, height: widget().computeSize(300)[1]};
+        const drawn = Boolean(window[state]?.nodes?.[node.id]);
+        app.graph.remove(node);
+        return {before, after, drawn, data: node[key] ?? null};
+    }""", [node_type, widget, state, key, outputs])
+
+
+def show_node(page, node_id, top=190):
+    """The node near the top left of the canvas, at 100% zoom."""
+    page.evaluate("""([id, top]) => {
+        const node = app.graph.getNodeById(id);
+        app.canvas.ds.scale = 1;
+        app.canvas.ds.offset = [120 - node.pos[0], top - node.pos[1]];
+        app.canvas.setDirty(true, true);
+    }""", [node_id, top])
+    page.wait_for_timeout(700)
+
+
+def read_drawn(page, state: str, node_id, count: str) -> dict:
+    """Redraw the graph canvas, then read the pixels inside the rectangle the extension
+    (``window[state]``) reports for the node's last draw, on the canvas it drew on (the graph
+    canvas, or the widget's own with Vue nodes).  Returns ``count(data, info)`` (a JS function
+    of the RGBA bytes and the extension's record) with where and on what it was drawn."""
+    return page.evaluate("""([state, id]) => {
+        const count = """ + count + """;
+        app.canvas.draw(true, true);
+        const info = window[state].nodes[id];
+        const canvas = info.canvas;
+        const [x, y, w, h] = info.rect.map(Math.round);
+        const x0 = Math.max(0, x), y0 = Math.max(0, y);
+        const x1 = Math.min(canvas.width, x + w), y1 = Math.min(canvas.height, y + h);
+        const data = canvas.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data;
+        const box = canvas.getBoundingClientRect();
+        return {...count(data, info), surface: info.surface,
+                isGraphCanvas: canvas === app.canvas.canvas, inDocument: canvas.isConnected,
+                shown: box.width > 100 && box.height > 50, rect: info.rect,
+                visible: [x1 - x0, y1 - y0]};
+    }""", [state, node_id])

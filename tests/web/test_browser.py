@@ -18,7 +18,7 @@ import urllib.parse
 
 from harness import comfy_host
 
-from .conftest import artifact_name
+from .conftest import artifact_name, feed_bad_outputs, read_drawn, set_small_run, show_node
 
 WORKFLOW = "lml_txt2img_ksampler_lml"
 EXTENSION_MARKERS = (f"/extensions/{comfy_host.PACK_NAME}/", "comfyui-lml", "lml.js")
@@ -46,23 +46,10 @@ def test_extension_is_loaded_and_tolerates_missing_data(lml_page):
     assert "comfyui-lml.diagnostics" in page.evaluate("app.extensions.map(e => e.name)")
     # A KSampler (LML) node that has not run shows no chart (its chart widget takes no height
     # and draws nothing); bad or missing ui data changes none of that.
-    result = page.evaluate("""async () => {
-        const node = LiteGraph.createNode("KSamplerLML");
-        app.graph.add(node);
-        const chart = () => node.widgets.find(w => w.name === "lml_diagnostics_chart");
-        const before = {widgets: node.widgets.length, height: chart().computeSize(300)[1]};
-        for (const output of [undefined, {}, {lml_diagnostics: []},
-                              {lml_diagnostics: [{sigmas: "x"}]},
-                              {lml_diagnostics: [{strength: [1, 2]}]}]) {
-            node.onExecuted(output);
-        }
-        await new Promise(resolve => setTimeout(resolve, 300));
-        app.canvas.draw(true, true);
-        const after = {widgets: node.widgets.length, height: chart().computeSize(300)[1]};
-        const drawn = Boolean(window.LMLDiagnostics?.nodes?.[node.id]);
-        app.graph.remove(node);
-        return {before, after, drawn, data: node.lmlDiagnostics ?? null};
-    }""")
+    result = feed_bad_outputs(page, "KSamplerLML", "lml_diagnostics_chart", "LMLDiagnostics",
+                              "lmlDiagnostics", [{}, {"lml_diagnostics": []},
+                                                 {"lml_diagnostics": [{"sigmas": "x"}]},
+                                                 {"lml_diagnostics": [{"strength": [1, 2]}]}])
     assert result["before"]["height"] == 0
     assert result == {"before": result["before"], "after": result["before"], "drawn": False,
                       "data": None}
@@ -112,31 +99,6 @@ def _load_template(page, name):
     page.wait_for_timeout(500)
 
 
-def _set_widgets(page, checkpoint, seed, steps):
-    page.evaluate("""([ckpt, seed, steps]) => {
-        const set = (node, name, value) => {
-            const widget = node.widgets.find(w => w.name === name);
-            widget.value = value;
-            widget.callback?.(value);
-        };
-        for (const node of app.graph.nodes) {
-            if (node.type === 'CheckpointLoaderSimple') set(node, 'ckpt_name', ckpt);
-            if (node.type === 'EmptyLatentImage') {
-                set(node, 'width', 64);
-                set(node, 'height', 64);
-            }
-            if (node.type === 'KSamplerLML') {
-                set(node, 'steps', steps);
-                set(node, 'seed', seed);
-                node.widgets.find(w => w.name === 'seed').linkedWidgets?.forEach(w => {
-                    if (w.name === 'control_after_generate') w.value = 'fixed';
-                });
-            }
-        }
-        app.canvas.setDirty(true, true);
-    }""", [checkpoint, seed, steps])
-
-
 def _run(page, server, node_id, run):
     """Press Run; wait for the prompt to finish on the server, the chart of run ``run`` and
     this run's output image in the page."""
@@ -164,28 +126,9 @@ def _run(page, server, node_id, run):
     return entry
 
 
-def _show_node(page, node_id):
-    """The KSampler (LML) node near the top left, at 100% zoom."""
-    page.evaluate("""id => {
-        const node = app.graph.getNodeById(id);
-        app.canvas.ds.scale = 1;
-        app.canvas.ds.offset = [120 - node.pos[0], 190 - node.pos[1]];
-        app.canvas.setDirty(true, true);
-    }""", node_id)
-    page.wait_for_timeout(700)
-
-
 def _read_chart(page, node_id):
-    """Redraw the graph canvas, then count the pixels of the chart's colours inside the
-    rectangle the extension reports for its last draw, on the canvas it drew on."""
-    return page.evaluate("""id => {
-        app.canvas.draw(true, true);
-        const info = window.LMLDiagnostics.nodes[id];
-        const canvas = info.canvas;
-        const [x, y, w, h] = info.rect.map(Math.round);
-        const x0 = Math.max(0, x), y0 = Math.max(0, y);
-        const x1 = Math.min(canvas.width, x + w), y1 = Math.min(canvas.height, y + h);
-        const data = canvas.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data;
+    """Count the pixels of the chart's colours where the extension drew it."""
+    return read_drawn(page, "LMLDiagnostics", node_id, """(data, info) => {
         const hex = c => [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16));
         const near = (i, rgb) => rgb.every((v, k) => Math.abs(data[i + k] - v) < 24);
         const sigma = hex(info.colors.sigma), strength = hex(info.colors.strength);
@@ -195,13 +138,8 @@ def _read_chart(page, node_id):
             if (near(i, strength)) strengthPixels++;
             hash = (hash * 31 + data[i] + 7 * data[i + 1] + 13 * data[i + 2]) | 0;
         }
-        const box = canvas.getBoundingClientRect();
-        return {steps: info.steps, run: info.run, surface: info.surface,
-                isGraphCanvas: canvas === app.canvas.canvas, inDocument: canvas.isConnected,
-                shown: box.width > 100 && box.height > 50,
-                rect: info.rect, visible: [x1 - x0, y1 - y0], sigmaPixels, strengthPixels,
-                hash};
-    }""", node_id)
+        return {steps: info.steps, run: info.run, sigmaPixels, strengthPixels, hash};
+    }""")
 
 
 def _check_chart(chart, mode, steps, run):
@@ -233,16 +171,16 @@ def test_example_workflow_runs_and_redraws_the_chart(lml_page, fresh_seed):
     }""", node_id)
 
     # Run 1: the test checkpoint, 64x64, 3 steps and a seed no run has used.
-    _set_widgets(page, comfy_host.CHECKPOINT_NAME, fresh_seed(), 3)
+    set_small_run(page, "KSamplerLML", {"steps": 3, "seed": fresh_seed()})
     _run(page, server, node_id, run=1)
-    _show_node(page, node_id)
+    show_node(page, node_id)
     first = _read_chart(page, node_id)
     page.screenshot(path=str(artifact_name(page, "chart_run1.png")))
     _check_chart(first, mode, steps=3, run=1)
 
     # Run 2 with another step count: the chart must show it (with Vue nodes the widget's
     # canvas is only repainted when the extension asks for it).
-    _set_widgets(page, comfy_host.CHECKPOINT_NAME, fresh_seed(), 5)
+    set_small_run(page, "KSamplerLML", {"steps": 5, "seed": fresh_seed()})
     entry = _run(page, server, node_id, run=2)
     page.wait_for_timeout(300)
     second = _read_chart(page, node_id)

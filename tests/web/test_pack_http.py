@@ -20,11 +20,17 @@ UI_EXAMPLES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 def test_extensions_lists_the_pack_js(server):
     extensions = server.get_json("/extensions")
     ours = sorted(e for e in extensions if e.startswith(f"/extensions/{PACK}/"))
-    assert ours == [f"/extensions/{PACK}/lml.js", f"/extensions/{PACK}/lml_lab.js"]
-    for path, marker in zip(ours, (b"lml_diagnostics", b"lml_lab")):
+    assert ours == [f"/extensions/{PACK}/{name}"
+                    for name in ("lml.js", "lml_lab.js", "on_node_widget.js")]
+    # the two extensions register through the shared widget scaffolding (both node renderers)
+    for path, markers in zip(ours, ((b"lml_diagnostics", b"registerRunWidget(app"),
+                                    (b"lml_lab", b"registerRunWidget(app"),
+                                    (b"registerExtension", b"triggerDraw"))):
         status, body = server.request(path)
         assert status == 200
-        assert b"registerExtension" in body and marker in body
+        assert all(marker in body for marker in markers), path
+        if not path.endswith("on_node_widget.js"):
+            assert b'from "./on_node_widget.js"' in body
 
 
 @pytest.mark.parametrize("node", ["KSamplerLML", "SamplerLML", "LMLCompare"])
