@@ -26,7 +26,8 @@ from comfy_api.latest import io
 
 from ..lml_core import expected_nfe, is_stochastic
 from . import lab_report
-from .bridge import decode, run_ksampler
+from .bridge import calibrated_sampler, decode, run_ksampler
+from .calibrate_node import DEFAULT_SAMPLES, run_calibration
 from .sampler_nodes import ksampler_category
 
 NODE_ID = "LMLSamplerLab"
@@ -37,9 +38,18 @@ DEFAULT_SAMPLERS = "euler,lml_euler,dpmpp_2m,ipndm_v,deis,uni_pc"
 DEFAULT_STEPS = "4,6,8,12,20"
 
 
+# "lml_calibrated" in ``samplers``: LML Calibrate fitted at each step count on noise of its own
+# (seed + 1, not the study's), with these settings (LML Calibrate's defaults), then measured like
+# every other row; its cost is the row's ``calibration_evaluations``.
+CALIBRATED = "lml_calibrated"
+CALIBRATION_SAMPLES = DEFAULT_SAMPLES
+CALIBRATION_OPTIONS: dict = {}
+
+
 def sampler_names() -> list[str]:
-    """ComfyUI's sampler list as it is now (the LML names and any wrapped variants included)."""
-    return list(comfy.samplers.KSampler.SAMPLERS)
+    """ComfyUI's sampler list as it is now (the LML names and any wrapped variants included),
+    and the calibrated LML sampler."""
+    return [*comfy.samplers.KSampler.SAMPLERS, CALIBRATED]
 
 
 class CallCounter:
@@ -110,7 +120,7 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
     """Run the study; return (report dict, plot HxWx3 uint8, grid HxWx3 uint8)."""
     names = lab_report.parse_samplers(samplers, sampler_names())
     counts = lab_report.parse_steps(steps)
-    if reference_sampler not in sampler_names():
+    if reference_sampler not in comfy.samplers.KSampler.SAMPLERS:
         raise ValueError(f"reference_sampler: unknown sampler {reference_sampler!r}")
 
     plan = [(reference_sampler, reference_steps)] + [(n, s) for n in names for s in counts]
@@ -118,18 +128,30 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
     counted = counter.attach(model)
     progress = StudyProgress(model, plan)
 
+    def sampler_for(name, n_steps):
+        """(SAMPLER, calibration evaluations or None)."""
+        if name != CALIBRATED:
+            return comfy.samplers.sampler_object(name), None
+        calibration, _ = run_calibration(model, positive, negative, latent_image,
+                                         (seed + 1) % 2**64, cfg, scheduler, n_steps,
+                                         CALIBRATION_SAMPLES, CALIBRATION_OPTIONS)
+        return calibrated_sampler(calibration), calibration.report["model_evaluations"]
+
     def run(index, name, n_steps):
+        sampler, calibration_evaluations = sampler_for(name, n_steps)
         progress.begin(index, counter)
         evals, passes = counter.evals, counter.forward_passes
         started = time.perf_counter()
-        samples = run_ksampler(counted, latent_image, seed, n_steps, cfg,
-                               comfy.samplers.sampler_object(name), name, scheduler, positive,
-                               negative, callback=progress.callback(counter))
+        samples = run_ksampler(counted, latent_image, seed, n_steps, cfg, sampler, name,
+                               scheduler, positive, negative,
+                               callback=progress.callback(counter))
         seconds = time.perf_counter() - started
         progress.end()
-        return samples, {"nfe": counter.evals - evals,
-                         "model_calls": counter.forward_passes - passes,
-                         "seconds": round(seconds, 4)}
+        measured = {"nfe": counter.evals - evals, "model_calls": counter.forward_passes - passes,
+                    "seconds": round(seconds, 4)}
+        if calibration_evaluations is not None:
+            measured["calibration_evaluations"] = calibration_evaluations
+        return samples, measured
 
     ref_samples, ref_counts = run(0, reference_sampler, reference_steps)
     ref_images = decode(vae, ref_samples)
@@ -149,6 +171,8 @@ def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler
                    "psnr": lab_report.psnr(images, ref_images),
                    "seconds": measured["seconds"],
                    "stochastic": is_stochastic(name)}
+            if "calibration_evaluations" in measured:
+                row["calibration_evaluations"] = measured["calibration_evaluations"]
             rows.append(row)
             cells[(name, n_steps)] = lab_report.to_uint8(images[0])
             psnr_text = "=" if row["psnr"] is None else f"{row['psnr']:.1f}dB"

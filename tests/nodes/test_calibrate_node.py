@@ -120,3 +120,21 @@ def test_unknown_scheduler_or_base_is_refused_before_anything_runs(pack):
     assert validate(scheduler="karras", base="auto") is True
     assert "scheduler must be one of" in validate(scheduler="nope", base="auto")
     assert "base must be one of" in validate(scheduler="karras", base="heun")
+
+
+def test_lab_measures_the_calibrated_sampler_like_any_other_row(pack, sd15, conds, user_dir,
+                                                                monkeypatch):
+    """'lml_calibrated' in the Lab: fitted at each step count on noise other than the study's
+    seed, then counted and scored like every row; its fitting cost is in the row."""
+    lab_node = pack.nodes.lab_node
+    monkeypatch.setattr(lab_node, "CALIBRATION_SAMPLES", 4)
+    monkeypatch.setattr(lab_node, "CALIBRATION_OPTIONS", FAST)
+    lab = pack.nodes.NODES_BY_ID["LMLSamplerLab"]
+    assert lab.validate_inputs(samplers="euler,lml_calibrated", steps="3") is True
+    out = lab.execute(sd15[0], conds[0], conds[1], {"samples": torch.zeros([1, 4, 8, 8])},
+                      sd15[2], 5, 4.0, "karras", "euler,lml_calibrated", "3", "dpmpp_2m", 8)
+    rows = {row["sampler"]: row for row in json.loads(out.args[0])["rows"]}
+    calibrated = rows["lml_calibrated"]
+    assert calibrated["nfe"] == 3 and calibrated["error"] > 0
+    assert calibrated["calibration_evaluations"] > 0
+    assert "calibration_evaluations" not in rows["euler"]
