@@ -23,6 +23,10 @@ from .comfy_host import CHECKPOINT_NAME, ROOT
 EXAMPLES_DIR = ROOT / "example_workflows"
 API_DIR = EXAMPLES_DIR / "api"
 INPUT_IMAGE = EXAMPLES_DIR / "input" / "lml_example_input.png"
+# The saved calibration the lml_calibrated_sampler example carries: LML Calibrate's output for
+# lml_calibrate's settings, made by ``python -m harness.workflows --calibrate``.
+SAVED_CALIBRATION = EXAMPLES_DIR / "input" / "lml_calibration.json"
+CALIBRATED_STEPS = 8
 
 # What a user most likely has; the smoke variant swaps in the test checkpoint.
 USER_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
@@ -61,6 +65,20 @@ def _lml_widgets(solver):
 def _wrap_widgets():
     """Sampler LML Wrap's widgets with lml_core's WRAP_DEFAULTS (fade after damping)."""
     return _lm_widgets(WRAP_DEFAULTS, "damping")
+
+
+def _calibrate_widgets():
+    """LML Calibrate's settings: lml_core's defaults and 32 noises."""
+    from lml_core import CALIBRATE_DEFAULTS
+
+    options = {k: v for k, v in CALIBRATE_DEFAULTS.items()
+               if k in ("base", "history", "move_timesteps", "heldout", "iterations", "damping",
+                        "trajectory", "reference_steps")}
+    return {"samples": 32, **options}
+
+
+def _saved_calibration() -> str:
+    return SAVED_CALIBRATION.read_text() if SAVED_CALIBRATION.exists() else ""
 
 
 def _text_nodes():
@@ -146,6 +164,42 @@ def definitions() -> dict:
                                **_lml_widgets("euler")}, (880, 120)),
             6: ("SaveImage", {"images": [5, 0], "filename_prefix": "lml/compare"}, (1300, 120)),
         },
+        "lml_calibrate": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("LMLCalibrate", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                                 "latent_image": [4, 0], "seed": SEED + 1, "cfg": 7.0,
+                                 "scheduler": "karras", "steps": CALIBRATED_STEPS,
+                                 **_calibrate_widgets()}, (880, 340)),
+            6: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
+            7: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                              "cfg": 7.0}, (880, 180)),
+            8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras",
+                                   "steps": CALIBRATED_STEPS, "denoise": 1.0}, (880, 820)),
+            9: ("SamplerCustomAdvanced", {"noise": [6, 0], "guider": [7, 0], "sampler": [5, 0],
+                                          "sigmas": [8, 0], "latent_image": [4, 0]},
+                (1260, 120)),
+            10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
+            11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/calibrated"},
+                 (1820, 120)),
+        },
+        "lml_calibrated_sampler": {
+            **_text_nodes(),
+            4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
+            5: ("SamplerLMLCalibrated", {"calibration": _saved_calibration()}, (880, 340),
+                "Sampler LML Calibrated (paste LML Calibrate's calibration here)"),
+            6: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
+            7: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
+                              "cfg": 7.0}, (880, 180)),
+            8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras",
+                                   "steps": CALIBRATED_STEPS, "denoise": 1.0}, (880, 820)),
+            9: ("SamplerCustomAdvanced", {"noise": [6, 0], "guider": [7, 0], "sampler": [5, 0],
+                                          "sigmas": [8, 0], "latent_image": [4, 0]},
+                (1260, 120)),
+            10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
+            11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/calibrated_saved"},
+                 (1820, 120)),
+        },
         "lml_sampler_lab": {
             **_text_nodes(),
             4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
@@ -180,8 +234,12 @@ def to_api(graph: dict) -> dict:
 
 def smoke(prompt: dict, steps=3, size=64, checkpoint=CHECKPOINT_NAME) -> dict:
     """The prompt as the tests run it: test checkpoint, size x size images, ``steps`` steps
-    (the Lab: one step count, and a reference of at most 4 x ``steps``)."""
+    (the Lab: one step count, and a reference of at most 4 x ``steps``; LML Calibrate: 4
+    noises, 2 iterations).  A prompt with a saved calibration keeps the step count it was
+    fitted for."""
     prompt = copy.deepcopy(prompt)
+    if any(node["class_type"] == "SamplerLMLCalibrated" for node in prompt.values()):
+        steps = CALIBRATED_STEPS
     for node in prompt.values():
         inputs = node["inputs"]
         if "ckpt_name" in inputs:
@@ -192,6 +250,9 @@ def smoke(prompt: dict, steps=3, size=64, checkpoint=CHECKPOINT_NAME) -> dict:
             inputs["steps"] = steps  # the Lab's step list becomes the single count "3"
         if "reference_steps" in inputs:  # the Lab's converged reference, scaled down alike
             inputs["reference_steps"] = min(inputs["reference_steps"], 4 * steps)
+        if node["class_type"] == "LMLCalibrate":
+            inputs["samples"] = min(inputs["samples"], 4)
+            inputs["iterations"] = min(inputs["iterations"], 2)
     return prompt
 
 
@@ -341,13 +402,34 @@ def write_input_image(path=INPUT_IMAGE, size=256) -> Path:
     return path
 
 
-def main():
+def write_saved_calibration(server) -> str:
+    """Run lml_calibrate's LML Calibrate (its settings, at the example size on the host's test
+    model) and save the calibration it outputs as the lml_calibrated_sampler example's text."""
+    graph = to_api(definitions()["lml_calibrate"])
+    prompt = smoke(graph, steps=CALIBRATED_STEPS, size=64)
+    for node in prompt.values():  # the example's own settings, not the smoke run's
+        if node["class_type"] == "LMLCalibrate":
+            node["inputs"].update(_calibrate_widgets())
+    calibrate_id = next(k for k, v in prompt.items() if v["class_type"] == "LMLCalibrate")
+    entry = server.run(prompt, timeout=3600)
+    (text,) = entry["outputs"][calibrate_id]["lml_calibration"]
+    SAVED_CALIBRATION.write_text(text)
+    return text
+
+
+def main(argv=None):
+    import sys
+
     from .comfy_host import ComfyServer
     from .thumbnails import write_thumbnails
 
+    argv = sys.argv[1:] if argv is None else argv
     API_DIR.mkdir(parents=True, exist_ok=True)
     write_input_image()
     with ComfyServer() as server:
+        if "--calibrate" in argv or not SAVED_CALIBRATION.exists():
+            write_saved_calibration(server)
+            print("wrote", SAVED_CALIBRATION)
         object_info = server.object_info()
     for name, graph in definitions().items():
         api = to_api(graph)
