@@ -3,29 +3,58 @@
 # calls it): installs the ComfyUI host into .host/ (and the headless browser for the UI test)
 # when missing, lints with ruff, then runs pytest on tests/ with the host's python.
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k integration -x
+#
+# LML_EXTRA_HOSTS="a.tar.gz b/ComfyUI ...": after the whole suite on the default host, each of
+# these ComfyUI sources (tarball or tree) is built into .host-<version>/ by install_host.sh and
+# the tests that depend on the host (nodes, integration, web with its pinned frontend and the
+# newest one, the benchmark's field) run again on it. Any failing run fails the script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+source scripts/host_lib.sh
 HOST="${LML_HOST_DIR:-$ROOT/.host}"
-PY="$HOST/venv/bin/python"
+HOST_TESTS=(tests/nodes tests/integration tests/web tests/bench)
 start=$(date +%s)
-
-bash scripts/install_host.sh
-bash scripts/install_browser.sh
 
 # One thread per process, like the test server: on 2 busy cores OpenMP's spinning threads
 # make the small test models several times slower.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-"$PY" -m ruff check .
+summary=()
+failed=0
 
-set +e
-"$PY" -m pytest tests "$@"
-rc=$?
-set -e
-echo "test.sh: pytest exit code $rc after $(( $(date +%s) - start )) s"
-if [ "$rc" -eq 5 ]; then
-  echo "test.sh: pytest collected no tests; that is a failure here" >&2
-  exit 1
-fi
-exit "$rc"
+# run_pytest HOST_DIR ARGS...: pytest with that host's python and harness, its result noted.
+run_pytest() {
+  local host="$1" version rc t0
+  shift
+  version="$(sed -nE 's/^__version__ *= *"([^"]+)".*/\1/p' "$host/ComfyUI/comfyui_version.py")"
+  echo "test.sh: === ComfyUI $version ($host): pytest $* ==="
+  t0=$(date +%s)
+  set +e
+  LML_HOST_DIR="$host" "$host/venv/bin/python" -m pytest "$@"
+  rc=$?
+  set -e
+  local line="ComfyUI $version: pytest exit code $rc after $(( $(date +%s) - t0 )) s"
+  if [ "$rc" -eq 5 ]; then
+    line="$line (collected no tests; that is a failure here)"
+  fi
+  echo "test.sh: $line"
+  summary+=("$line")
+  if [ "$rc" -ne 0 ]; then failed=1; fi
+}
+
+bash scripts/install_host.sh
+bash scripts/install_browser.sh
+"$HOST/venv/bin/python" -m ruff check .
+run_pytest "$HOST" tests "$@"
+
+for src in ${LML_EXTRA_HOSTS:-}; do
+  extra="$(host_dir_for "$ROOT" "$src")"
+  LML_COMFY_SRC="$src" LML_HOST_DIR="$extra" bash scripts/install_host.sh
+  LML_HOST_DIR="$extra" bash scripts/install_browser.sh
+  run_pytest "$extra" "${HOST_TESTS[@]}" "$@"
+done
+
+echo "test.sh: after $(( $(date +%s) - start )) s:"
+printf 'test.sh:   %s\n' "${summary[@]}"
+exit "$failed"
