@@ -66,7 +66,7 @@ def listen(server, prompt, on_first_progress=None, timeout=240):
 def test_object_info_lists_the_lab(object_info):
     info = object_info["LMLSamplerLab"]
     assert info["display_name"] == "LML Sampler Lab"
-    assert info["category"] == "sampling" and info["output_node"]
+    assert info["category"] == object_info["KSampler"]["category"] and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
     assert info["output_name"] == ["report", "plot", "grid"]
     required = info["input"]["required"]

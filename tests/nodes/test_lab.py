@@ -25,14 +25,15 @@ def study(pack, sd15, conds, samplers, steps, reference="dpmpp_2m", reference_st
     return report, out
 
 
-def test_registered_as_a_v3_node_in_the_sampling_category(pack):
+def test_registered_as_a_v3_node_beside_the_hosts_ksampler(pack):
+    import nodes as host_nodes
     from comfy_api.latest import io
 
     node = lab(pack)
     assert issubclass(node, io.ComfyNode)
     assert pack.nodes.NODE_DISPLAY_NAME_MAPPINGS["LMLSamplerLab"] == "LML Sampler Lab"
     info = node.GET_NODE_INFO_V1()
-    assert info["category"] == "sampling" and info["output_node"]
+    assert info["category"] == host_nodes.KSampler.CATEGORY and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
     assert info["output_name"] == ["report", "plot", "grid"]
     required = info["input"]["required"]
