@@ -26,8 +26,9 @@ def study(pack, sd15, conds, samplers, steps, reference="dpmpp_2m", reference_st
 
 
 def test_registered_as_a_v3_node_beside_the_hosts_ksampler(pack):
-    import nodes as host_nodes
     from comfy_api.latest import io
+
+    import nodes as host_nodes
 
     node = lab(pack)
     assert issubclass(node, io.ComfyNode)
