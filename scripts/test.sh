@@ -4,10 +4,11 @@
 # when missing, lints with ruff, then runs pytest on tests/ with the host's python.
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k integration -x
 #
-# LML_EXTRA_HOSTS="a.tar.gz b/ComfyUI ...": after the whole suite on the default host, each of
-# these ComfyUI sources (tarball or tree) is built into .host-<version>/ by install_host.sh and
-# the tests that depend on the host (nodes, integration, web with its pinned frontend and the
-# newest one, the benchmark's field) run again on it. Any failing run fails the script.
+# LML_EXTRA_HOSTS="a.tar.gz b/ComfyUI ..." (paths from the repository root): after the whole
+# suite on the default host, each of these ComfyUI sources (tarball or tree) is built into
+# .host-<version>/ by install_host.sh and the tests that depend on the host (nodes,
+# integration, web with its pinned frontend and the newest one, the benchmark's field) run
+# again on it. Every run is reported with its ComfyUI version; any failing run fails the script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
