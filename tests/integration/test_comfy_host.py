@@ -46,7 +46,8 @@ def png_pixels(data: bytes):
 
 
 def test_object_info_lists_the_nodes_and_their_inputs(object_info):
-    # Beside the host's own nodes (on 0.3.75: "sampling/custom_sampling/samplers", "sampling").
+    # Beside the host's own nodes (0.3.75: "sampling/custom_sampling/samplers", "sampling";
+    # 0.33: "model/sampling/samplers", "model/sampling").
     for node, beside in (("SamplerLML", "KSamplerSelect"), ("KSamplerLML", "KSampler"),
                          ("LMLCompare", "KSampler")):
         info = object_info[node]

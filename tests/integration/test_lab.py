@@ -5,6 +5,7 @@ import asyncio
 import io
 import json
 import math
+import urllib.error
 
 import aiohttp
 import pytest
@@ -38,9 +39,13 @@ def lab_prompt(seed, samplers="euler,lml_euler,heun", steps="2,4,8", reference_s
 
 
 def listen(server, prompt, on_first_progress=None, timeout=240):
-    """Queue ``prompt`` and collect its websocket messages until it ends."""
+    """Queue ``prompt``; return its id, its websocket messages until it ends, and its /history
+    entry.  ComfyUI (0.3.75 and 0.33 alike) sends the end message (execution_success or
+    execution_interrupted) from the executor and writes /history a few ms later, before the
+    ``status`` and ``executing`` (node None) messages the frontend refreshes on; so the entry
+    is waited for, never read at once."""
 
-    pending = [on_first_progress] if on_first_progress else []
+    pending = [on_first_progress] if on_first_progress else []  # called with the prompt id
 
     async def run():
         url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
@@ -53,20 +58,21 @@ def listen(server, prompt, on_first_progress=None, timeout=240):
                 data = json.loads(message.data)
                 messages.append(data)
                 if data["type"] == "progress" and pending and data["data"]["node"] == LAB:
-                    await asyncio.to_thread(pending.pop())
+                    await asyncio.to_thread(pending.pop(), prompt_id)
                 if data["type"] in ("execution_success", "execution_error",
                                     "execution_interrupted") and \
                         data["data"].get("prompt_id") == prompt_id:
                     break
         return prompt_id, messages
 
-    return asyncio.run(asyncio.wait_for(run(), timeout=timeout))
+    prompt_id, messages = asyncio.run(asyncio.wait_for(run(), timeout=timeout))
+    return prompt_id, messages, server.wait(prompt_id, timeout=30, check=False)
 
 
 def test_object_info_lists_the_lab(object_info):
     info = object_info["LMLSamplerLab"]
     assert info["display_name"] == "LML Sampler Lab"
-    assert info["category"] == "sampling" and info["output_node"]
+    assert info["category"] == object_info["KSampler"]["category"] and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
     assert info["output_name"] == ["report", "plot", "grid"]
     required = info["input"]["required"]
@@ -78,9 +84,8 @@ def test_object_info_lists_the_lab(object_info):
 
 
 def test_acceptance_study(server, fresh_seed):
-    prompt_id, messages = listen(server, lab_prompt(fresh_seed()))
+    _, messages, entry = listen(server, lab_prompt(fresh_seed()))
     assert messages[-1]["type"] == "execution_success", messages[-1]
-    entry = server.get_json(f"/history/{prompt_id}")[prompt_id]
     (report,) = entry["outputs"][LAB]["lml_lab"]  # /history carries the UI output
 
     assert report["reference"]["sampler"] == "dpmpp_2m"
@@ -144,16 +149,39 @@ def test_bad_list_is_a_validation_error_before_anything_runs(server, fresh_seed,
     assert len(server.get_json("/history")) == history_before
 
 
-def test_cancel_stops_the_study_and_the_server_goes_on(server, fresh_seed):
+def has_jobs_api(server):
+    """0.33 has a jobs API (/api/jobs, what its queue panel lists); 0.3.75 has not."""
+    try:
+        server.get_json("/api/jobs")
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+        return False
+    return True
+
+
+CANCELS = {  # the old Cancel (both hosts) and 0.33's per-job one
+    "interrupt": lambda server, prompt_id: server.post_json("/interrupt", {}),
+    "jobs_cancel": lambda server, prompt_id: server.post_json(f"/api/jobs/{prompt_id}/cancel",
+                                                              {}),
+}
+
+
+@pytest.mark.parametrize("cancel", sorted(CANCELS))
+def test_cancel_stops_the_study_and_the_server_goes_on(server, fresh_seed, cancel):
+    if cancel == "jobs_cancel" and not has_jobs_api(server):
+        pytest.skip("this host has no jobs API (0.3.75); /interrupt is its Cancel")
     prompt = lab_prompt(fresh_seed(), samplers="euler,heun", steps="8,16", reference_steps=200)
-    prompt_id, messages = listen(server, prompt,
-                                 on_first_progress=lambda: server.post_json("/interrupt", {}))
+    prompt_id, messages, entry = listen(
+        server, prompt, on_first_progress=lambda prompt_id: CANCELS[cancel](server, prompt_id))
     assert messages[-1]["type"] == "execution_interrupted"
     progress = [m["data"]["value"] for m in messages
                 if m["type"] == "progress" and m["data"]["node"] == LAB]
     assert max(progress) < 200  # stopped inside the reference run
-    entry = server.get_json(f"/history/{prompt_id}")[prompt_id]
+    assert entry["status"]["status_str"] == "error"  # an interrupted prompt, on both hosts
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
     assert not output_files(entry, "images")
+    if has_jobs_api(server):
+        assert server.get_json(f"/api/jobs/{prompt_id}")["status"] == "cancelled"
 
     follow_up = lab_prompt(fresh_seed(), samplers="euler", steps="2", reference_steps=4)
     assert server.run(follow_up)["status"]["status_str"] == "success"

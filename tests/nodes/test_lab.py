@@ -25,14 +25,16 @@ def study(pack, sd15, conds, samplers, steps, reference="dpmpp_2m", reference_st
     return report, out
 
 
-def test_registered_as_a_v3_node_in_the_sampling_category(pack):
+def test_registered_as_a_v3_node_beside_the_hosts_ksampler(pack):
     from comfy_api.latest import io
+
+    import nodes as host_nodes
 
     node = lab(pack)
     assert issubclass(node, io.ComfyNode)
     assert node.GET_SCHEMA().display_name == "LML Sampler Lab"
     info = node.GET_NODE_INFO_V1()
-    assert info["category"] == "sampling" and info["output_node"]
+    assert info["category"] == host_nodes.KSampler.CATEGORY and info["output_node"]
     assert info["output"] == ["STRING", "IMAGE", "IMAGE"]
     assert info["output_name"] == ["report", "plot", "grid"]
     required = info["input"]["required"]

@@ -90,22 +90,29 @@ def test_advanced_flag_on_the_rarely_changed_inputs_only(pack):
 
 
 def test_advanced_helper_uses_the_hosts_own_option_when_it_has_one(pack):
+    """0.3.75's io.Input has no ``advanced`` option (the flag goes through extra_dict); 0.33's
+    has one (the helper sets it and leaves extra_dict alone). The host's own input takes its
+    path; the other kind is made from it, so both paths run on every host."""
     advanced = pack.nodes.lm_settings.advanced
-    # This host (0.3.75): no `advanced` option on io.Input; the flag goes through extra_dict.
-    plain = io.Float.Input("x", default=1.0)
-    assert not hasattr(plain, "advanced")
-    assert advanced(plain).as_dict()["advanced"] is True
-    assert plain.extra_dict == {"advanced": True}
+    host_input = io.Float.Input("x", default=1.0)
+    if hasattr(host_input, "advanced"):
+        with_option = host_input
+        without_option = io.Float.Input("x", default=1.0)
+        del without_option.advanced  # an older host's input
+    else:
+        without_option = host_input
 
-    # A host whose io.Input has the option (newest ComfyUI sets self.advanced in __init__):
-    # the helper sets that attribute and leaves extra_dict alone.
-    class NewestFloatInput(io.Float.Input):
-        def __init__(self, *args, advanced=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.advanced = advanced
+        class NewerFloatInput(io.Float.Input):  # a newer host's input (sets self.advanced)
+            def __init__(self, *args, advanced=None, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.advanced = advanced
 
-    newest = advanced(NewestFloatInput("x", default=1.0))
-    assert newest.advanced is True and newest.extra_dict == {}
+        with_option = NewerFloatInput("x", default=1.0)
+
+    assert advanced(with_option).advanced is True
+    assert not with_option.extra_dict
+    assert advanced(without_option).extra_dict == {"advanced": True}
+    assert advanced(host_input).as_dict()["advanced"] is True  # what /object_info serves
 
 
 def test_categories_sit_beside_the_hosts_sampler_nodes(pack):
@@ -117,7 +124,17 @@ def test_categories_sit_beside_the_hosts_sampler_nodes(pack):
                           "SamplerLML": select, "SamplerLMLWrap": select,
                           "LMLSamplerLab": ksampler, "LMLCalibrate": ksampler,
                           "SamplerLMLCalibrated": select}
-    assert (ksampler, select) == ("sampling", "sampling/custom_sampling/samplers")  # 0.3.75
+
+
+def test_categories_follow_the_host_not_a_fixed_name(load_pack, monkeypatch):
+    """A host that moves its sampler nodes (0.3.75: "sampling", 0.33: "model/sampling") moves
+    ours with them: a fresh load of the pack reads the categories again."""
+    monkeypatch.setattr(importlib.import_module("nodes").KSampler, "CATEGORY", "moved/here")
+    monkeypatch.setattr(importlib.import_module("comfy_extras.nodes_custom_sampler")
+                        .KSamplerSelect, "CATEGORY", "moved/here/samplers")
+    mappings = load_pack("comfyui_lml_moved").nodes.NODES_BY_ID
+    assert mappings["KSamplerLML"].GET_SCHEMA().category == "moved/here"
+    assert mappings["SamplerLML"].GET_SCHEMA().category == "moved/here/samplers"
 
 
 def test_category_falls_back_when_the_host_has_no_such_node(pack):
@@ -171,12 +188,14 @@ def test_dropdowns_list_what_the_host_lists(pack, node_id):
         assert "lml_euler" in required["baseline_sampler"][1]["options"]
 
 
-def test_this_host_has_the_two_argument_fix_empty_latent_channels():
-    # 0.3.75; tests/nodes/test_latent_ratios.py covers the newer signatures.
+def test_the_hosts_fix_empty_latent_channels_takes_nothing_the_pack_does_not_know(pack):
+    # 0.3.75: (model, latent_image); 0.33: both downscale ratios after them. A parameter the
+    # pack does not pass would change what core's KSampler does and ours does not.
     import inspect
 
-    assert list(inspect.signature(comfy.sample.fix_empty_latent_channels).parameters) == [
-        "model", "latent_image"]
+    parameters = list(inspect.signature(comfy.sample.fix_empty_latent_channels).parameters)
+    assert parameters[:2] == ["model", "latent_image"]
+    assert set(parameters[2:]) <= set(pack.nodes.bridge.LATENT_RATIO_KEYS), parameters
 
 
 def test_one_class_per_name_in_the_loaded_pack(pack):

@@ -1,8 +1,9 @@
 """Real ComfyUI servers for the web tests (pack linked in, test checkpoint) and the browser
 fixtures, shared by every browser test file.
 
-- ``server``: the host with the frontend it pins (0.3.75: comfyui-frontend-package 1.32.9), one
-  per session, on a port in 8270-8299 so it never collides with the integration server.
+- ``server``: the host with the frontend it pins (comfyui-frontend-package 1.32.9 on 0.3.75,
+  1.49.6 on 0.33.0), one per session, on a port in 8270-8299 so it never collides with the
+  integration server.
 - ``frontend_servers``: a server per frontend the browser tests run against: the pinned one
   (``server``) and the newest one scripts/install_browser.sh puts in
   ``$LML_HOST_DIR/frontends/<version>`` (a second server started with ComfyUI's
