@@ -24,7 +24,7 @@ from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 from . import field, report
 from .common import initial_noise, rms
 from .exact import EXACT_DATASETS
-from .run import CFG_SCALES, SAMPLES, deterministic_specs
+from .run import CFG_SCALES, SAMPLES, deterministic_specs, log, prepare
 from .suite import (
     NOISE_SEED,
     SCHEDULES,
@@ -207,12 +207,7 @@ def parse(argv):
 
 def main(argv=None):
     args = parse(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
+    out = prepare(args)
 
     if args.cost_only:
         return cost_200d(log)

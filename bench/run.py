@@ -140,14 +140,21 @@ def parse(argv):
     return args
 
 
-def main(argv=None):
-    args = parse(argv)
+def log(msg):
+    print(msg, flush=True)
+
+
+def prepare(args) -> Path:
+    """Thread count and output folder of a benchmark command."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    def log(msg):
-        print(msg, flush=True)
+
+def main(argv=None):
+    args = parse(argv)
+    out = prepare(args)
 
     t_start, cpu_start = time.time(), time.process_time()
     log(f"LML benchmark: data {args.names}, samples {[args.samples(n) for n in args.names]}, "

@@ -375,6 +375,40 @@ class ComfyServer:
         return json.loads(raw)["name"]
 
 
+def listen(server, prompt, node, on_first_progress=None, timeout=240):
+    """Queue ``prompt`` on ``server``; return its id, its websocket messages until it ends,
+    and its /history entry.  ``on_first_progress(prompt_id)`` is called at ``node``'s first
+    progress message (a test's Cancel).  ComfyUI (0.3.75 and 0.33 alike) sends the end message
+    (execution_success or execution_interrupted) from the executor and writes /history a few
+    ms later, so the entry is waited for, never read at once."""
+    import asyncio
+
+    import aiohttp  # ComfyUI's own dependency: present in every host venv
+
+    pending = [on_first_progress] if on_first_progress else []
+
+    async def run():
+        url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
+        messages = []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            prompt_id = await asyncio.to_thread(server.queue, prompt)
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    continue
+                data = json.loads(message.data)
+                messages.append(data)
+                if data["type"] == "progress" and pending and data["data"]["node"] == node:
+                    await asyncio.to_thread(pending.pop(), prompt_id)
+                if data["type"] in ("execution_success", "execution_error",
+                                    "execution_interrupted") and \
+                        data["data"].get("prompt_id") == prompt_id:
+                    break
+        return prompt_id, messages
+
+    prompt_id, messages = asyncio.run(asyncio.wait_for(run(), timeout=timeout))
+    return prompt_id, messages, server.wait(prompt_id, timeout=30, check=False)
+
+
 def output_files(entry: dict, kind="images"):
     """All output file descriptors of one kind ("images", "latents") in a /history entry."""
     return [item for node_output in entry.get("outputs", {}).values()

@@ -81,6 +81,22 @@ def _saved_calibration() -> str:
     return SAVED_CALIBRATION.read_text() if SAVED_CALIBRATION.exists() else ""
 
 
+def _calibrated_sampling(prefix):
+    """SamplerCustomAdvanced with the SAMPLER of node 5 on the calibrated schedule (karras,
+    CALIBRATED_STEPS), the latent of node 4, decoded and saved under ``prefix``."""
+    return {
+        6: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
+        7: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0], "cfg": 7.0},
+            (880, 180)),
+        8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras",
+                               "steps": CALIBRATED_STEPS, "denoise": 1.0}, (880, 820)),
+        9: ("SamplerCustomAdvanced", {"noise": [6, 0], "guider": [7, 0], "sampler": [5, 0],
+                                      "sigmas": [8, 0], "latent_image": [4, 0]}, (1260, 120)),
+        10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
+        11: ("SaveImage", {"images": [10, 0], "filename_prefix": prefix}, (1820, 120)),
+    }
+
+
 def _text_nodes():
     return {
         1: ("CheckpointLoaderSimple", {"ckpt_name": USER_CHECKPOINT}, (40, 120)),
@@ -171,34 +187,14 @@ def definitions() -> dict:
                                  "latent_image": [4, 0], "seed": SEED + 1, "cfg": 7.0,
                                  "scheduler": "karras", "steps": CALIBRATED_STEPS,
                                  **_calibrate_widgets()}, (880, 340)),
-            6: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
-            7: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
-                              "cfg": 7.0}, (880, 180)),
-            8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras",
-                                   "steps": CALIBRATED_STEPS, "denoise": 1.0}, (880, 820)),
-            9: ("SamplerCustomAdvanced", {"noise": [6, 0], "guider": [7, 0], "sampler": [5, 0],
-                                          "sigmas": [8, 0], "latent_image": [4, 0]},
-                (1260, 120)),
-            10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
-            11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/calibrated"},
-                 (1820, 120)),
+            **_calibrated_sampling("lml/calibrated"),
         },
         "lml_calibrated_sampler": {
             **_text_nodes(),
             4: ("EmptyLatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, (420, 560)),
             5: ("SamplerLMLCalibrated", {"calibration": _saved_calibration()}, (880, 340),
                 "Sampler LML Calibrated (paste LML Calibrate's calibration here)"),
-            6: ("RandomNoise", {"noise_seed": SEED}, (880, 40)),
-            7: ("CFGGuider", {"model": [1, 0], "positive": [2, 0], "negative": [3, 0],
-                              "cfg": 7.0}, (880, 180)),
-            8: ("BasicScheduler", {"model": [1, 0], "scheduler": "karras",
-                                   "steps": CALIBRATED_STEPS, "denoise": 1.0}, (880, 820)),
-            9: ("SamplerCustomAdvanced", {"noise": [6, 0], "guider": [7, 0], "sampler": [5, 0],
-                                          "sigmas": [8, 0], "latent_image": [4, 0]},
-                (1260, 120)),
-            10: ("VAEDecode", {"samples": [9, 0], "vae": [1, 2]}, (1600, 120)),
-            11: ("SaveImage", {"images": [10, 0], "filename_prefix": "lml/calibrated_saved"},
-                 (1820, 120)),
+            **_calibrated_sampling("lml/calibrated_saved"),
         },
         "lml_sampler_lab": {
             **_text_nodes(),

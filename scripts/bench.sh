@@ -12,20 +12,11 @@ cd "$ROOT"
 bash scripts/install_host.sh
 PY="${LML_HOST_DIR:-$ROOT/.host}/venv/bin/python"  # install_host.sh also installs matplotlib, scikit-learn
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-if [ "${1:-}" = "study" ]; then
-  shift
-  exec "$PY" -m bench.study "$@"
-fi
-if [ "${1:-}" = "rotation" ]; then
-  shift
-  exec "$PY" -m bench.rotation "$@"
-fi
-if [ "${1:-}" = "wrap" ]; then
-  shift
-  exec "$PY" -m bench.wrap_study "$@"
-fi
-if [ "${1:-}" = "calibrated" ]; then
-  shift
-  exec "$PY" -m bench.calibrated "$@"
-fi
-exec "$PY" -m bench "$@"
+case "${1:-}" in
+  study) module=bench.study; shift ;;
+  rotation) module=bench.rotation; shift ;;
+  wrap) module=bench.wrap_study; shift ;;
+  calibrated) module=bench.calibrated; shift ;;
+  *) module=bench ;;
+esac
+exec "$PY" -m "$module" "$@"

@@ -2,16 +2,14 @@
 text in Sampler LML Calibrated reproduces it in a new prompt, a schedule it was not fitted for
 and malformed text are refused, and Cancel mid-calibration leaves the server serving."""
 
-import asyncio
 import io
 import json
 
-import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
 
-from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, listen, output_files
 
 CALIBRATE, SAMPLER = "5", "6"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
@@ -90,35 +88,11 @@ def test_malformed_text_is_a_validation_error(server, fresh_seed):
     assert "missing field" in details
 
 
-def listen_and_cancel(server, graph, node, timeout=240):
-    """Queue ``graph``, POST /interrupt at ``node``'s first progress message, and return the
-    prompt's websocket messages until it ends."""
-
-    async def run():
-        url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
-        messages, cancelled = [], False
-        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-            prompt_id = await asyncio.to_thread(server.queue, graph)
-            async for message in ws:
-                if message.type == aiohttp.WSMsgType.BINARY:
-                    continue
-                data = json.loads(message.data)
-                messages.append(data)
-                if data["type"] == "progress" and data["data"]["node"] == node and not cancelled:
-                    cancelled = True
-                    await asyncio.to_thread(server.post_json, "/interrupt", {})
-                if data["type"] in ("execution_success", "execution_error",
-                                    "execution_interrupted") and \
-                        data["data"].get("prompt_id") == prompt_id:
-                    break
-        return messages
-
-    return asyncio.run(asyncio.wait_for(run(), timeout))
-
-
 def test_cancel_mid_calibration_and_the_server_goes_on(server, fresh_seed):
     graph = prompt(fresh_seed(), CALIBRATE, samples=8, iterations=50, reference_steps=200)
-    messages = listen_and_cancel(server, graph, CALIBRATE)
+    _, messages, entry = listen(server, graph, CALIBRATE,
+                                on_first_progress=lambda _: server.post_json("/interrupt", {}))
     assert messages[-1]["type"] == "execution_interrupted"
+    assert entry["status"]["status_str"] == "error" and not output_files(entry, "images")
     follow_up = server.run(prompt(fresh_seed(), CALIBRATE))
     assert follow_up["status"]["status_str"] == "success"

@@ -1,16 +1,14 @@
 """LMLSamplerLab in a real server (fixture ``server``): the issue's acceptance study, one progress
 bar over the websocket, validation before anything runs, and Cancel."""
 
-import asyncio
 import io
-import json
 import math
 import urllib.error
 
-import aiohttp
 import pytest
 from PIL import Image
 
+from harness import comfy_host
 from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
 
 LAB = "5"
@@ -39,34 +37,7 @@ def lab_prompt(seed, samplers="euler,lml_euler,heun", steps="2,4,8", reference_s
 
 
 def listen(server, prompt, on_first_progress=None, timeout=240):
-    """Queue ``prompt``; return its id, its websocket messages until it ends, and its /history
-    entry.  ComfyUI (0.3.75 and 0.33 alike) sends the end message (execution_success or
-    execution_interrupted) from the executor and writes /history a few ms later, before the
-    ``status`` and ``executing`` (node None) messages the frontend refreshes on; so the entry
-    is waited for, never read at once."""
-
-    pending = [on_first_progress] if on_first_progress else []  # called with the prompt id
-
-    async def run():
-        url = server.url.replace("http", "ws") + f"/ws?clientId={server.client_id}"
-        messages = []
-        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-            prompt_id = await asyncio.to_thread(server.queue, prompt)
-            async for message in ws:
-                if message.type == aiohttp.WSMsgType.BINARY:
-                    continue
-                data = json.loads(message.data)
-                messages.append(data)
-                if data["type"] == "progress" and pending and data["data"]["node"] == LAB:
-                    await asyncio.to_thread(pending.pop(), prompt_id)
-                if data["type"] in ("execution_success", "execution_error",
-                                    "execution_interrupted") and \
-                        data["data"].get("prompt_id") == prompt_id:
-                    break
-        return prompt_id, messages
-
-    prompt_id, messages = asyncio.run(asyncio.wait_for(run(), timeout=timeout))
-    return prompt_id, messages, server.wait(prompt_id, timeout=30, check=False)
+    return comfy_host.listen(server, prompt, LAB, on_first_progress, timeout)
 
 
 def test_object_info_lists_the_lab(object_info):

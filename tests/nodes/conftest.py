@@ -63,3 +63,22 @@ def conds(sd15):
     _, clip, _ = sd15
     encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
     return encode("a red house by a lake"), encode("blurry")
+
+
+@pytest.fixture
+def sample_custom(sd15, conds):
+    """``sample_custom(sampler, steps=5, seed=3)``: a [2, 4, 8, 8] latent sampled with the SAMPLER
+    object through comfy.sample.sample_custom (karras sigmas, cfg 5) on the test checkpoint."""
+    import comfy.sample
+    import comfy.samplers
+
+    def sample(sampler, steps=5, seed=3):
+        model = sd15[0]
+        latent = torch.zeros([2, 4, 8, 8])
+        noise = comfy.sample.prepare_noise(latent, seed)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
+                                                 "karras", steps)
+        return comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, *conds, latent,
+                                          disable_pbar=True, seed=seed)
+
+    return sample

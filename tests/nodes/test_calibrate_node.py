@@ -45,17 +45,7 @@ def calibrate_node(pack, sd15, conds, seed=5, steps=3, samples=4, **changes):
     return out
 
 
-def sample(sd15, conds, sampler, steps, seed=11):
-    model = sd15[0]
-    latent = torch.zeros([2, 4, 8, 8])
-    noise = comfy.sample.prepare_noise(latent, seed)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
-                                             "karras", steps)
-    return comfy.sample.sample_custom(model, noise, 4.0, sampler, sigmas, *conds, latent,
-                                      disable_pbar=True, seed=seed)
-
-
-def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, conds, calibrated):
+def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sample_custom, calibrated):
     out = calibrated
     sampler, text, report = out.result
     calibration = Calibration.from_json(text)
@@ -63,14 +53,14 @@ def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, conds, ca
     assert out.ui["lml_calibration"] == [text]
     assert "held-out error" in report and "model calls" in report
     assert calibration.report["model_calls"] > 0
-    first = sample(sd15, conds, sampler, 3)
+    first = sample_custom(sampler, 3)
     assert torch.isfinite(first).all()
     # The text in a new Sampler LML Calibrated reproduces the samples bit for bit.
     again = node(pack, "SamplerLMLCalibrated").execute(calibration=text).result[0]
-    assert torch.equal(sample(sd15, conds, again, 3), first)
+    assert torch.equal(sample_custom(again, 3), first)
     # Another step count is refused, naming both.
     with pytest.raises(ValueError, match=r"fitted for 3 steps.*given 5 steps"):
-        sample(sd15, conds, again, 5)
+        sample_custom(again, 5)
 
 
 def test_same_inputs_load_from_the_disk_cache(pack, sd15, conds, user_dir, calibrated):

@@ -16,29 +16,17 @@ def wrap(pack, sampler, **changes):
     return node.execute(sampler=sampler, **options).result[0]
 
 
-def sample(sd15, conds, sampler, seed=3, steps=5):
-    import comfy.sample
-
-    model = sd15[0]
-    latent = torch.zeros([2, 4, 8, 8])
-    noise = comfy.sample.prepare_noise(latent, seed)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
-                                             "karras", steps)
-    return comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, *conds, latent,
-                                      disable_pbar=True, seed=seed)
-
-
 @pytest.mark.parametrize("base", BASES)
-def test_wrapping_a_builtin_sampler(pack, sd15, conds, base):
+def test_wrapping_a_builtin_sampler(pack, sample_custom, base):
     builtin = comfy.samplers.sampler_object(base)
-    plain = sample(sd15, conds, builtin)
+    plain = sample_custom(builtin)
     # off (empty step window): bitwise ComfyUI's own sampler, through ComfyUI's own path
-    off = sample(sd15, conds, wrap(pack, builtin, start_percent=1.0, end_percent=1.0))
+    off = sample_custom(wrap(pack, builtin, start_percent=1.0, end_percent=1.0))
     assert torch.equal(off, plain)
-    corrected = sample(sd15, conds, wrap(pack, builtin))
+    corrected = sample_custom(wrap(pack, builtin))
     assert torch.isfinite(corrected).all() and not torch.equal(corrected, plain)
     # no state across runs: the same prompt again gives the same latent
-    assert torch.equal(sample(sd15, conds, wrap(pack, builtin)), corrected)
+    assert torch.equal(sample_custom(wrap(pack, builtin)), corrected)
 
 
 def test_wrap_node_defaults_are_the_wrap_defaults(pack):
