@@ -277,7 +277,8 @@ class ComfyServer:
     """One headless ComfyUI process on 127.0.0.1 with this pack linked into custom_nodes.
 
     ``base_dir`` (default: a fresh temporary folder, removed on stop) holds custom_nodes/,
-    models/checkpoints/ (the test checkpoint, linked), input/, output/, user/ and comfyui.log.
+    models/checkpoints/ (the random test checkpoint and the digits one, linked), input/,
+    output/, user/ and comfyui.log.
     The server listens on ``port``, or on the first free port of ``ports``."""
 
     def __init__(self, base_dir=None, port=None, extra_args=(), threads=1, startup_timeout=180,
@@ -314,9 +315,10 @@ class ComfyServer:
         link = self.base_dir / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(ROOT, target_is_directory=True)
-        ckpt = self.base_dir / "models" / "checkpoints" / CHECKPOINT_NAME
-        if not ckpt.exists():
-            ckpt.symlink_to(ensure_checkpoint())
+        for checkpoint in (ensure_checkpoint(), ensure_digits_checkpoint()):
+            link = self.base_dir / "models" / "checkpoints" / checkpoint.name
+            if not link.exists():
+                link.symlink_to(checkpoint)
 
     def start(self):
         if not HOST_PYTHON.exists():

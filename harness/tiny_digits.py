@@ -47,7 +47,7 @@ UNET_CONFIG = {
 SD15_SCALE = 0.18215  # ComfyUI's latent_formats.SD15 scale factor
 
 DIGIT_PROMPT = "a handwritten digit {}"
-TEMPLATES = (DIGIT_PROMPT, "the digit {}", "{}")
+TEMPLATES = (DIGIT_PROMPT,)
 UNCOND_PROMPTS = ("", "blurry", "blurry, low quality, watermark, text")
 IMAGE_SIZE = 64
 

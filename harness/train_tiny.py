@@ -30,7 +30,8 @@ from pathlib import Path
 from . import comfy_host
 
 VAE_TRAIN = dict(steps=600, batch=32, lr=2e-3, latent_noise=0.1, moments=0.1, seed=1)
-UNET_TRAIN = dict(steps=2000, batch=48, lr=1e-3, warmup=200, uncond=0.12, ema=0.998, seed=2)
+UNET_TRAIN = dict(steps=2000, batch=48, lr=1e-3, warmup=200, uncond=0.12, ema=0.998, seed=2,
+                  max_weight=16.0)
 
 
 def clip_embeddings(model_config, clip_state):
@@ -86,6 +87,10 @@ def train_unet(unet_shapes, latents, labels, embeddings, prompt_labels, sigmas, 
     cfg = UNET_TRAIN
     gen = torch.Generator().manual_seed(cfg["seed"])
     unet = TinyUNet(unet_shapes, gen)
+    with torch.no_grad():  # cross-attention starts as a plain average over the prompt's tokens
+        for key, param in unet.params.items():
+            if "attn2/to_q" in key:
+                param.zero_()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.0)
     warm, total = cfg["warmup"], cfg["steps"]
@@ -94,6 +99,10 @@ def train_unet(unet_shapes, latents, labels, embeddings, prompt_labels, sigmas, 
     # rows of ``embeddings`` by digit, and the unconditional rows
     by_digit = [torch.nonzero(prompt_labels == d).flatten() for d in range(10)]
     uncond_rows = torch.nonzero(prompt_labels < 0).flatten()
+    # The eps loss weighted by sigma^2 (the x0 error) between 1 and max_weight: plain eps MSE
+    # hardly sees the picture at high noise, where the prompt decides which digit it becomes.
+    weight = (sigmas**2).clamp(1.0, cfg["max_weight"])
+    weight = weight / weight.mean()
     for step in range(total):
         idx = torch.randint(0, len(latents), (cfg["batch"],), generator=gen)
         x0, digit = latents[idx], labels[idx]
@@ -108,7 +117,8 @@ def train_unet(unet_shapes, latents, labels, embeddings, prompt_labels, sigmas, 
         sigma = sigmas[t][:, None, None, None]
         eps = torch.randn(x0.shape, generator=gen)
         x_in = (x0 + sigma * eps) / torch.sqrt(sigma**2 + 1)
-        loss = F.mse_loss(unet(x_in, t.float(), embeddings, context_index), eps)
+        error = (unet(x_in, t.float(), embeddings, context_index) - eps).square()
+        loss = (weight[t][:, None, None, None] * error).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -178,14 +188,18 @@ def main(argv=None) -> int:
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--unet-steps", type=int, default=UNET_TRAIN["steps"])
     parser.add_argument("--vae-steps", type=int, default=VAE_TRAIN["steps"])
+    parser.add_argument("--max-weight", type=float, default=UNET_TRAIN["max_weight"])
+    parser.add_argument("--vae-from", type=Path,
+                        help="take the VAE from this weights file instead of training it")
     args = parser.parse_args(argv)
     UNET_TRAIN["steps"], VAE_TRAIN["steps"] = args.unet_steps, args.vae_steps
+    UNET_TRAIN["max_weight"] = args.max_weight
 
     comfy_host.import_comfy()
     import comfy.model_sampling
     import torch
 
-    from .tiny_digits import SD15_SCALE, digits_8x8, ink_to_image
+    from .tiny_digits import SD15_SCALE, TinyTAESD, digits_8x8, ink_to_image
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -199,7 +213,11 @@ def main(argv=None) -> int:
 
     ink, labels = digits_8x8()
     images = ink_to_image(ink)
-    vae = train_vae(taesd_state, images, log)
+    if args.vae_from:  # retrain the UNet only, on an earlier run's VAE
+        vae = TinyTAESD.from_reduced(taesd_state, torch.load(
+            args.vae_from, map_location="cpu", weights_only=True)["vae"])
+    else:
+        vae = train_vae(taesd_state, images, log)
     with torch.no_grad():
         raw = torch.cat([vae.encode(chunk) for chunk in images.split(256)])
     mean, std = raw.mean(), raw.std()
