@@ -34,13 +34,19 @@ from torch import nn
 CHANNELS, TIME_EMB, HEADS, HEAD_DIM, FF_HIDDEN, CONTEXT, LATENT = 320, 1280, 8, 40, 1280, 768, 4
 # The active part
 C, EMB, ACTIVE_HEADS, HEAD_DIMS, FF = 40, 160, 2, 16, 160
+OUTPUT_ATTENTION = False  # cross-attention in the output blocks too
+# The time embedding reads only the sinusoids of period > ~200 timesteps: the UNet is trained
+# and queried at integer timesteps (ComfyUI rounds sigma to the nearest one), and faster
+# sinusoids would let eps jump from one timestep to the next - a rough ODE that no sampler,
+# reference included, converges on.
+SLOW_SINUSOIDS = 100  # of the 160 frequencies, the slowest
 VAE_FULL, VAE_WIDTH = 64, 16
 VAE_BLOCKS = ("taesd_encoder.13", "taesd_decoder.3", "taesd_decoder.8")
 UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True,
     "legacy": False, "adm_in_channels": None, "in_channels": LATENT, "out_channels": LATENT,
     "model_channels": CHANNELS, "num_res_blocks": [1], "channel_mult": [1],
-    "transformer_depth": [1], "transformer_depth_output": [0, 0],
+    "transformer_depth": [1], "transformer_depth_output": [int(OUTPUT_ATTENTION)] * 2,
     "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": CONTEXT,
     "use_temporal_resblock": False, "use_temporal_attention": False,
 }
@@ -59,6 +65,7 @@ def _index(kind):
         "c": arange(C),
         "cc": torch.cat([arange(C), CHANNELS + arange(C)]),  # the skip concatenation
         "e": arange(EMB),
+        "t": torch.cat([arange(160 - SLOW_SINUSOIDS, 160), arange(320 - SLOW_SINUSOIDS, 320)]),
         "a": (arange(ACTIVE_HEADS)[:, None] * HEAD_DIM + arange(HEAD_DIMS)[None]).reshape(-1),
         "h": arange(FF),
         "g": torch.cat([arange(FF), FF_HIDDEN + arange(FF)]),  # GEGLU: value, gate halves
@@ -101,7 +108,7 @@ def _transformer_spec(prefix):
 
 
 UNET_SPEC = {
-    "time_embed.0.weight": ("e", None), "time_embed.0.bias": ("e",),
+    "time_embed.0.weight": ("e", "t"), "time_embed.0.bias": ("e",),
     "time_embed.2.weight": ("e", "e"), "time_embed.2.bias": ("e",),
     "input_blocks.0.0.weight": ("c", None, None, None), "input_blocks.0.0.bias": ("c",),
     **_resblock_spec("input_blocks.1.0", concat=False),
@@ -111,6 +118,8 @@ UNET_SPEC = {
     **_resblock_spec("middle_block.2", concat=False),
     **_resblock_spec("output_blocks.0.0", concat=True),
     **_resblock_spec("output_blocks.1.0", concat=True),
+    **({**_transformer_spec("output_blocks.0.1"), **_transformer_spec("output_blocks.1.1")}
+       if OUTPUT_ATTENTION else {}),
     "out.0.weight": ("c",), "out.0.bias": ("c",),
     "out.2.weight": (None, "c", None, None), "out.2.bias": (None,),
 }
@@ -289,16 +298,18 @@ class TinyUNet(_Reduced):
         """eps for model input ``x`` (x / sqrt(sigma^2 + 1)), ``timesteps`` [N] and ``context``
         [N, 77, 768] (or a table of contexts and ``context_index`` [N] into it)."""
         p = self.p
-        emb = _linear(F.silu(_linear(timestep_embedding(timesteps), p, "time_embed.0")), p,
-                      "time_embed.2")
+        sinusoids = timestep_embedding(timesteps)[:, _index("t")]
+        emb = _linear(F.silu(_linear(sinusoids, p, "time_embed.0")), p, "time_embed.2")
         h0 = _conv(x, p, "input_blocks.0.0", padding=1)
         h1 = _transformer(_resblock(h0, emb, p, "input_blocks.1.0"), context, p,
                           "input_blocks.1.1", context_index)
         h = _resblock(h1, emb, p, "middle_block.0")
         h = _transformer(h, context, p, "middle_block.1", context_index)
         h = _resblock(h, emb, p, "middle_block.2")
-        h = _resblock(torch.cat([h, h1], 1), emb, p, "output_blocks.0.0")
-        h = _resblock(torch.cat([h, h0], 1), emb, p, "output_blocks.1.0")
+        for block, skip in (("output_blocks.0", h1), ("output_blocks.1", h0)):
+            h = _resblock(torch.cat([h, skip], 1), emb, p, f"{block}.0")
+            if OUTPUT_ATTENTION:
+                h = _transformer(h, context, p, f"{block}.1", context_index)
         return _conv(F.silu(_group_norm(h, p, "out.0", 1e-5)), p, "out.2", padding=1)
 
 
@@ -384,4 +395,4 @@ class DigitClassifier:
         self.train_accuracy = float(self.model.score(features, labels.numpy()))
 
     def predict(self, image: torch.Tensor) -> np.ndarray:
-        return self.model.predict(image_to_ink(image).numpy())
+        return self.model.predict(image_to_ink(image).detach().numpy())

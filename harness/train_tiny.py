@@ -30,8 +30,10 @@ from pathlib import Path
 from . import comfy_host
 
 VAE_TRAIN = dict(steps=600, batch=32, lr=2e-3, latent_noise=0.1, moments=0.1, seed=1)
-UNET_TRAIN = dict(steps=2000, batch=48, lr=1e-3, warmup=200, uncond=0.12, ema=0.998, seed=2,
-                  max_weight=16.0)
+UNET_TRAIN = dict(steps=2500, batch=48, lr=1e-3, warmup=200, uncond=0.12, ema=0.998, seed=2,
+                  max_weight=50.0)
+# a second cosine cycle from the first one's average, at half the learning rate
+UNET_FINETUNE = dict(UNET_TRAIN, steps=1200, lr=5e-4, warmup=50, seed=3)
 
 
 def clip_embeddings(model_config, clip_state):
@@ -78,19 +80,23 @@ def train_vae(taesd_shapes, images, log):
     return vae
 
 
-def train_unet(unet_shapes, latents, labels, embeddings, prompt_labels, sigmas, log):
+def train_unet(unet_shapes, latents, labels, embeddings, prompt_labels, sigmas, log,
+               cfg=UNET_TRAIN, start=None):
+    """One cosine cycle of ``cfg`` from ``start`` (default: a fresh network); returns the
+    exponential moving average of the weights."""
     import torch
-    import torch.nn.functional as F
 
     from .tiny_digits import TinyUNet
 
-    cfg = UNET_TRAIN
     gen = torch.Generator().manual_seed(cfg["seed"])
     unet = TinyUNet(unet_shapes, gen)
-    with torch.no_grad():  # cross-attention starts as a plain average over the prompt's tokens
-        for key, param in unet.params.items():
-            if "attn2/to_q" in key:
-                param.zero_()
+    if start is not None:  # rounded to fp16, as saved: --unet-from resumes exactly
+        unet.load_reduced({k: v.half() for k, v in start.reduced_state().items()})
+    else:
+        with torch.no_grad():  # cross-attention starts as a plain average over the prompt
+            for key, param in unet.params.items():
+                if "attn2/to_q" in key:
+                    param.zero_()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.0)
     warm, total = cfg["warmup"], cfg["steps"]
@@ -191,6 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-weight", type=float, default=UNET_TRAIN["max_weight"])
     parser.add_argument("--vae-from", type=Path,
                         help="take the VAE from this weights file instead of training it")
+    parser.add_argument("--unet-from", type=Path,
+                        help="take the UNet's first cycle from this weights file")
     args = parser.parse_args(argv)
     UNET_TRAIN["steps"], VAE_TRAIN["steps"] = args.unet_steps, args.vae_steps
     UNET_TRAIN["max_weight"] = args.max_weight
@@ -199,7 +207,7 @@ def main(argv=None) -> int:
     import comfy.model_sampling
     import torch
 
-    from .tiny_digits import SD15_SCALE, TinyTAESD, digits_8x8, ink_to_image
+    from .tiny_digits import SD15_SCALE, TinyTAESD, TinyUNet, digits_8x8, ink_to_image
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -227,7 +235,14 @@ def main(argv=None) -> int:
     log(f"VAE trained; latent mean {mean:.3f} std {std:.3f}; per channel std "
         + " ".join(f"{v:.2f}" for v in latents.std((0, 2, 3))))
 
-    unet = train_unet(unet_state, latents, labels, embeddings, prompt_labels, ms_sigmas, log)
+    data = (latents, labels, embeddings, prompt_labels, ms_sigmas, log)
+    if args.unet_from:  # the first cycle's result, from an earlier run
+        unet = TinyUNet.from_reduced(unet_state, torch.load(
+            args.unet_from, map_location="cpu", weights_only=True)["unet"])
+    else:
+        unet = train_unet(unet_state, *data)
+    log("fine-tuning")
+    unet = train_unet(unet_state, *data, cfg=UNET_FINETUNE, start=unet)
     seconds = time.monotonic() - started
     log(f"trained in {seconds:.0f} s on {args.threads} thread(s)")
 

@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from harness.comfy_host import (CHECKPOINT_NAME, PromptRejected, digits_checkpoint_name,
-                                output_files)
+from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, digits_checkpoint_name, output_files
 
 LAB = "5"
 
