@@ -53,8 +53,8 @@ def pictures(server, entry):
 def test_prompted_digit_is_drawn(server, fresh_seed, classifier, digits_checkpoint):
     """cfg 5, 20 steps, every digit (even ones with euler, odd ones with lml_euler), 4 pictures
     each: the classifier (logistic regression on the training digits) reads the prompted digit
-    in at least 30% of the 40 pictures - chance is 10% (P(>= 12 of 40) < 0.002); the trained
-    checkpoint measures 45-55% here (README, "The tiny digits checkpoint")."""
+    in at least 60% of the 40 pictures - chance is 10%; the trained checkpoint draws the
+    prompted digit in about 85-90% of its pictures (README, "The tiny digits checkpoint")."""
     seed = fresh_seed()
     correct = {}
     for digit in DIGITS:
@@ -64,7 +64,8 @@ def test_prompted_digit_is_drawn(server, fresh_seed, classifier, digits_checkpoi
         assert batch.shape == (PER_DIGIT, 64, 64, 3)
         correct[digit] = int((classifier.predict(batch) == digit).sum())
     accuracy = sum(correct.values()) / (PER_DIGIT * len(DIGITS))
-    assert accuracy >= 0.3, correct
+    print(f"prompted digit read in {accuracy:.0%}; per digit (of {PER_DIGIT}): {correct}")
+    assert accuracy >= 0.6, correct
 
 
 def lab(server, checkpoint, seed, samplers, steps, reference_steps):
@@ -104,4 +105,5 @@ def test_lab_example_converges_to_a_stable_reference(server, fresh_seed, digits_
     check = lab(server, digits_checkpoint, seed, "dpmpp_2m", "200", example["reference_steps"])
     reference_error = check["rows"][0]["error"]
     best_tested = min(min(series) for series in errors.values())
+    print(f"errors by sampler: {errors}; reference 200 vs 100 steps: {reference_error:.4g}")
     assert reference_error < best_tested / 10, (reference_error, best_tested)
