@@ -11,7 +11,7 @@ the workflow's own steps, and the pictures are handwritten digits; the img2img e
 from a digit picture.  With --checkpoint (an SD1.5 .safetensors file) the examples run on that
 model with their own prompts; the defaults there (128 px, 8 steps) keep a CPU run to a few
 minutes, and --size 512 --steps 20 runs them as saved.  --docs also copies the Lab's grid and
-plot and the Compare image to docs/images/ (the README's pictures).
+plot to docs/images/ (the README's picture).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import comfy_host, workflows
 
 DOCS_IMAGES = comfy_host.ROOT / "docs" / "images"
 # the README's pictures: the SaveImage filename prefixes (after "lml/") that --docs copies
-DOCS_PICTURES = ("lab_grid", "lab_plot", "compare")
+DOCS_PICTURES = ("lab_grid", "lab_plot")
 IMG2IMG_INPUT_DIGIT = 3  # the img2img example redraws a 3 as its prompted digit
 
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server (default 1: fastest on a busy CPU)")
     parser.add_argument("--docs", action="store_true",
-                        help=f"copy the Lab's grid and plot and the Compare image to "
+                        help=f"copy the Lab's grid and plot to "
                              f"{DOCS_IMAGES.relative_to(comfy_host.ROOT)}/")
     args = parser.parse_args(argv)
 
