@@ -14,8 +14,13 @@ Data: scikit-learn's 1797 8x8 handwritten digits, upscaled to 64 px, dark ink on
    CLIP-L of the checkpoint, run through ComfyUI's own CLIP (comfy.sd.CLIP) on prompts like
    "a handwritten digit 7", so training sees exactly what CLIPTextEncode gives at sampling; 12%
    of the samples get an unconditional prompt ("", or a typical negative prompt) instead, for
-   classifier-free guidance.  The weights saved are an exponential moving average.
+   classifier-free guidance.  The eps loss is weighted towards high noise, and the time
+   embedding reads only slow sinusoids (harness/tiny_digits.py says why).  Two cosine cycles,
+   the second a fine-tuning at half the learning rate from the first one's moving average; the
+   weights saved are the second one's exponential moving average.
 Deterministic for a given thread count (fixed seeds); the printed times are this machine's.
+--vae-from / --unet-from resume from an earlier run's file (the committed weights were made so,
+in stages: VAE, first cycle, second cycle).
 """
 
 from __future__ import annotations
