@@ -9,6 +9,7 @@ example runner (harness.examples) and the browser test.
 
 Command line (from the repository root, with .host/venv/bin/python):
     python -m harness.comfy_host checkpoint        # make (or find) the test checkpoint, print path
+    python -m harness.comfy_host digits-checkpoint [FILE]   # assemble the trained digits one
     python -m harness.comfy_host serve [PORT]      # run a server until Ctrl-C
 
 The host itself (ComfyUI 0.3.75 and its venv in .host/) comes from scripts/install_host.sh.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import http.client
 import json
 import math
@@ -48,6 +50,11 @@ PACK_NAME = "comfyui-lml"
 CHECKPOINT_VERSION = "v1"
 CHECKPOINT_NAME = f"lml_test_sd15_{CHECKPOINT_VERSION}.safetensors"
 CHECKPOINT_DIR = HOST_DIR / "models" / "checkpoints"
+# The trained tiny digits checkpoint (harness/tiny_digits.py): its trained UNet and VAE weights
+# are committed (harness.train_tiny made them); the checkpoint around them is assembled on
+# first use.  The file name carries the weights' hash, so new weights make a new file.
+DIGITS_WEIGHTS = ROOT / "harness" / "weights" / "tiny_digits.pt"
+DIGITS_CLIP_SEED = 20250524
 
 PORTS = range(8190, 8261)  # never ComfyUI's default 8188
 
@@ -76,15 +83,33 @@ def import_comfy() -> None:
 
 
 def ensure_checkpoint() -> Path:
-    """The cached test checkpoint, made (in a host-python subprocess) on first use."""
-    path = CHECKPOINT_DIR / CHECKPOINT_NAME
+    """The cached random-weight test checkpoint, made (in a host-python subprocess) on first
+    use."""
+    return _ensure(CHECKPOINT_DIR / CHECKPOINT_NAME, "checkpoint")
+
+
+def digits_checkpoint_name() -> str:
+    digest = hashlib.sha256(DIGITS_WEIGHTS.read_bytes()).hexdigest()[:10]
+    return f"lml_tiny_digits_{digest}.safetensors"
+
+
+def ensure_digits_checkpoint() -> Path:
+    """The cached trained digits checkpoint, assembled (in a host-python subprocess) on first
+    use from the committed weights; without them (a deleted file), trained first."""
+    if not DIGITS_WEIGHTS.exists():
+        subprocess.run([str(HOST_PYTHON), "-m", "harness.train_tiny"], check=True, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return _ensure(CHECKPOINT_DIR / digits_checkpoint_name(), "digits-checkpoint")
+
+
+def _ensure(path: Path, command: str) -> Path:
     if path.exists():
         return path
     CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
     with open(CHECKPOINT_DIR / ".lock", "w") as lock:  # one maker at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            subprocess.run([str(HOST_PYTHON), "-m", "harness.comfy_host", "checkpoint"],
+            subprocess.run([str(HOST_PYTHON), "-m", "harness.comfy_host", command, str(path)],
                            check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return path
 
@@ -97,11 +122,6 @@ def make_checkpoint(path: Path) -> None:
     CLIP-L (ComfyUI only loads the real shapes); the VAE is a TAESD.  Every weight is drawn at
     random with a fixed seed, including the layers that real initialisation sets to zero: a
     zero output layer would make eps = 0 and every sampler identical."""
-    import_comfy()
-    import comfy.sd1_clip
-    import comfy.supported_models
-    import comfy.taesd.taesd
-    import comfy.utils
     import torch
 
     unet_config = {
@@ -112,16 +132,34 @@ def make_checkpoint(path: Path) -> None:
         "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
         "use_temporal_resblock": False, "use_temporal_attention": False,
     }
-    model_config = comfy.supported_models.SD15(unet_config)
-    state = {}
-    unet = model_config.get_model({}).diffusion_model
-    state.update({f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()})
-    clip = comfy.sd1_clip.SD1ClipModel()
-    state.update(model_config.process_clip_state_dict_for_saving(dict(clip.state_dict())))
-    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
-    state.update({f"first_stage_model.{k}": v for k, v in taesd.state_dict().items()})
-
+    _, unet, clip, taesd = sd15_parts(unet_config)
     generator = torch.Generator().manual_seed(20250524)
+    weights = _random_weights({**unet, **clip, **taesd}, generator)
+    _save_checkpoint(weights, path, {"lml_test_checkpoint": CHECKPOINT_VERSION})
+
+
+def sd15_parts(unet_config: dict):
+    """(model config, UNet, CLIP-L, TAESD) of a fresh SD1.5-layout model, the three state dicts
+    under the checkpoint's keys (initial values; only the shapes and the order matter)."""
+    import_comfy()
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.taesd.taesd
+
+    model_config = comfy.supported_models.SD15(unet_config)
+    unet = model_config.get_model({}).diffusion_model
+    unet = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    clip = comfy.sd1_clip.SD1ClipModel()
+    clip = model_config.process_clip_state_dict_for_saving(dict(clip.state_dict()))
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    taesd = {f"first_stage_model.{k}": v for k, v in taesd.state_dict().items()}
+    return model_config, unet, clip, taesd
+
+
+def _random_weights(state: dict, generator) -> dict:
+    """fp16 random weights of ``state``'s shapes, drawn in its order from ``generator``."""
+    import torch
+
     weights = {}
     for key, value in state.items():
         if not value.is_floating_point():
@@ -138,11 +176,64 @@ def make_checkpoint(path: Path) -> None:
         else:  # biases
             new = torch.randn(value.shape, generator=generator) * 0.02
         weights[key] = new.to(torch.float16).contiguous()
+    return weights
+
+
+def digits_clip(model_config, clip_state: dict):
+    """The digits checkpoint's text encoder as CheckpointLoaderSimple builds it (comfy.sd.CLIP)
+    from ``clip_state`` (checkpoint keys)."""
+    import comfy.sd
+    import comfy.utils
+
+    clip_sd = model_config.process_clip_state_dict(dict(clip_state))
+    clip = comfy.sd.CLIP(model_config.clip_target(state_dict=clip_state), embedding_directory=None,
+                         tokenizer_data=clip_sd,
+                         parameters=comfy.utils.calculate_parameters(clip_sd))
+    clip.load_sd(clip_sd, full_model=True)
+    return clip
+
+
+def digits_parts():
+    """(model config, UNet, random CLIP-L weights, TAESD) of the digits checkpoint: the CLIP
+    drawn from its own seeded generator, the same on every machine."""
+    import torch
+
+    from .tiny_digits import UNET_CONFIG
+
+    model_config, unet, clip, taesd = sd15_parts(UNET_CONFIG)
+    clip = _random_weights(clip, torch.Generator().manual_seed(DIGITS_CLIP_SEED))
+    return model_config, unet, clip, taesd
+
+
+def make_digits_checkpoint(path: Path, weights_path: Path = DIGITS_WEIGHTS) -> None:
+    """Assemble the trained digits checkpoint (about 250 MB, mostly the random CLIP-L): the
+    committed UNet and TAESD weights zero-padded to SD1.5's shapes (harness/tiny_digits.py)."""
+    import torch
+
+    from .tiny_digits import TinyTAESD, TinyUNet
+
+    _, unet, clip, taesd = digits_parts()
+    trained = torch.load(weights_path, map_location="cpu", weights_only=True)
+    weights = dict(clip)
+    for net, shapes, key in ((TinyUNet, unet, "unet"), (TinyTAESD, taesd, "vae")):
+        full = net.from_reduced(shapes, trained[key]).full_state_dict()
+        zero = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in shapes.items()
+                if k not in full and v.is_floating_point()}
+        weights.update({**zero, **full})
+    weights["first_stage_model.vae_scale"] = trained["vae_scale"].to(torch.float16)
+    weights["first_stage_model.vae_shift"] = trained["vae_shift"].to(torch.float16)
+    missing = (set(unet) | set(taesd)) - set(weights)
+    if missing:
+        raise RuntimeError(f"digits checkpoint: no weights for {sorted(missing)[:5]}")
+    _save_checkpoint(weights, path, {"lml_tiny_digits": weights_path.name})
+
+
+def _save_checkpoint(weights: dict, path: Path, metadata: dict) -> None:
+    import comfy.utils
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    comfy.utils.save_torch_file(weights, str(tmp),
-                                metadata={"lml_test_checkpoint": CHECKPOINT_VERSION})
+    comfy.utils.save_torch_file(weights, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -186,7 +277,8 @@ class ComfyServer:
     """One headless ComfyUI process on 127.0.0.1 with this pack linked into custom_nodes.
 
     ``base_dir`` (default: a fresh temporary folder, removed on stop) holds custom_nodes/,
-    models/checkpoints/ (the test checkpoint, linked), input/, output/, user/ and comfyui.log.
+    models/checkpoints/ (the random test checkpoint and the digits one, linked), input/,
+    output/, user/ and comfyui.log.
     The server listens on ``port``, or on the first free port of ``ports``."""
 
     def __init__(self, base_dir=None, port=None, extra_args=(), threads=1, startup_timeout=180,
@@ -223,9 +315,10 @@ class ComfyServer:
         link = self.base_dir / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(ROOT, target_is_directory=True)
-        ckpt = self.base_dir / "models" / "checkpoints" / CHECKPOINT_NAME
-        if not ckpt.exists():
-            ckpt.symlink_to(ensure_checkpoint())
+        for checkpoint in (ensure_checkpoint(), ensure_digits_checkpoint()):
+            link = self.base_dir / "models" / "checkpoints" / checkpoint.name
+            if not link.exists():
+                link.symlink_to(checkpoint)
 
     def start(self):
         if not HOST_PYTHON.exists():
@@ -416,6 +509,11 @@ def output_files(entry: dict, kind="images"):
 
 
 def main(argv):
+    if argv[:1] == ["digits-checkpoint"]:
+        path = Path(argv[1]) if len(argv) > 1 else CHECKPOINT_DIR / digits_checkpoint_name()
+        make_digits_checkpoint(path)
+        print(path)
+        return 0
     if argv[:1] == ["checkpoint"]:
         path = CHECKPOINT_DIR / CHECKPOINT_NAME
         if len(argv) > 1 or not path.exists():

@@ -1,5 +1,7 @@
 """LMLSamplerLab in a real server (fixture ``server``): the issue's acceptance study, one progress
-bar over the websocket, validation before anything runs, and Cancel."""
+bar over the websocket, validation before anything runs, and Cancel.  The study runs on the
+trained digits checkpoint (its errors must fall with steps), Cancel on the random-weight one
+(plumbing only)."""
 
 import io
 import math
@@ -9,17 +11,27 @@ import pytest
 from PIL import Image
 
 from harness import comfy_host
-from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+from harness.comfy_host import (
+    CHECKPOINT_NAME,
+    PromptRejected,
+    digits_checkpoint_name,
+    output_files,
+)
 
 LAB = "5"
 
 
 def lab_prompt(seed, samplers="euler,lml_euler,heun", steps="2,4,8", reference_steps=32,
-               save=True):
+               save=True, trained=True):
+    """The Lab on the trained digits checkpoint (``trained``) or the random-weight one."""
+    if trained:
+        checkpoint, positive, negative = digits_checkpoint_name(), "a handwritten digit 2", ""
+    else:
+        checkpoint, positive, negative = CHECKPOINT_NAME, "a red house", "blurry"
     prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage",
               "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         LAB: {"class_type": "LMLSamplerLab", "inputs": {
@@ -141,7 +153,8 @@ CANCELS = {  # the old Cancel (both hosts) and 0.33's per-job one
 def test_cancel_stops_the_study_and_the_server_goes_on(server, fresh_seed, cancel):
     if cancel == "jobs_cancel" and not has_jobs_api(server):
         pytest.skip("this host has no jobs API (0.3.75); /interrupt is its Cancel")
-    prompt = lab_prompt(fresh_seed(), samplers="euler,heun", steps="8,16", reference_steps=200)
+    prompt = lab_prompt(fresh_seed(), samplers="euler,heun", steps="8,16", reference_steps=200,
+                        trained=False)
     prompt_id, messages, entry = listen(
         server, prompt, on_first_progress=lambda prompt_id: CANCELS[cancel](server, prompt_id))
     assert messages[-1]["type"] == "execution_interrupted"

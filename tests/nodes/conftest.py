@@ -47,15 +47,24 @@ def pack():
     return load_pack("comfyui_lml_under_test")
 
 
-@pytest.fixture(scope="session")
-def sd15():
-    """(model patcher, clip, vae) of the test checkpoint, loaded once."""
+def _load_checkpoint(path):
     import comfy.sd
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(comfy_host.ensure_checkpoint()), output_vae=True, output_clip=True,
-        embedding_directory=None)
+        str(path), output_vae=True, output_clip=True, embedding_directory=None)
     return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sd15():
+    """(model patcher, clip, vae) of the random-weight test checkpoint, loaded once."""
+    return _load_checkpoint(comfy_host.ensure_checkpoint())
+
+
+@pytest.fixture(scope="session")
+def digits_sd15():
+    """(model patcher, clip, vae) of the trained digits checkpoint, loaded once."""
+    return _load_checkpoint(comfy_host.ensure_digits_checkpoint())
 
 
 @pytest.fixture(scope="session")
