@@ -36,7 +36,8 @@ def example_digit(name: str) -> int:
     return (workflows.example_names().index(name) + 5) % 10
 
 
-def digits_prompt(prompt: dict, name: str, checkpoint: str, size: int, steps=None) -> dict:
+def digits_prompt(prompt: dict, name: str, checkpoint: str, size: int, steps=None,
+                  shrink_calibration=True) -> dict:
     """An example's prompt on the digits checkpoint: "a handwritten digit N", an empty negative
     prompt, size x size pictures, the saved steps (or ``steps``, as workflows.smoke sets them)."""
     if steps is not None:
@@ -53,6 +54,10 @@ def digits_prompt(prompt: dict, name: str, checkpoint: str, size: int, steps=Non
         if node["class_type"] == "CLIPTextEncode":
             inputs["text"] = "" if title.startswith("Negative") else digit_prompt(
                 example_digit(name))
+        if node["class_type"] == "LMLCalibrate" and shrink_calibration:
+            # A CPU demo: 8 noises and 4 iterations (the workflow's 32 and 20 take ~15 min here).
+            inputs["samples"] = min(inputs["samples"], 8)
+            inputs["iterations"] = min(inputs["iterations"], 4)
     return prompt
 
 

@@ -399,13 +399,15 @@ def write_input_image(path=INPUT_IMAGE, size=256) -> Path:
 
 
 def write_saved_calibration(server) -> str:
-    """Run lml_calibrate's LML Calibrate (its settings, at the example size on the host's test
-    model) and save the calibration it outputs as the lml_calibrated_sampler example's text."""
-    graph = to_api(definitions()["lml_calibrate"])
-    prompt = smoke(graph, steps=CALIBRATED_STEPS, size=64)
-    for node in prompt.values():  # the example's own settings, not the smoke run's
-        if node["class_type"] == "LMLCalibrate":
-            node["inputs"].update(_calibrate_widgets())
+    """Run lml_calibrate's LML Calibrate on the trained digits checkpoint as the main job does
+    (64 px, the prompt it gives the lml_calibrated_sampler example, 8 noises and 4 iterations:
+    a CPU demo) and save the calibration as that example's text."""
+    from .comfy_host import digits_checkpoint_name, ensure_digits_checkpoint
+    from .examples import digits_prompt
+
+    ensure_digits_checkpoint()
+    prompt = digits_prompt(to_api(definitions()["lml_calibrate"]), "lml_calibrated_sampler",
+                           digits_checkpoint_name(), 64)
     calibrate_id = next(k for k, v in prompt.items() if v["class_type"] == "LMLCalibrate")
     entry = server.run(prompt, timeout=3600)
     (text,) = entry["outputs"][calibrate_id]["lml_calibration"]
@@ -413,7 +415,19 @@ def write_saved_calibration(server) -> str:
     return text
 
 
+def write_examples(object_info):
+    for name, graph in definitions().items():
+        api = to_api(graph)
+        ui = to_ui(graph, object_info)
+        assert ui_to_api(ui, object_info) == api, name
+        (EXAMPLES_DIR / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        (API_DIR / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        print("wrote", EXAMPLES_DIR / f"{name}.json", "and", API_DIR / f"{name}.json")
+
+
 def main(argv=None):
+    """Write every example (UI and API), then, with --calibrate or where it is missing, the
+    saved calibration (it runs an example) and the examples again, then the thumbnails."""
     import sys
 
     from .comfy_host import ComfyServer
@@ -423,17 +437,12 @@ def main(argv=None):
     API_DIR.mkdir(parents=True, exist_ok=True)
     write_input_image()
     with ComfyServer() as server:
+        object_info = server.object_info()
+        write_examples(object_info)
         if "--calibrate" in argv or not SAVED_CALIBRATION.exists():
             write_saved_calibration(server)
             print("wrote", SAVED_CALIBRATION)
-        object_info = server.object_info()
-    for name, graph in definitions().items():
-        api = to_api(graph)
-        ui = to_ui(graph, object_info)
-        assert ui_to_api(ui, object_info) == api, name
-        (EXAMPLES_DIR / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
-        (API_DIR / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
-        print("wrote", EXAMPLES_DIR / f"{name}.json", "and", API_DIR / f"{name}.json")
+            write_examples(object_info)
     for path in write_thumbnails():
         print("wrote", path, path.stat().st_size, "bytes")
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from harness import workflows
 from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+from lml_core import Calibration
 
 LML_NAMES = ("lml_euler", "lml_dpmpp_2m", "lml_euler_ancestral")
 LML_WIDGETS = ("solver", "rank", "damping", "kappa", "damping_mode", "omega", "start_percent",
@@ -125,6 +126,12 @@ def test_examples_cover_the_issue_list():
     assert any(n["class_type"] == "KSamplerLML" and n["inputs"]["denoise"] == 0.6
                and "LoadImage" in classes[name]
                for name in classes for n in workflows.load_api(name).values())
+    # LML Calibrate -> SamplerCustomAdvanced, and a saved calibration -> Sampler LML Calibrated
+    assert {"LMLCalibrate", "SamplerCustomAdvanced"} <= classes["lml_calibrate"]
+    (saved,) = [n["inputs"]["calibration"] for n in workflows.load_api(
+        "lml_calibrated_sampler").values() if n["class_type"] == "SamplerLMLCalibrated"]
+    calibration = Calibration.from_json(saved)
+    assert calibration.steps == workflows.CALIBRATED_STEPS
 
 
 PRE_PORT = Path(__file__).parent / "pre_port_workflows"  # example_workflows/ at git 6b6d89b
