@@ -1,18 +1,14 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
-gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds -> calibrate.
+gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds -> calibration
+-> reference -> objective -> calibrate.
 See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
-from .calibrate import (
-    CALIBRATE_DEFAULTS,
-    CALIBRATION_BASES,
-    Calibration,
-    calibrate,
-    sample_lml_calibrated,
-)
+from .calibrate import CALIBRATE_DEFAULTS, calibrate
+from .calibration import CALIBRATION_BASES, Calibration, sample_lml_calibrated
 from .options import (
     ANCESTRAL_DEFAULTS,
     DAMPING_MODES,

@@ -49,8 +49,10 @@ def calibration_inputs() -> list[io.Input]:
                                "kept (early stopping)."),
         io.Int.Input("iterations", default=d["iterations"], min=0, max=200,
                      tooltip="Levenberg-Marquardt steps at most."),
-        io.Float.Input("damping", default=d["damping"], min=0.0, max=100.0, step=0.0001,
-                       round=False, tooltip="How strongly the fit is pulled toward the base."),
+        io.Float.Input("regularization", default=d["regularization"], min=0.0, max=100.0,
+                       step=0.0001, round=False,
+                       tooltip="How strongly the fit is pulled toward the base (the weight of "
+                               "the corrections' and timestep shifts' squares)."),
         io.Float.Input("trajectory", default=d["trajectory"], min=0.0, max=100.0, step=0.1,
                        tooltip="Weight of the states on the way in the objective (0: the final "
                                "sample only; keeps the fit from compositions that drift)."),

@@ -13,7 +13,7 @@ from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, listen, output_f
 
 CALIBRATE, SAMPLER = "5", "6"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
-        "iterations": 1, "damping": 0.001, "trajectory": 1.0, "reference_steps": 4}
+        "iterations": 1, "regularization": 0.001, "trajectory": 1.0, "reference_steps": 4}
 
 
 def prompt(seed, sampler, steps=3, **calibrate_inputs):

@@ -134,13 +134,16 @@ def test_examples_cover_the_issue_list():
     assert calibration.steps == workflows.CALIBRATED_STEPS
 
 
-PRE_PORT = Path(__file__).parent / "pre_port_workflows"  # example_workflows/ at git 6b6d89b
+# Example workflows saved before their nodes' inputs changed: example_workflows/ at git 6b6d89b
+# (before the V3 port), and lml_calibrate at 04cb3d6 (LML Calibrate's `damping`, since renamed
+# `regularization`: same place, same meaning).
+PRE_PORT = Path(__file__).parent / "pre_port_workflows"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PRE_PORT.glob("*.json")))
 def test_workflow_saved_before_the_v3_port_loads_and_runs(name, server, object_info,
                                                           fresh_seed):
-    """A UI workflow saved from the V1 nodes: its positional widget values map onto today's
+    """A UI workflow saved from older nodes: its positional widget values map onto today's
     inputs exactly as before (the frontend maps them the same way), and it runs."""
     ui = json.loads((PRE_PORT / f"{name}.json").read_text())
     prompt = workflows.ui_to_api(ui, object_info)

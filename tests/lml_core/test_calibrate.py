@@ -7,13 +7,9 @@ import pytest
 import torch
 
 from lml_core import CALIBRATE_DEFAULTS, Calibration, calibrate, sample_lml_calibrated
-from lml_core.calibrate import (
-    Evaluator,
-    Fit,
-    Reference,
-    base_coefficients,
-    reference_grid,
-)
+from lml_core.calibration import base_coefficients
+from lml_core.objective import Fit
+from lml_core.reference import Evaluator, Reference, reference_grid
 
 from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas
 
@@ -205,7 +201,7 @@ def test_flow_model_calibration():
     ({"history": 0}, "history must be a whole number"),
     ({"heldout": 1.0}, "heldout must be between"),
     ({"base": "heun"}, "base must be 'auto' or one of"),
-    ({"damping": -1}, "damping must be"),
+    ({"regularization": -1}, "regularization must be"),
 ])
 def test_bad_options_are_named(options, message):
     model = MixtureDenoiser(dim=DIM)

@@ -16,7 +16,7 @@ from lml_core import Calibration
 # A small fit (seconds on the CPU): the node's plumbing, not the fit's quality (lml_core's
 # tests and the benchmark measure that).
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
-        "iterations": 1, "damping": 1e-3, "trajectory": 1.0, "reference_steps": 4}
+        "iterations": 1, "regularization": 1e-3, "trajectory": 1.0, "reference_steps": 4}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,164 @@
+"""What a calibration minimises: the parameters (``Fit``: timestep shifts in log-SNR, then the
+step corrections), the whole rollout they give, its residual against the ``Reference``, the
+Jacobian by forked finite differences, and the robust per-noise weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .adaptive import half_log_snr
+from .calibration import Calibration, base_coefficients, combined, multistep, multistep_run
+from .reference import Reference, sigma_of
+
+
+class Fit:
+    """The parameter layout theta = (timestep shifts in log-SNR, then the corrections c_{i,j}
+    step by step), rollouts of it, and the residual the fit minimises: the final sample's
+    distance to the reference plus, with weight ``trajectory``, the distance of the states on
+    the way (at the sampler's own sigmas, each weighted by how much an error there moves the
+    final sample: data scale / sqrt(sigma^2 + alpha^2 scale^2)).  The second term keeps the
+    fit from steering off the trajectory early and back later: a noise near a decision
+    boundary would not come back (a different mode), and the few fitting noises rarely show
+    that."""
+
+    PROBE = 4096  # state coordinates per sample the trajectory term reads (a fixed subset)
+
+    def __init__(self, denoise, sigmas, base, history, move_timesteps, flow, floor,
+                 trajectory=0.0):
+        self.denoise, self.base, self.flow, self.floor = denoise, base, flow, floor
+        self.sigmas = list(sigmas)
+        self.steps = len(sigmas) - 1
+        self.trajectory = trajectory
+        self.t = [half_log_snr(s, flow) for s in self.sigmas[:-1]]
+        # s_1 .. s_{N-1}; the last one only where it may move down (it never goes below the
+        # floor, where the reference ends).
+        movable = range(1, self.steps - 1 if self.sigmas[-2] <= floor * (1 + 1e-6) else self.steps)
+        self.moved = list(movable) if move_timesteps else []
+        self.n_time = len(self.moved)
+        self.slots = [min(i + 1, history) for i in range(self.steps)]
+        self.offsets = [self.n_time + sum(self.slots[:i]) for i in range(self.steps)]
+        self.size = self.n_time + sum(self.slots)
+        # The first step each parameter changes: s_k is the target of step k - 1.
+        self.first_step = [k - 1 for k in self.moved] + [
+            i for i in range(self.steps) for _ in range(self.slots[i])]
+        self.keep = max(max(self.slots), 4 if base != "euler" else 1)
+
+    def plan(self, theta):
+        """(sigmas, coefficient lists) for ``theta``; None where the timesteps are not strictly
+        decreasing or fall below the floor."""
+        values = theta.tolist()
+        sig = list(self.sigmas)
+        for p, k in enumerate(self.moved):
+            sig[k] = sigma_of(self.t[k] + values[p], self.flow)
+        nonzero = sig[:-1]
+        if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
+                nonzero[-1] < self.floor * (1 - 1e-9)):
+            return None
+        coefficients = [combined(base_coefficients(self.base, sig, i),
+                                 values[self.offsets[i]:self.offsets[i] + self.slots[i]])
+                        for i in range(self.steps)]
+        return sig, coefficients
+
+    def calibration(self, theta, fitted_on, report) -> Calibration:
+        sig, _ = self.plan(theta)
+        values = theta.tolist()
+        corrections = [values[self.offsets[i]:self.offsets[i] + self.slots[i]]
+                       for i in range(self.steps)]
+        return Calibration(base=self.base, sigmas=sig, corrections=corrections,
+                           fitted_on=fitted_on, report=report)
+
+    def rollout(self, plan, x, start=0, history=(), states=()):
+        """(the final sample, the states x_1..x_{N-1}) of ``plan`` from ``x`` at step ``start``
+        (``history``, ``states``: the directions and states before it)."""
+        sig, coefficients = plan
+        states, final = list(states), x
+        for i, _x, _denoised, _history, final in multistep_run(
+                self.denoise, x, sig, coefficients, self.keep, start, history):
+            if i < self.steps - 1:
+                states.append(final)
+        return final, states
+
+    def residual(self, outcome, sig, reference: Reference):
+        final, states = outcome
+        parts = [reference.weigh(final - reference.final).reshape(-1).to(torch.float64)]
+        if self.trajectory > 0 and self.steps > 1:
+            rows = final.shape[0]
+            width = final[0].numel()
+            probe = slice(None) if width <= self.PROBE else torch.linspace(
+                0, width - 1, self.PROBE, device=final.device).long()
+            share = math.sqrt(self.trajectory / (self.steps - 1) * width
+                              / (width if width <= self.PROBE else self.PROBE))
+            scale = reference.scale
+            for n, state in enumerate(states, start=1):
+                alpha = 1 - sig[n] if self.flow else 1.0
+                weight = share * scale / math.sqrt(sig[n] ** 2 + (alpha * scale) ** 2)
+                diff = reference.weigh(state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
+                parts.append(weight * diff.reshape(-1).to(torch.float64))
+        return torch.cat(parts)
+
+    def loss(self, plan, x, reference) -> float:
+        """The objective residual's mean square."""
+        outcome = self.rollout(plan, x)
+        r = self.residual(outcome, plan[0], reference)
+        return float((r * r).sum()) / outcome[0].numel()
+
+    def final_errors(self, theta, x, reference):
+        """Per-sample RMS of the final sample against the reference."""
+        final = self.rollout(self.plan(theta), x)[0]
+        return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
+            final.shape[0], -1).pow(2).mean(1).sqrt()
+
+    def jacobian(self, theta, x, reference, eps):
+        """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
+        is infeasible).  Each column's rollout forks from the trajectory at the first step its
+        parameter changes and reuses that step's model call."""
+        sig, coefficients = self.plan(theta)
+        columns = [None] * self.size
+        steps = [eps] * self.size
+        forks = []
+        states, final = [], x
+        for i, x_i, _denoised, history, final in multistep_run(self.denoise, x, sig,
+                                                               coefficients, self.keep):
+            for p in (p for p in range(self.size) if self.first_step[p] == i):
+                moved = theta.clone()
+                moved[p] += eps
+                fork_plan = self.plan(moved)
+                if fork_plan is None:
+                    moved[p] -= 2 * eps
+                    steps[p] = -eps
+                    fork_plan = self.plan(moved)
+                if fork_plan is None:  # pinned both ways: no derivative
+                    continue
+                x_fork = multistep(x_i, history, fork_plan[0], fork_plan[1][i], i)
+                fork_states = states + ([x_fork] if i < self.steps - 1 else [])
+                outcome = self.rollout(fork_plan, x_fork, i + 1, history, fork_states)
+                forks.append((p, self.residual(outcome, fork_plan[0], reference)))
+            if i < self.steps - 1:
+                states.append(final)
+        residual = self.residual((final, states), sig, reference)
+        for p, fork in forks:
+            columns[p] = (fork - residual) / steps[p]
+        jac = torch.stack([torch.zeros_like(residual) if c is None else c for c in columns], 1)
+        return residual, jac
+
+
+# A noise whose error is ROBUST_SCALE x the typical (median) one counts 1/sqrt(2) in the fit.
+ROBUST_SCALE = 3.0
+
+
+def robust_weights(errors, typical: float):
+    """Cauchy weights 1 / sqrt(1 + (e / (ROBUST_SCALE typical))^2) per noise.  The few noises
+    that end in another mode than the reference (an error many times the typical one) would
+    otherwise dominate a least-squares fit, which then bends every step to move those few
+    and generalises worse; they still count, with a weight ~ typical / error."""
+    c = ROBUST_SCALE * max(typical, 1e-300)
+    return 1.0 / torch.sqrt(1.0 + (errors / c) ** 2)
+
+
+def robust_loss(errors, typical: float) -> float:
+    """The Cauchy loss c^2 log(1 + (e / c)^2) averaged over the noises (c as above): what the
+    weights minimise, used to compare bases and held-out iterates."""
+    c = ROBUST_SCALE * max(typical, 1e-300)
+    return float((c * c * torch.log1p((errors / c) ** 2)).mean())
