@@ -1,0 +1,114 @@
+"""Each of calibrate's options does what CALIBRATE_DEFAULTS says, measured on small fits of an
+exact-score mixture (3 steps, 12 noises: a fit takes well under a second)."""
+
+import pytest
+import torch
+
+from lml_core import CALIBRATE_DEFAULTS, calibrate
+from lml_core.objective import Fit
+from lml_core.reference import Evaluator, Reference, reference_grid
+
+from exact_model import MixtureDenoiser, karras_sigmas
+
+DIM = 8
+SIGMAS = karras_sigmas(3).double()
+SMALL = {"iterations": 3, "reference_steps": 8}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MixtureDenoiser(dim=DIM, components=3, spread=1.0, seed=5)
+
+
+def noise(n=12, seed=1):
+    return torch.randn(n, DIM, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed)) * 80.0
+
+
+def fitted_values(calibration):
+    """The fitted numbers in one flat list: the timesteps, then the corrections."""
+    return calibration.sigmas + [c for row in calibration.corrections for c in row]
+
+
+def test_every_option_is_tested_here_or_in_test_calibrate():
+    tested = {"base", "history", "heldout", "iterations", "reference_floor"}  # test_calibrate
+    tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
+               "fd_step", "batch_size"}
+    assert set(CALIBRATE_DEFAULTS) == tested
+
+
+def test_move_timesteps_false_keeps_the_given_schedule(model):
+    fixed = calibrate(model, noise(), SIGMAS, move_timesteps=False, **SMALL)
+    assert fixed.sigmas == SIGMAS.tolist()
+    moved = calibrate(model, noise(), SIGMAS, **SMALL)
+    assert moved.report["iterations"] > 0 and moved.sigmas != SIGMAS.tolist()
+
+
+def test_batch_size_splits_the_model_calls_without_changing_the_fit(model):
+    whole = calibrate(model, noise(), SIGMAS, **SMALL)
+    split = calibrate(model, noise(), SIGMAS, batch_size=4, **SMALL)
+    # Equal up to the order of float64 sums in the model (the last step's tiny corrections).
+    assert fitted_values(split) == pytest.approx(fitted_values(whole), rel=1e-9, abs=1e-9)
+    assert split.report["model_evaluations"] == whole.report["model_evaluations"]
+    assert split.report["model_calls"] > 2 * whole.report["model_calls"]
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        calibrate(model, noise(), SIGMAS, batch_size=0)
+
+
+def test_regularization_pulls_toward_the_base(model):
+    """A huge weight of |theta|^2 keeps the sampler at its base; 0 (no pull) fits freely."""
+    pinned = calibrate(model, noise(), SIGMAS, regularization=1e6, base="ipndm", **SMALL)
+    assert max(abs(c) for row in pinned.corrections for c in row) < 1e-4
+    assert pinned.sigmas == pytest.approx(SIGMAS.tolist(), rel=1e-4)
+    free = calibrate(model, noise(), SIGMAS, regularization=0, base="ipndm", **SMALL)
+    assert free.report["iterations"] > 0
+    assert max(abs(c) for row in free.corrections for c in row) > 1e-3
+
+
+def test_trajectory_zero_fits_the_final_sample_only(model):
+    evaluator = Evaluator(model, {}, torch.float64)
+    x = noise(4)
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 8, False))
+    sigmas = SIGMAS.tolist()
+    rows = x.numel()
+    final_only = Fit(evaluator, sigmas, "ipndm", 3, True, False, 0.002, trajectory=0.0)
+    plan = final_only.plan(torch.zeros(final_only.size, dtype=torch.float64))
+    assert final_only.residual(final_only.rollout(plan, x), plan[0], reference).numel() == rows
+    with_states = Fit(evaluator, sigmas, "ipndm", 3, True, False, 0.002, trajectory=1.0)
+    residual = with_states.residual(with_states.rollout(plan, x), plan[0], reference)
+    assert residual.numel() == rows * len(sigmas[1:-1]) + rows  # the 2 states on the way too
+    a = calibrate(model, noise(), SIGMAS, trajectory=0, **SMALL)
+    b = calibrate(model, noise(), SIGMAS, **SMALL)
+    assert fitted_values(a) != fitted_values(b)
+
+
+def test_patience_stops_after_that_many_steps_without_a_heldout_gain(model):
+    calibration = calibrate(model, noise(16, 3), SIGMAS, patience=1, iterations=30,
+                            reference_steps=8)
+    heldout = [val for _objective, val in calibration.report["trace"]]
+    best, stale = 1.0, 0
+    for k, val in enumerate(heldout):
+        if val < best * (1 - 1e-4):
+            best, stale = val, 0
+        else:
+            stale += 1
+            assert stale == 1 and k == len(heldout) - 1, "the fit went on after a stale step"
+    assert calibration.report["heldout_loss"] == pytest.approx(min([1.0, *heldout]), rel=1e-5)
+
+
+def test_fd_step_sets_the_finite_difference_step(model):
+    """A small step gives the derivative (two small steps agree); a huge one does not."""
+    a = calibrate(model, noise(), SIGMAS, fd_step=1e-4, iterations=1, reference_steps=8)
+    b = calibrate(model, noise(), SIGMAS, fd_step=1e-6, iterations=1, reference_steps=8)
+    c = calibrate(model, noise(), SIGMAS, fd_step=0.5, iterations=1, reference_steps=8)
+    assert a.report["trace"][0][0] == pytest.approx(b.report["trace"][0][0], rel=1e-3)
+    assert fitted_values(c) != pytest.approx(fitted_values(a), rel=1e-3)
+    with pytest.raises(ValueError, match="fd_step must be a finite number > 0"):
+        calibrate(model, noise(), SIGMAS, fd_step=-1.0)
+
+
+def test_reference_steps_sets_the_reference_cost(model):
+    """Each RK4 step is 4 model calls per noise: 8 more steps, 32 more evaluations per noise."""
+    a = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=8)
+    b = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=16)
+    assert b.report["model_evaluations"] - a.report["model_evaluations"] == 32 * 12
