@@ -106,3 +106,16 @@ def test_options_object_and_keywords_give_the_same_samples():
     by_keywords = sample_lml_euler(model, x, sigmas, rank=2, damping=0.5, disable=True)
     lm = LMOptions(**{**DEFAULTS, "rank": 2, "damping": 0.5})
     assert torch.equal(sample_lml_euler(model, x, sigmas, lm=lm, disable=True), by_keywords)
+
+
+def test_the_module_map_lists_the_chain_in_order():
+    """lml_core/README.md's module table is the one map of the package: every module, in the
+    import chain's order; README.md names every node module and points there."""
+    rows = [line.split("`")[1] for line in (CORE / "README.md").read_text().splitlines()
+            if line.startswith("| `") and line.split("`")[1].endswith(".py")]
+    assert rows == [f"{name}.py" for name in CHAIN if name != "__init__"]
+    readme = (ROOT / "README.md").read_text()
+    assert "[lml_core/README.md](lml_core/README.md)" in readme
+    for path in sorted((ROOT / "nodes").glob("*.py")):
+        if path.stem != "__init__":
+            assert f"`{path.name}`" in readme, f"README's module list misses nodes/{path.name}"
