@@ -31,7 +31,7 @@ NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent
                                 "fade"},
              "LMLSamplerLab": set(),
              "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
-                              "damping", "trajectory", "reference_steps"},
+                              "regularization", "trajectory", "reference_steps"},
              "SamplerLMLCalibrated": set()}
 WRAP_INPUTS = ["sampler", "rank", "damping", "fade", "kappa", "damping_mode", "omega",
                "start_percent", "end_percent"]  # since the node was added: never reorder
