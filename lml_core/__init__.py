@@ -2,12 +2,12 @@
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
 gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds -> calibration
--> reference -> objective -> calibrate.
+-> reference -> objective -> sigma_fit -> levenberg -> calibrate.
 See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
-from .calibrate import CALIBRATE_DEFAULTS, calibrate
+from .calibrate import CALIBRATE_DEFAULTS, calibrate, calibrate_sigmas
 from .calibration import CALIBRATION_BASES, Calibration, sample_lml_calibrated
 from .options import (
     ANCESTRAL_DEFAULTS,
@@ -49,6 +49,7 @@ __all__ = [
     "adaptive_lambda",
     "auto_omega",
     "calibrate",
+    "calibrate_sigmas",
     "classify",
     "expected_nfe",
     "half_log_snr",

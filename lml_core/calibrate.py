@@ -15,10 +15,12 @@ import time
 
 import torch
 
-from .calibration import CALIBRATION_BASES, Calibration, model_kind
+from .calibration import CALIBRATION_BASES, SAMPLER_NAME, Calibration, model_kind
+from .levenberg import levenberg_marquardt, rms
 from .objective import Fit, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_grid
 from .sampling import is_flow_model, model_sampling_of
+from .sigma_fit import CountedModel, SigmaFit
 
 CALIBRATE_DEFAULTS = {
     "base": "auto",            # "auto": the best of CALIBRATION_BASES on the noise, or one of them
@@ -33,6 +35,7 @@ CALIBRATE_DEFAULTS = {
     "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
     "fd_step": None,           # finite-difference step; None: 1e-4 (float64) / 1e-2 (float32)
     "batch_size": None,        # rows per model call; None: all at once
+    "sigma_fits": 2,           # with samplers: the best this many get timestep-only fits
 }
 
 
@@ -46,7 +49,8 @@ def fit_options(options: dict) -> dict:
     if opts["base"] != "auto" and opts["base"] not in CALIBRATION_BASES:
         raise ValueError(f"base must be 'auto' or one of {CALIBRATION_BASES}, "
                          f"got {opts['base']!r}")
-    whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1}
+    whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1,
+             "sigma_fits": 0}
     if opts["batch_size"] is not None:
         whole["batch_size"] = 1
     for name, low in whole.items():
@@ -87,170 +91,278 @@ def planned_evaluations(steps, rows_fit, rows_val, opts, n_bases, size) -> int:
     return reference + bases + int(opts["iterations"]) * per_iteration + steps * rows_fit
 
 
-def reference_floor(model, sigmas: list[float], requested) -> float:
+def reference_floor(model, schedules, requested) -> float:
     """Where the reference stops before its denoising step: the model's sigma_min (or the
-    schedule's last nonzero sigma, if lower or unknown), never above that last sigma."""
+    lowest last nonzero sigma of the schedules, if lower or unknown), never above it."""
+    lowest = min(sigmas[-2] for sigmas in schedules)
     if requested is None:
         sigma_min = getattr(model_sampling_of(model), "sigma_min", None)
-        requested = min(sigmas[-2], float(sigma_min)) if sigma_min is not None else sigmas[-2]
-    return min(float(requested), sigmas[-2])
+        requested = min(lowest, float(sigma_min)) if sigma_min is not None else lowest
+    return min(float(requested), lowest)
 
 
-def rms(errors) -> float:
-    return float(errors.pow(2).mean().sqrt())
+class Setup:
+    """What both fits share: the checked options and schedules, the noise split into its
+    fitting and held-out parts, the counted model (batched calls through ``denoise``, whole
+    sampler runs through ``counted``), the reference of both parts and the robust scale."""
+
+    def __init__(self, model, noise, sigmas, extra_args, schedules, progress, log, options):
+        self.opts = opts = fit_options(options)
+        self.started = time.perf_counter()
+        self.sigmas = checked_schedule(sigmas)
+        self.steps = len(self.sigmas) - 1
+        if noise.shape[0] < 2:
+            raise ValueError(f"calibrate: need at least 2 noise samples, got {noise.shape[0]}")
+        if not torch.isfinite(noise).all():
+            raise ValueError("calibrate: the noise contains NaN or inf values")
+        self.schedules = self.checked_schedules(schedules)
+        self.flow = is_flow_model(model)
+        self.dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
+        self.eps = opts["fd_step"] or (1e-4 if self.dtype == torch.float64 else 1e-2)
+        self.say = log or (lambda text: None)
+        self.extra_args = extra_args or {}
+        x = noise.to(self.dtype)
+        n_val = max(1, min(x.shape[0] - 1, round(x.shape[0] * float(opts["heldout"]))))
+        self.x_fit, self.x_val = x[:-n_val], x[-n_val:]
+        self.planned = 1
+
+        def on_call(*_):
+            if progress is not None:
+                done = self.evaluations()
+                progress(done, max(self.planned, done))
+
+        self.denoise = Evaluator(model, extra_args, self.dtype, opts["batch_size"], on_call)
+        self.counted = CountedModel(model, on_call)
+        self.floor = reference_floor(model, self.schedules.values(), opts["reference_floor"])
+        grid = reference_grid(self.sigmas[0], self.floor, int(opts["reference_steps"]),
+                              self.flow)
+        self.ref_fit = Reference(self.denoise, self.x_fit, grid)
+        self.ref_val = Reference(self.denoise, self.x_val, grid)
+        self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
+        self.typical = None  # the robust scale: the best start's typical error
+
+    def checked_schedules(self, schedules) -> dict:
+        """{name: sigmas} of the same step count that start where ``sigmas`` does (the noise
+        is at sigmas[0]); those that start elsewhere are left out, and said so."""
+        if not schedules:
+            return {"given": self.sigmas}
+        out = {}
+        for name, values in schedules.items():
+            values = checked_schedule(values)
+            if len(values) != len(self.sigmas):
+                raise ValueError(f"calibrate: schedule {name!r} has {len(values) - 1} steps, "
+                                 f"not {self.steps}")
+            if math.isclose(values[0], self.sigmas[0], rel_tol=1e-4):
+                out[name] = values
+        if not out:
+            raise ValueError("calibrate: no schedule starts at the noise's sigma "
+                             f"{self.sigmas[0]:.6g}")
+        return out
+
+    def evaluations(self) -> int:
+        return self.denoise.rows + self.counted.rows
+
+    def fit(self, fit, start_errors):
+        """Levenberg-Marquardt on ``fit`` (its theta = 0 is the start, with per-sample errors
+        ``start_errors`` on the fitting part): (theta, held-out loss / the start's, accepted
+        steps, trace)."""
+        self.ref_fit.weights = robust_weights(start_errors, self.typical)
+        self.ref_val.weights = None
+        opts = self.opts
+        return levenberg_marquardt(
+            fit, self.x_fit, self.ref_fit,
+            lambda theta: robust_loss(fit.final_errors(theta, self.x_val, self.ref_val),
+                                      self.typical),
+            float(opts["regularization"]), self.eps, int(opts["iterations"]),
+            int(opts["patience"]), self.say)
+
+    def report(self, chosen: dict, candidates: dict, starts: dict) -> dict:
+        """The report of the chosen candidate among ``candidates`` ({label: scores}), with
+        the held-out RMS of the unchanged ``starts`` ({label: RMS})."""
+        opts = self.opts
+        return {
+            "chosen": chosen["label"], "start": chosen["start"],
+            "fit_rms": chosen["fit_rms"], "fit_rms_base": chosen["fit_rms_start"],
+            "heldout_rms": chosen["heldout_rms"],
+            "heldout_rms_base": chosen["heldout_rms_start"],
+            "heldout_rms_bases": starts,
+            "candidates": {label: {k: c[k] for k in ("fit_rms", "heldout_rms", "heldout_score",
+                                                      "iterations")}
+                           for label, c in candidates.items()},
+            "heldout_loss": chosen["heldout_loss"],
+            "samples": {"fit": int(self.x_fit.shape[0]), "heldout": int(self.x_val.shape[0])},
+            "iterations": chosen["iterations"], "trace": chosen["trace"],
+            "model_calls": self.denoise.calls, "model_evaluations": self.evaluations(),
+            "seconds": round(time.perf_counter() - self.started, 3),
+            "reference": {"rk4_steps": int(opts["reference_steps"]), "floor": self.floor},
+            "options": {k: v for k, v in opts.items() if k != "batch_size"},
+            "calibrated": chosen["label"] != chosen["start"],
+        }
+
+    def fitted_on(self, model) -> dict:
+        return {"steps": self.steps, "sigma_max": self.sigmas[0],
+                "sigma_min": self.sigmas[-2], "model_kind": model_kind(model)}
 
 
-def levenberg_marquardt(fit: Fit, x, reference: Reference, heldout, regularization, eps,
-                        iterations, patience, say):
-    """Levenberg-Marquardt on ``fit``'s objective (relative to the base's) + ``regularization
-    * |theta|^2`` from theta = 0; ``heldout(theta)`` scores each accepted iterate and the best
-    one is returned, with the number of accepted steps and the trace of (objective, held-out)
-    ratios to the base's."""
-    theta = torch.zeros(fit.size, dtype=torch.float64)
-    base_objective = fit.loss(fit.plan(theta), x, reference)
-    rows = x.numel()
-    scale = max(base_objective, 1e-300) * rows
+def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
+    """Fit and held-out RMS of ``fit`` at ``theta`` and at its start (theta = 0)."""
+    zero = torch.zeros(fit.size, dtype=torch.float64)
+    heldout_loss, iterations, trace = result if result is not None else (1.0, 0, [])
+    return {"label": label, "start": start, "fit": fit, "theta": theta,
+            "fit_rms": rms(fit.final_errors(theta, setup.x_fit, setup.ref_fit)),
+            "fit_rms_start": rms(fit.final_errors(zero, setup.x_fit, setup.ref_fit)),
+            "heldout_rms": rms(fit.final_errors(theta, setup.x_val, setup.ref_val)),
+            "heldout_rms_start": rms(fit.final_errors(zero, setup.x_val, setup.ref_val)),
+            "heldout_loss": heldout_loss, "iterations": iterations, "trace": trace}
 
-    def objective(value, theta):
-        return value * rows / scale + regularization * float(theta @ theta)
 
-    val_base = heldout(theta)
-    best_val, best_theta = val_base, theta.clone()
-    current, mu, stale, accepted, trace = base_objective, 1e-2, 0, 0, []
-    identity = torch.eye(fit.size, dtype=torch.float64)
-    for iteration in range(iterations):
-        residual, jac = fit.jacobian(theta, x, reference, eps)
-        jtj = jac.T @ jac / scale
-        gradient = jac.T @ residual / scale + regularization * theta
-        diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)
-        improved = False
-        for _trial in range(10):  # raise mu until a step lowers the objective
-            try:
-                delta = -torch.linalg.solve(jtj + regularization * identity
-                                            + mu * torch.diag(diag), gradient)
-            except RuntimeError:
-                mu *= 10
-                continue
-            plan = fit.plan(theta + delta)
-            if plan is None:
-                mu *= 4
-                continue
-            value = fit.loss(plan, x, reference)
-            if objective(value, theta + delta) < objective(current, theta):
-                theta, current, mu, improved = theta + delta, value, max(mu / 3, 1e-7), True
-                break
-            mu *= 4
-        if not improved:
-            say(f"iteration {iteration + 1}: no step lowers the fitting objective; stopping")
-            break
-        accepted += 1
-        val = heldout(theta)
-        trace.append([round(current / base_objective, 6), round(val / val_base, 6)])
-        say(f"iteration {iteration + 1}: objective {current / base_objective:.4g} x the "
-            f"base's, held-out loss {val / val_base:.4g} x the base's")
-        if val < best_val * (1 - 1e-4):
-            best_val, best_theta, stale = val, theta.clone(), 0
-        else:
-            stale += 1
-            if stale >= patience:
-                say(f"held-out error has not improved for {stale} steps; stopping")
-                break
-    return best_theta, best_val / val_base, accepted, trace
+def fitted(setup: Setup, label, start, fit, start_errors) -> dict:
+    theta, heldout_loss, iterations, trace = setup.fit(fit, start_errors)
+    if heldout_loss >= 1:  # no gain on the held-out part: the start itself
+        return scores(setup, start, start, fit, theta * 0)
+    return scores(setup, label, start, fit, theta, (heldout_loss, iterations, trace))
 
 
 @torch.no_grad()
-def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
-              **options) -> Calibration:
-    """Fit a calibrated LML sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
+def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=None,
+              progress=None, log=None, **options) -> Calibration:
+    """Fit a calibrated sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
 
     ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2); the last ``heldout``
-    share is held out.  ``progress(evaluations, planned)`` is called after every model call (a
-    node raises there to cancel); ``log(text)`` gets one line per stage.  Options
-    (``CALIBRATE_DEFAULTS``):
+    share is held out to choose.  ``schedules``: {name: sigmas} of N steps to start from (the
+    host's schedulers; default: ``sigmas`` alone); ``samplers``: {name: k-diffusion function}
+    of built-in one-call-per-step samplers to measure and fit (default: none).  Measured on the
+    fitting noise, the best start (base x schedule) gets the LML fit (corrections and every
+    timestep), the best ``sigma_fits`` samplers get timestep-only fits, and the best pair is a
+    candidate unchanged; the candidate with the lowest robust loss on the held-out noise wins.
+    ``progress(evaluations, planned)`` is called after every model call (a node raises there
+    to cancel); ``log(text)`` gets one line per stage.  Options (``CALIBRATE_DEFAULTS``):
 
-    - base: "auto" (the best of euler, ipndm, ipndm_v on all the noise) or one of them;
+    - base: "auto" (the best of euler, ipndm, ipndm_v) or one of them;
     - history: directions per step the correction combines (1-4);
     - move_timesteps: fit s_1..s_{N-1} in log-SNR too;
     - heldout: the held-out share; iterations, patience: LM steps and early stopping;
-    - regularization: weight of |theta|^2 that pulls the fit toward the base;
+    - regularization: weight of |theta|^2 that pulls the fit toward the start;
     - trajectory: weight of the states on the way in the objective (0: final sample only);
     - reference_steps, reference_floor: the RK4 reference (to the model's sigma_min by default);
-    - fd_step: the finite-difference step; batch_size: rows per model call.
+    - fd_step: the finite-difference step; batch_size: rows per model call;
+    - sigma_fits: how many of ``samplers`` get timestep-only fits.
     """
-    opts = fit_options(options)
-    started = time.perf_counter()
-    sigma_list = checked_schedule(sigmas)
-    if noise.shape[0] < 2:
-        raise ValueError(f"calibrate: need at least 2 noise samples, got {noise.shape[0]}")
-    if not torch.isfinite(noise).all():
-        raise ValueError("calibrate: the noise contains NaN or inf values")
-    steps = len(sigma_list) - 1
-    flow = is_flow_model(model)
-    dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
-    eps = opts["fd_step"] or (1e-4 if dtype == torch.float64 else 1e-2)
-    bases = CALIBRATION_BASES if opts["base"] == "auto" else (opts["base"],)
-    say = log or (lambda text: None)
-
-    # 1. The noise: the fitting part, then the held-out part.
-    x = noise.to(dtype)
-    n_val = max(1, min(x.shape[0] - 1, round(x.shape[0] * float(opts["heldout"]))))
-    x_fit, x_val = x[:-n_val], x[-n_val:]
+    setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options)
+    opts, steps = setup.opts, setup.steps
     move = bool(opts["move_timesteps"]) and steps >= 2
-    planned = planned_evaluations(steps, x_fit.shape[0], n_val, opts, len(bases),
-                                  parameter_count(steps, int(opts["history"]), move))
+    bases = CALIBRATION_BASES if opts["base"] == "auto" else (opts["base"],)
+    samplers = dict(samplers or {})
+    size = parameter_count(steps, int(opts["history"]), move)
+    rows = setup.x_fit.shape[0]
+    setup.planned = planned_evaluations(steps, rows, setup.x_val.shape[0], opts, len(bases)
+                                        * len(setup.schedules), size) + (
+        len(samplers) * len(setup.schedules) * steps * rows
+        + min(len(samplers), int(opts["sigma_fits"])) * int(opts["iterations"]) * steps * steps
+        * rows)
 
-    def on_call(evaluator):
-        if progress is not None:
-            progress(evaluator.rows, max(planned, evaluator.rows))
+    # 1. Every start on the fitting noise: the LML bases and the built-in samplers on every
+    # schedule (a sampler that needs more than one model call per step is left out).
+    starts = {}
+    for schedule, values in setup.schedules.items():
+        for base in bases:
+            fit = Fit(setup.denoise, values, base, int(opts["history"]), move, setup.flow,
+                      setup.floor, float(opts["trajectory"]))
+            starts[f"lml({base}) + {schedule}"] = fit
+        for name, function in samplers.items():
+            starts[f"{name} + {schedule}"] = SigmaFit(
+                function, setup.counted, values, setup.flow, setup.floor, setup.extra_args,
+                move, opts["batch_size"])
+    errors = {}
+    for label, fit in starts.items():
+        before = setup.counted.rows
+        errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64),
+                                         setup.x_fit, setup.ref_fit)
+        if setup.counted.rows - before > steps * rows:
+            setup.say(f"{label}: more than one model call per step; left out")
+            del errors[label]
+    # The robust scale: the typical (median) error of the best start.
+    setup.typical = min(float(e.median()) for e in errors.values())
+    losses = {label: robust_loss(e, setup.typical) for label, e in errors.items()}
+    ranked = sorted(losses, key=losses.get)
+    setup.say("starts on the fitting noise (RMS): " + ", ".join(
+        f"{label} {rms(errors[label]):.4g}" for label in ranked[:6]))
 
-    # 2. The converged reference of both parts.
-    denoise = Evaluator(model, extra_args, dtype, opts["batch_size"], on_call)
-    floor = reference_floor(model, sigma_list, opts["reference_floor"])
-    grid = reference_grid(sigma_list[0], floor, int(opts["reference_steps"]), flow)
-    ref_fit, ref_val = Reference(denoise, x_fit, grid), Reference(denoise, x_val, grid)
-    say(f"reference: {opts['reference_steps']} RK4 steps to sigma {floor:.4g}")
+    # 2. The candidates: the LML fit from the best LML start, timestep-only fits of the best
+    # samplers (each from its best schedule), and the best pair unchanged.
+    best_lml = next(label for label in ranked if label.startswith("lml("))
+    candidates = {}
+    result = fitted(setup, f"calibrated {best_lml}", best_lml, starts[best_lml],
+                    errors[best_lml])
+    candidates[result["label"]] = result
+    best_pairs = [label for label in ranked if not label.startswith("lml(")]
+    if best_pairs:
+        pair = best_pairs[0]
+        candidates[pair] = scores(setup, pair, pair, starts[pair],
+                                  torch.zeros(starts[pair].size, dtype=torch.float64))
+    fitted_samplers = []
+    for label in best_pairs:
+        name = label.split(" + ")[0]
+        if len(fitted_samplers) < int(opts["sigma_fits"]) and name not in fitted_samplers:
+            fitted_samplers.append(name)
+            result = fitted(setup, f"{name} + calibrated sigmas from {label.split(' + ')[1]}",
+                            label, starts[label], errors[label])
+            candidates[result["label"]] = result
 
-    # 3. The base: the lowest robust loss on all the noise (a base has nothing fitted, so the
-    # held-out part may take part); its typical error sets the robust scale from here on.
-    fits, errors = {}, {}
-    for name in bases:
-        fits[name] = Fit(denoise, sigma_list, name, int(opts["history"]), move, flow, floor,
-                         float(opts["trajectory"]))
-        zero = torch.zeros(fits[name].size, dtype=torch.float64)
-        errors[name] = (fits[name].final_errors(zero, x_fit, ref_fit),
-                        fits[name].final_errors(zero, x_val, ref_val))
-    typical = float(torch.cat(errors[bases[0]]).median())
-    base = min(bases, key=lambda name: robust_loss(torch.cat(errors[name]), typical))
-    fit = fits[base]
-    typical = float(torch.cat(errors[base]).median())
-    ref_fit.weights = robust_weights(errors[base][0], typical)
-    ref_val.weights = robust_weights(errors[base][1], typical)
-    say("bases on all the noise (RMS): " + ", ".join(
-        f"{name} {rms(torch.cat(e)):.4g}" for name, e in errors.items()) + f"; base {base}")
+    # The unchanged starts the report compares with: each LML base and each of the best
+    # samplers on its best schedule.
+    shortlist = {}
+    for label in ranked:
+        shortlist.setdefault(label.split(" + ")[0], label)
+    compared = [label for label in shortlist.values() if label.startswith("lml(")] + [
+        label for label in shortlist.values() if not label.startswith("lml(")][
+        :len(fitted_samplers) + 1]
+    heldout_starts = {label: rms(starts[label].final_errors(
+        torch.zeros(starts[label].size, dtype=torch.float64), setup.x_val, setup.ref_val))
+        for label in compared}
 
-    # 4. Levenberg-Marquardt on the fitting part, the iterate kept chosen on the held-out part.
-    theta, heldout_loss, accepted, trace = levenberg_marquardt(
-        fit, x_fit, ref_fit,
-        lambda theta: robust_loss(fit.final_errors(theta, x_val, ref_val), typical),
-        float(opts["regularization"]), eps, int(opts["iterations"]), int(opts["patience"]), say)
+    # 3. The winner on the held-out noise.
+    for c in candidates.values():
+        c["heldout_score"] = robust_loss(c["fit"].final_errors(c["theta"], setup.x_val,
+                                                               setup.ref_val), setup.typical)
+    chosen = min(candidates.values(), key=lambda c: c["heldout_score"])
+    setup.say("candidates on the held-out noise (RMS): " + ", ".join(
+        f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())
+        + f"; chosen {chosen['label']}")
+    report = setup.report(chosen, candidates, heldout_starts)
+    fit, theta = chosen["fit"], chosen["theta"]
+    if isinstance(fit, Fit):
+        return fit.calibration(theta, setup.fitted_on(model), report)
+    return Calibration(sampler=chosen["start"].split(" + ")[0], base="",
+                       sigmas=fit.plan(theta), corrections=[],
+                       fitted_on=setup.fitted_on(model), report=report)
 
-    # 5. The calibration and its report.
-    heldout_bases = {name: rms(e[1]) for name, e in errors.items()}
-    report = {
-        "fit_rms": rms(fit.final_errors(theta, x_fit, ref_fit)),
-        "fit_rms_base": rms(errors[base][0]),
-        "heldout_rms": rms(fit.final_errors(theta, x_val, ref_val)),
-        "heldout_rms_base": heldout_bases[base],
-        "heldout_rms_bases": heldout_bases,
-        "heldout_loss": heldout_loss,
-        "samples": {"fit": int(x_fit.shape[0]), "heldout": int(x_val.shape[0])},
-        "iterations": accepted, "trace": trace,
-        "model_calls": denoise.calls, "model_evaluations": denoise.rows,
-        "seconds": round(time.perf_counter() - started, 3),
-        "reference": {"rk4_steps": int(opts["reference_steps"]), "floor": floor},
-        "options": {k: v for k, v in opts.items() if k != "batch_size"},
-        "calibrated": bool(heldout_loss < 1),
-    }
-    fitted_on = {"steps": steps, "sigma_max": sigma_list[0], "sigma_min": sigma_list[-2],
-                 "model_kind": model_kind(model)}
-    return fit.calibration(theta, fitted_on, report)
+
+@torch.no_grad()
+def calibrate_sigmas(model, noise, sigmas, sampler, extra_args=None, sampler_name=None,
+                     progress=None, log=None, **options) -> Calibration:
+    """Fit the timesteps of one k-diffusion ``sampler`` function on ``sigmas`` (its start; N + 1
+    values ending in 0) by the whole-rollout objective; the Calibration runs that sampler on
+    the fitted timesteps (its ``sigmas``), or on ``sigmas`` unchanged where the fit does not
+    gain on the held-out noise.  ``sampler_name``: the host's name for it (default: the
+    function's name less ``sample_``).  Options as ``calibrate``'s (base, history, trajectory
+    and sigma_fits do not apply)."""
+    name = sampler_name or getattr(sampler, "__name__", "").removeprefix("sample_")
+    if not SAMPLER_NAME.fullmatch(name or ""):
+        raise ValueError(f"calibrate_sigmas: give the sampler's name (sampler_name), got "
+                         f"{name!r}")
+    setup = Setup(model, noise, sigmas, extra_args, None, progress, log, options)
+    move = bool(setup.opts["move_timesteps"]) and setup.steps >= 2
+    fit = SigmaFit(sampler, setup.counted, setup.sigmas, setup.flow, setup.floor,
+                   setup.extra_args, move, setup.opts["batch_size"])
+    setup.planned = (setup.steps * setup.x_fit.shape[0]
+                     * (1 + int(setup.opts["iterations"]) * (fit.size + 2)))
+    start_errors = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), setup.x_fit,
+                                    setup.ref_fit)
+    setup.typical = float(start_errors.median())
+    chosen = fitted(setup, f"{name} + calibrated sigmas", f"{name} + given", fit, start_errors)
+    chosen["heldout_score"] = chosen["heldout_loss"]
+    report = setup.report(chosen, {chosen["label"]: chosen},
+                          {chosen["start"]: chosen["heldout_rms_start"]})
+    return Calibration(sampler=name, base="", sigmas=fit.plan(chosen["theta"]), corrections=[],
+                       fitted_on=setup.fitted_on(model), report=report)

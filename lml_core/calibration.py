@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +26,10 @@ from .sampling import checked_sigmas, model_sampling_of, report_step, to_d, tran
 
 CALIBRATION_BASES = ("euler", "ipndm", "ipndm_v")
 CALIBRATION_FORMAT = "lml-calibration/1"
+# What a calibration runs: LML_SAMPLER (the multistep sampler above, on a base) or a built-in
+# sampler named by its ComfyUI name (the caller passes the function) on fitted timesteps.
+LML_SAMPLER = "lml"
+SAMPLER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 # Where a schedule counts as the one a calibration was fitted on: float32 sigmas of the same
 # scheduler agree to ~1e-7; another sigma range differs by far more.
@@ -118,9 +123,11 @@ def multistep_run(denoise, x, sigmas, coefficients, keep, start=0, history=()):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted numbers and what they are valid for.  ``sigmas``: the sampler's own timesteps
-    (N + 1, ending in 0); ``corrections[i]``: c_{i,j}; ``fitted_on``: the schedule it was fitted
-    on (steps, first and last nonzero sigma) and the model kind; ``report``: errors and cost."""
+    """Fitted numbers and what they are valid for.  ``sampler``: what runs (LML_SAMPLER, the
+    multistep sampler on ``base`` with ``corrections[i]`` = c_{i,j}; or a built-in sampler's
+    name, with no base and no corrections); ``sigmas``: the sampler's own timesteps (N + 1,
+    ending in 0); ``fitted_on``: the schedule it was fitted on (steps, first and last nonzero
+    sigma) and the model kind; ``report``: errors and cost."""
 
     base: str
     sigmas: list
@@ -128,12 +135,20 @@ class Calibration:
     fitted_on: dict
     report: dict = field(default_factory=dict)
     format: str = CALIBRATION_FORMAT
+    sampler: str = LML_SAMPLER
 
     def __post_init__(self):
         if self.format != CALIBRATION_FORMAT:
             raise ValueError(f"calibration: unknown format {self.format!r} "
                              f"(expected {CALIBRATION_FORMAT!r})")
-        if self.base not in CALIBRATION_BASES:
+        if not (isinstance(self.sampler, str) and SAMPLER_NAME.fullmatch(self.sampler)):
+            raise ValueError("calibration: sampler must be a sampler name (lower-case letters, "
+                             f"digits, _), got {str(self.sampler)[:80]!r}")
+        builtin = self.sampler != LML_SAMPLER
+        if builtin and (self.base or self.corrections):
+            raise ValueError(f"calibration: a calibration of the built-in sampler "
+                             f"{self.sampler!r} has no base and no corrections")
+        if not builtin and self.base not in CALIBRATION_BASES:
             raise ValueError(f"calibration: base must be one of {CALIBRATION_BASES}, "
                              f"got {self.base!r}")
         sig = [float(s) for s in self.sigmas]
@@ -143,7 +158,8 @@ class Calibration:
                              f"in 0, got {sig}")
         steps = len(sig) - 1
         corr = [[float(c) for c in row] for row in self.corrections]
-        if len(corr) != steps or not all(math.isfinite(c) for row in corr for c in row):
+        if (not builtin and len(corr) != steps) or not all(
+                math.isfinite(c) for row in corr for c in row):
             raise ValueError(f"calibration: corrections must be {steps} rows of finite numbers")
         if int(self.fitted_on.get("steps", -1)) != steps:
             raise ValueError(f"calibration: fitted_on.steps ({self.fitted_on.get('steps')}) "
@@ -191,7 +207,7 @@ class Calibration:
         if missing:
             raise ValueError(f"calibration: missing field(s) {missing}")
         unknown = sorted(set(data) - {"base", "sigmas", "corrections", "fitted_on", "report",
-                                      "format"})
+                                      "format", "sampler"})
         if unknown:
             raise ValueError(f"calibration: unknown field(s) {unknown}")
         try:
@@ -206,15 +222,30 @@ class Calibration:
 
 @torch.no_grad()
 def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                          calibration=None):
-    """The calibrated LML sampler (k-diffusion signature).  ``sigmas`` must be the schedule the
+                          calibration=None, samplers=None):
+    """The calibrated sampler (k-diffusion signature).  ``sigmas`` must be the schedule the
     calibration was fitted on (a ValueError names both otherwise); the sampler then steps on
-    the calibration's own timesteps."""
+    the calibration's own timesteps: the LML multistep sampler, or the built-in sampler it
+    names, taken from ``samplers`` ({name: k-diffusion function}; a ValueError names a missing
+    one)."""
     if not isinstance(calibration, Calibration):
         raise ValueError("sample_lml_calibrated: calibration must be a Calibration, got "
                          f"{type(calibration).__name__}")
     given = checked_sigmas("lml_calibrated", x, sigmas)
     calibration.check_schedule(given)
+    if calibration.sampler != LML_SAMPLER:
+        function = (samplers or {}).get(calibration.sampler)
+        if function is None:
+            raise ValueError(f"this calibration runs the sampler {calibration.sampler!r}, "
+                             f"which this host does not have (samplers given: "
+                             f"{sorted(samplers or {})})")
+        own = torch.tensor(calibration.sigmas, dtype=sigmas.dtype, device=sigmas.device)
+        out = function(model, x, own, extra_args=extra_args, callback=callback,
+                       disable=disable)
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"lml_calibrated: {calibration.sampler} produced NaN or "
+                                     "inf values")
+        return out
     extra_args = {} if extra_args is None else extra_args
     out_dtype = x.dtype
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

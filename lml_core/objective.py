@@ -32,10 +32,10 @@ class Fit:
         self.steps = len(sigmas) - 1
         self.trajectory = trajectory
         self.t = [half_log_snr(s, flow) for s in self.sigmas[:-1]]
-        # s_1 .. s_{N-1}; the last one only where it may move down (it never goes below the
-        # floor, where the reference ends).
-        movable = range(1, self.steps - 1 if self.sigmas[-2] <= floor * (1 + 1e-6) else self.steps)
-        self.moved = list(movable) if move_timesteps else []
+        # s_1 .. s_{N-1}, the last nonzero one included: each may move either way while the
+        # schedule stays decreasing and above the floor (the model's sigma_min, where the
+        # reference ends), so a fit started at the floor can still raise its last sigma.
+        self.moved = list(range(1, self.steps)) if move_timesteps else []
         self.n_time = len(self.moved)
         self.slots = [min(i + 1, history) for i in range(self.steps)]
         self.offsets = [self.n_time + sum(self.slots[:i]) for i in range(self.steps)]

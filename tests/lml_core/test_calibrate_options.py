@@ -34,6 +34,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
     tested = {"base", "history", "heldout", "iterations", "reference_floor"}  # test_calibrate
     tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
                "fd_step", "batch_size"}
+    tested |= {"sigma_fits"}  # test_calibrate_field
     assert set(CALIBRATE_DEFAULTS) == tested
 
 

@@ -1,0 +1,110 @@
+"""Timesteps fitted for any k-diffusion sampler: the objective of ``calibrate_sigmas`` and of
+calibrate's timestep-only candidates.
+
+The sampler is a black box ``sampler(model, x, sigmas, extra_args=..., disable=True)`` (a host
+function such as ComfyUI's ``sample_dpmpp_2m``); the parameters are shifts in log-SNR of its
+timesteps s_1 .. s_{N-1} (s_0 and s_N = 0 fixed), each free to move either way while the
+schedule stays strictly decreasing and above the reference's floor (the model's sigma_min).
+The residual is the final sample's distance to the converged reference (the whole rollout);
+each Jacobian column is one more rollout, so an iteration costs N rollouts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adaptive import half_log_snr
+from .reference import Reference, sigma_of
+
+
+class CountedModel:
+    """The sampler's model with its per-row evaluations counted and reported to ``on_call``;
+    every other attribute is the model's own (host samplers read ``model.inner_model...``)."""
+
+    def __init__(self, model, on_call=None):
+        self._model, self._on_call = model, on_call
+        self.rows = 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, x, sigma, **extra_args):
+        self.rows += x.shape[0]
+        if self._on_call is not None:
+            self._on_call()
+        return self._model(x, sigma, **extra_args)
+
+
+def run_sampler(sampler, model, x, sigmas: list[float], extra_args, batch_size=None):
+    """The final sample of ``sampler`` on ``sigmas`` (a fresh tensor each run: some host
+    samplers edit their sigmas in place), in x's dtype, ``batch_size`` rows at a time."""
+    out = torch.cat([
+        sampler(model, part.clone(), torch.tensor(sigmas, dtype=x.dtype, device=x.device),
+                extra_args=dict(extra_args or {}), disable=True)
+        for part in ([x] if not batch_size else torch.split(x, batch_size))])
+    if not torch.isfinite(out).all():
+        raise FloatingPointError("calibrate: a sampler returned NaN or inf on the calibration "
+                                 "noise")
+    return out.to(x.dtype)
+
+
+class SigmaFit:
+    """The timesteps of one sampler as parameters theta (log-SNR shifts of s_1..s_{N-1}),
+    with the interface the Levenberg-Marquardt driver uses (size, plan, loss, final_errors,
+    jacobian)."""
+
+    def __init__(self, sampler, model, sigmas, flow, floor, extra_args=None,
+                 move_timesteps=True, batch_size=None):
+        self.sampler, self.model, self.flow, self.floor = sampler, model, flow, floor
+        self.batch_size = batch_size
+        self.extra_args = extra_args or {}
+        self.sigmas = list(sigmas)
+        self.steps = len(self.sigmas) - 1
+        self.t = [half_log_snr(s, flow) for s in self.sigmas[:-1]]
+        self.moved = list(range(1, self.steps)) if move_timesteps else []
+        self.size = len(self.moved)
+
+    def plan(self, theta):
+        """The sigmas for ``theta``; None where they are not strictly decreasing or fall
+        below the floor."""
+        sig = list(self.sigmas)
+        for p, k in enumerate(theta.tolist()):
+            sig[self.moved[p]] = sigma_of(self.t[self.moved[p]] + k, self.flow)
+        nonzero = sig[:-1]
+        if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
+                nonzero[-1] < self.floor * (1 - 1e-9)):
+            return None
+        return sig
+
+    def final(self, plan, x):
+        return run_sampler(self.sampler, self.model, x, plan, self.extra_args, self.batch_size)
+
+    def residual(self, final, reference: Reference):
+        return reference.weigh(final - reference.final).reshape(-1).to(torch.float64)
+
+    def loss(self, plan, x, reference) -> float:
+        r = self.residual(self.final(plan, x), reference)
+        return float((r * r).sum()) / x.numel()
+
+    def final_errors(self, theta, x, reference):
+        """Per-sample RMS of the final sample against the reference."""
+        final = self.final(self.plan(theta), x)
+        return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
+            final.shape[0], -1).pow(2).mean(1).sqrt()
+
+    def jacobian(self, theta, x, reference, eps):
+        """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
+        is infeasible; a zero column where both are)."""
+        residual = self.residual(self.final(self.plan(theta), x), reference)
+        columns = []
+        for p in range(self.size):
+            column = torch.zeros_like(residual)
+            for step in (eps, -eps):
+                moved = theta.clone()
+                moved[p] += step
+                plan = self.plan(moved)
+                if plan is not None:
+                    column = (self.residual(self.final(plan, x), reference) - residual) / step
+                    break
+            columns.append(column)
+        return residual, torch.stack(columns, 1) if columns else residual[:, None] * 0

@@ -1,0 +1,145 @@
+"""calibrate against the field: started from the best (sampler, schedule) pair it measures,
+it returns the best of its candidates on the held-out noise; calibrate_sigmas fits one
+sampler's timesteps; a calibration naming a built-in sampler runs that sampler."""
+
+import math
+
+import pytest
+import torch
+
+from lml_core import Calibration, calibrate, calibrate_sigmas, sample_lml_calibrated
+from lml_core.reference import Evaluator, Reference, reference_grid
+
+from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas, plain_dpmpp_2m, plain_euler
+
+DIM = 16
+
+
+def noise(n, seed, scale=80.0):
+    return torch.randn(n, DIM, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def exponential_sigmas(n, sigma_min=0.002, sigma_max=80.0):
+    return torch.cat([torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n,
+                                               dtype=torch.float64)), torch.zeros(1)])
+
+
+def uniform_sigmas(n, sigma_min=0.03, sigma_max=80.0):
+    """A schedule ending well above the model's sigma_min, as sgm_uniform's does."""
+    t = torch.linspace(1.0, 0.0, n, dtype=torch.float64)
+    return torch.cat([sigma_min * (sigma_max / sigma_min) ** t, torch.zeros(1)])
+
+
+def plain_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Two model calls per step: left out of the one-call field."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        x_2 = x + d * (sigmas[i + 1] - sigmas[i])
+        if sigmas[i + 1] > 0:
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * s_in)) / sigmas[i + 1]
+            x_2 = x + (d + d_2) / 2 * (sigmas[i + 1] - sigmas[i])
+        x = x_2
+    return x
+
+
+SAMPLERS = {"euler": plain_euler, "dpmpp_2m": plain_dpmpp_2m, "heun": plain_heun}
+
+
+def reference(model, x, floor=0.002):
+    return Reference(Evaluator(model, {}, torch.float64), x,
+                     reference_grid(80.0, floor, 64, False)).final
+
+
+def rms(a, b):
+    return float(((a - b) ** 2).mean().sqrt())
+
+
+@pytest.fixture(scope="module")
+def field_fit():
+    model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
+    schedules = {"karras": karras_sigmas(4).double(), "exponential": exponential_sigmas(4),
+                 "uniform": uniform_sigmas(4)}
+    calibration = calibrate(model, noise(32, 1), schedules["karras"], schedules=schedules,
+                            samplers=SAMPLERS, iterations=8)
+    return model, schedules, calibration
+
+
+def test_the_winner_is_the_best_candidate_on_the_heldout_noise(field_fit):
+    _, _, calibration = field_fit
+    candidates = calibration.report["candidates"]
+    unchanged = [label for label in candidates if "calibrated" not in label]
+    assert len(unchanged) == 1 and not unchanged[0].startswith("lml("), candidates
+    assert sum(label.startswith("calibrated lml(") for label in candidates) == 1
+    assert sum("calibrated sigmas" in label for label in candidates) == 2  # sigma_fits
+    chosen = calibration.report["chosen"]
+    score = candidates[chosen]["heldout_score"]
+    assert all(score <= c["heldout_score"] for c in candidates.values())
+    assert not any(label.startswith("heun") for label in candidates)  # 2 calls per step
+
+
+def test_it_beats_the_best_pair_on_fresh_noise(field_fit):
+    model, schedules, calibration = field_fit
+    x = noise(200, 99)
+    ref = reference(model, x)
+    best_pair = min(rms(function(model, x, sigmas.clone()), ref)
+                    for name, function in SAMPLERS.items() if name != "heun"
+                    for sigmas in schedules.values())
+    error = rms(sample_lml_calibrated(model, x, schedules["karras"], calibration=calibration,
+                                      samplers=SAMPLERS), ref)
+    assert error < best_pair
+
+
+def test_a_calibration_of_a_builtin_sampler_runs_that_sampler():
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas = karras_sigmas(4).double()
+    calibration = calibrate_sigmas(model, noise(16, 4), sigmas, plain_dpmpp_2m, iterations=3,
+                                   reference_steps=16, sampler_name="dpmpp_2m")
+    assert calibration.sampler == "dpmpp_2m" and calibration.corrections == []
+    again = Calibration.from_json(calibration.to_json())
+    assert again == calibration
+    x = noise(3, 5)
+    own = torch.tensor(calibration.sigmas, dtype=torch.float64)
+    assert torch.equal(sample_lml_calibrated(model, x, sigmas, calibration=again,
+                                             samplers={"dpmpp_2m": plain_dpmpp_2m}),
+                       plain_dpmpp_2m(model, x, own))
+    with pytest.raises(ValueError, match="runs the sampler 'dpmpp_2m'"):
+        sample_lml_calibrated(model, x, sigmas, calibration=again,
+                              samplers={"euler": plain_euler})
+
+
+@pytest.mark.parametrize("sampler", [plain_euler, plain_dpmpp_2m])
+def test_calibrated_sigmas_beat_the_schedule_they_start_from(sampler):
+    """From Karras, which ends at the model's sigma_min: every timestep moves, the last one
+    up from the floor too, and the sampler on them is closer to the converged solution on
+    noise the fit never saw."""
+    model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
+    sigmas = karras_sigmas(4).double()
+    calibration = calibrate_sigmas(model, noise(32, 1), sigmas, sampler, iterations=10)
+    assert calibration.report["calibrated"]
+    assert calibration.sigmas[-2] > float(sigmas[-2]) * 1.01  # moved up from the floor
+    x = noise(200, 98)
+    ref = reference(model, x)
+    own = torch.tensor(calibration.sigmas, dtype=torch.float64)
+    assert rms(sampler(model, x, own), ref) < 0.9 * rms(sampler(model, x, sigmas), ref)
+
+
+def test_flow_sigmas_stay_inside_the_models_range():
+    model = MixtureDenoiser(dim=DIM, components=3, flow=True, seed=4, spread=1.0)
+    sigmas = flow_sigmas(4).double()
+    calibration = calibrate_sigmas(model, noise(16, 8, scale=1.0), sigmas, plain_euler,
+                                   iterations=4, reference_floor=1e-3)
+    assert calibration.sigmas[0] == float(sigmas[0])
+    assert all(1 > s >= 1e-3 for s in calibration.sigmas[1:-1])
+
+
+def test_schedules_are_checked():
+    model = MixtureDenoiser(dim=DIM)
+    sigmas = karras_sigmas(3).double()
+    with pytest.raises(ValueError, match="schedule 'five' has 5 steps, not 3"):
+        calibrate(model, noise(4, 1), sigmas, schedules={"five": karras_sigmas(5)})
+    with pytest.raises(ValueError, match="no schedule starts at the noise's sigma 80"):
+        calibrate(model, noise(4, 1), sigmas, schedules={"low": karras_sigmas(3) * 0.1})
+    with pytest.raises(ValueError, match="sampler_name"):
+        calibrate_sigmas(model, noise(4, 1), sigmas, lambda *a, **k: a[1])
