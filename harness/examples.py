@@ -17,7 +17,6 @@ plot to docs/images/ (the README's picture).
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import sys
 import time
@@ -29,36 +28,6 @@ DOCS_IMAGES = comfy_host.ROOT / "docs" / "images"
 # the README's pictures: the SaveImage filename prefixes (after "lml/") that --docs copies
 DOCS_PICTURES = ("lab_grid", "lab_plot")
 IMG2IMG_INPUT_DIGIT = 3  # the img2img example redraws a 3 as its prompted digit
-
-
-def example_digit(name: str) -> int:
-    """The digit an example draws on the digits checkpoint: one per example, in name order."""
-    return (workflows.example_names().index(name) + 5) % 10
-
-
-def digits_prompt(prompt: dict, name: str, checkpoint: str, size: int, steps=None,
-                  shrink_calibration=True) -> dict:
-    """An example's prompt on the digits checkpoint: "a handwritten digit N", an empty negative
-    prompt, size x size pictures, the saved steps (or ``steps``, as workflows.smoke sets them)."""
-    if steps is not None:
-        prompt = workflows.smoke(prompt, steps=steps, size=size, checkpoint=checkpoint)
-    prompt = copy.deepcopy(prompt)
-    from .tiny_digits import digit_prompt
-
-    for node in prompt.values():
-        inputs, title = node["inputs"], node.get("_meta", {}).get("title", "")
-        if "ckpt_name" in inputs:
-            inputs["ckpt_name"] = checkpoint
-        if node["class_type"] == "EmptyLatentImage":
-            inputs["width"] = inputs["height"] = size
-        if node["class_type"] == "CLIPTextEncode":
-            inputs["text"] = "" if title.startswith("Negative") else digit_prompt(
-                example_digit(name))
-        if node["class_type"] == "LMLCalibrate" and shrink_calibration:
-            # A CPU demo: 8 noises and 4 iterations (the workflow's 32 and 20 take ~15 min here).
-            inputs["samples"] = min(inputs["samples"], 8)
-            inputs["iterations"] = min(inputs["iterations"], 4)
-    return prompt
 
 
 def write_digit_input(path: Path, size: int) -> Path:
@@ -119,8 +88,8 @@ def main(argv=None) -> int:
                             workflows.write_input_image(input_image, size=args.size))
         for name in workflows.example_names():
             if digits:
-                prompt = digits_prompt(workflows.load_api(name), name, checkpoint.name,
-                                       args.size, args.steps)
+                prompt = workflows.digits_prompt(workflows.load_api(name), name,
+                                                 checkpoint.name, args.size, args.steps)
             else:
                 prompt = workflows.smoke(workflows.load_api(name), steps=args.steps,
                                          size=args.size, checkpoint=checkpoint.name)
@@ -143,7 +112,7 @@ def main(argv=None) -> int:
                     shutil.copyfile(target, DOCS_IMAGES / f"{prefix}.png")
                     written.append(DOCS_IMAGES / f"{prefix}.png")
             seconds = time.monotonic() - started
-            drawn = f" (digit {example_digit(name)})" if digits else ""
+            drawn = f" (digit {workflows.example_digit(name)})" if digits else ""
             print(f"  {name}{drawn}: {len(images)} image(s) in {seconds:.1f} s")
             for output in entry["outputs"].values():
                 for diagnostics in output.get("lml_diagnostics", []):

@@ -1,5 +1,7 @@
 """The example workflows: their definitions, the UI-format <-> API-format conversion, and the
-"smoke" variant the tests and the example runner submit to the random-weight test host.
+"smoke" variant the tests and the example runner submit to the random-weight test host, and
+the "digits" variant (``digits_prompt``) the example runner and the saved calibration use on
+the trained tiny digits checkpoint.
 
     python -m harness.workflows     # (re)write example_workflows/*.json, api/*.json, the input
                                     # PNG and the thumbnails (needs the host: a server runs)
@@ -19,6 +21,7 @@ from pathlib import Path
 from lml_core import ANCESTRAL_DEFAULTS, SOLVER_DEFAULTS, WRAP_DEFAULTS, omega_widget
 
 from .comfy_host import CHECKPOINT_NAME, ROOT
+from .tiny_digits import digit_prompt
 
 EXAMPLES_DIR = ROOT / "example_workflows"
 API_DIR = EXAMPLES_DIR / "api"
@@ -260,6 +263,34 @@ def example_names() -> list[str]:
     return sorted(p.stem for p in API_DIR.glob("*.json"))
 
 
+def example_digit(name: str) -> int:
+    """The digit an example draws on the digits checkpoint: one per example, in name order."""
+    return (example_names().index(name) + 5) % 10
+
+
+def digits_prompt(prompt: dict, name: str, checkpoint: str, size: int, steps=None,
+                  shrink_calibration=True) -> dict:
+    """An example's prompt on the digits checkpoint: "a handwritten digit N", an empty negative
+    prompt, size x size pictures, the saved steps (or ``steps``, as ``smoke`` sets them)."""
+    if steps is not None:
+        prompt = smoke(prompt, steps=steps, size=size, checkpoint=checkpoint)
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs, title = node["inputs"], node.get("_meta", {}).get("title", "")
+        if "ckpt_name" in inputs:
+            inputs["ckpt_name"] = checkpoint
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = size
+        if node["class_type"] == "CLIPTextEncode":
+            inputs["text"] = "" if title.startswith("Negative") else digit_prompt(
+                example_digit(name))
+        if node["class_type"] == "LMLCalibrate" and shrink_calibration:
+            # A CPU demo: 8 noises and 4 iterations (the workflow's 32 and 20 take ~15 min here).
+            inputs["samples"] = min(inputs["samples"], 8)
+            inputs["iterations"] = min(inputs["iterations"], 4)
+    return prompt
+
+
 # --------------------------------------------------------------------------------------------
 # UI format (LiteGraph serialisation, version 0.4)
 
@@ -403,7 +434,6 @@ def write_saved_calibration(server) -> str:
     (64 px, the prompt it gives the lml_calibrated_sampler example, 8 noises and 4 iterations:
     a CPU demo) and save the calibration as that example's text."""
     from .comfy_host import digits_checkpoint_name, ensure_digits_checkpoint
-    from .examples import digits_prompt
 
     ensure_digits_checkpoint()
     prompt = digits_prompt(to_api(definitions()["lml_calibrate"]), "lml_calibrated_sampler",

@@ -25,7 +25,7 @@ from comfy_api.latest import io
 
 from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
 from .bridge import calibrated_sampler, empty_latent_fixed, ksampler_sigmas, run_ksampler
-from .lm_settings import advanced, validate
+from .lm_settings import advanced, check_number, validate
 from .sampler_nodes import ksampler_category, samplers_category
 
 CACHE_FOLDER = "lml_calibrations"
@@ -238,15 +238,16 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, scheduler=None, base=None):
-        # ComfyUI 0.3.75 does not check V3 combos itself.
-        return validate({"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
-                         "base": (base, ("auto", *CALIBRATION_BASES))})
+    def validate_inputs(cls, scheduler=None, base=None, cfg=None):
+        # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
+        return check_number(cls, "cfg", cfg) or validate(
+            {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+             "base": (base, ("auto", *CALIBRATION_BASES))})
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
-        message = cls.validate_inputs(scheduler, options.get("base"))
+        message = cls.validate_inputs(scheduler, options.get("base"), cfg)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
         calibration, cached = run_calibration(model, positive, negative, latent_image, seed,

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from ..lml_core import DAMPING_MODES
 from .bridge import StepDiagnostics, comfy_sampler, decode, run_ksampler
 from .lab_report import font as pil_font
-from .lm_settings import SOLVERS, sampler_options, solver_node_inputs, validate
+from .lm_settings import SOLVERS, check_number, sampler_options, solver_node_inputs, validate
 from .sampler_nodes import ksampler_category
 
 
@@ -130,17 +130,21 @@ class LMLCompare(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, scheduler=None, baseline_sampler=None, solver=None,
                         damping_mode=None, damping=None, fade=None, start_percent=None,
-                        end_percent=None):
-        return validate({"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
-                         "baseline_sampler": (baseline_sampler, comfy.samplers.KSampler.SAMPLERS),
-                         "solver": (solver, SOLVERS),
-                         "damping_mode": (damping_mode, DAMPING_MODES)},
-                        damping=damping, fade=fade, start_percent=start_percent,
-                        end_percent=end_percent)
+                        end_percent=None, cfg=None):
+        # cfg: ComfyUI's bounds check lets NaN through, which would run both sides to NaN.
+        return check_number(cls, "cfg", cfg) or validate(
+            {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+             "baseline_sampler": (baseline_sampler, comfy.samplers.KSampler.SAMPLERS),
+             "solver": (solver, SOLVERS),
+             "damping_mode": (damping_mode, DAMPING_MODES)},
+            damping=damping, fade=fade, start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, scheduler, positive, negative, latent_image, vae,
                 baseline_sampler, solver, **lm) -> io.NodeOutput:
+        message = check_number(cls, "cfg", cfg)
+        if message:  # a linked cfg: known only now
+            raise ValueError(message)
         options = sampler_options(solver, **lm)
         lml_name = f"lml_{solver}"
         # One progress bar over both runs: steps 1..n baseline, n+1..2n LML.

@@ -28,6 +28,7 @@ from ..lml_core import expected_nfe, is_stochastic
 from . import lab_report
 from .bridge import calibrated_sampler, decode, run_ksampler
 from .calibrate_node import DEFAULT_SAMPLES, run_calibration
+from .lm_settings import check_number
 from .sampler_nodes import ksampler_category
 
 NODE_ID = "LMLSamplerLab"
@@ -247,9 +248,14 @@ class LMLSamplerLab(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, samplers=None, steps=None):
-        """Before anything runs: every sampler name is in ComfyUI's list and every step count
-        is a whole number from 1 to 10000.  (Values from links are checked at run time.)"""
+    def validate_inputs(cls, samplers=None, steps=None, cfg=None):
+        """Before anything runs: cfg is a number within its widget's bounds (ComfyUI's own check
+        lets NaN through, and a NaN cfg would run every sampler to NaN), every sampler name is
+        in ComfyUI's list and every step count is a whole number from 1 to 10000.  (Values from
+        links are checked when the node runs.)"""
+        message = check_number(cls, "cfg", cfg)
+        if message:
+            return message
         try:
             if isinstance(samplers, str):
                 lab_report.parse_samplers(samplers, sampler_names())
@@ -262,6 +268,9 @@ class LMLSamplerLab(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, vae, seed, cfg, scheduler,
                 samplers, steps, reference_sampler, reference_steps) -> io.NodeOutput:
+        message = cls.validate_inputs(samplers, steps, cfg)
+        if message is not True:  # a linked value: known only now
+            raise ValueError(message)
         report, plot, grid = run_study(model, positive, negative, latent_image, vae, seed, cfg,
                                        scheduler, samplers, steps, reference_sampler,
                                        reference_steps)

@@ -239,6 +239,30 @@ def check_setting(name: str, value) -> str | None:
     return None
 
 
+def widget_bounds(node, name: str) -> tuple:
+    """(min, max) of the number widget ``name`` as ``node``'s schema declares it, so a check
+    in ``validate_inputs`` cannot drift from what the widget shows.  ``define_schema``, not
+    ``GET_SCHEMA``: ComfyUI calls ``validate_inputs`` on a locked clone of the class, and
+    GET_SCHEMA sets class attributes."""
+    widget = next(inp for inp in node.define_schema().inputs if inp.id == name)
+    return widget.min, widget.max
+
+
+def check_number(node, name: str, value) -> str | None:
+    """None when the number widget ``name`` of ``node`` may be ``value`` (or it is not known
+    yet: a link), else the message.  ComfyUI's own bounds check lets NaN through (NaN compares
+    false) and is skipped for an input that ``validate_inputs`` names, so the widget's bounds
+    are checked here too (inf is out of them)."""
+    if value is None:
+        return None
+    if not _is_number(value) or value != value:  # value != value: NaN
+        return f"{name} must be a number, got {value!r}"
+    low, high = widget_bounds(node, name)
+    if not low <= value <= high:
+        return f"{name} must be between {low:g} and {high:g}, got {value}"
+    return None
+
+
 def validate(choices: dict, **settings):
     """``choices``: name -> (value, allowed values); ``settings``: LM setting values by name
     (start_percent and end_percent checked as a pair too).  True, or the first message."""

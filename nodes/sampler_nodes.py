@@ -21,7 +21,7 @@ from comfy_api.latest import io
 
 from ..lml_core import DAMPING_MODES
 from .bridge import StepDiagnostics, comfy_sampler, output_latent, run_ksampler
-from .lm_settings import SOLVERS, sampler_options, solver_node_inputs, validate
+from .lm_settings import SOLVERS, check_number, sampler_options, solver_node_inputs, validate
 
 
 @functools.cache
@@ -120,16 +120,20 @@ class KSamplerLML(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, solver=None, scheduler=None, damping_mode=None, damping=None,
-                        fade=None, start_percent=None, end_percent=None):
-        return validate({"solver": (solver, SOLVERS),
-                         "scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
-                         "damping_mode": (damping_mode, DAMPING_MODES)},
-                        damping=damping, fade=fade, start_percent=start_percent,
-                        end_percent=end_percent)
+                        fade=None, start_percent=None, end_percent=None, cfg=None):
+        # cfg: ComfyUI's bounds check lets NaN through, which would run to a NaN latent.
+        return check_number(cls, "cfg", cfg) or validate(
+            {"solver": (solver, SOLVERS),
+             "scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+             "damping_mode": (damping_mode, DAMPING_MODES)},
+            damping=damping, fade=fade, start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, solver, scheduler, positive, negative,
                 latent_image, denoise, **lm) -> io.NodeOutput:
+        message = check_number(cls, "cfg", cfg)
+        if message:  # a linked cfg: known only now
+            raise ValueError(message)
         options = sampler_options(solver, **lm)
         diagnostics = StepDiagnostics()
         sampler = comfy.samplers.KSAMPLER(comfy_sampler(f"lml_{solver}", record=diagnostics),

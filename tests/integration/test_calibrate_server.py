@@ -88,6 +88,19 @@ def test_malformed_text_is_a_validation_error(server, fresh_seed):
     assert "missing field" in details
 
 
+@pytest.mark.parametrize("change, message", [
+    # JSON NaN passes ComfyUI's own bounds check (NaN compares false): the node names it.
+    ({"cfg": float("nan")}, "cfg must be a number, got nan"),
+    ({"cfg": float("inf")}, "cfg must be between 0 and 100, got inf"),
+    ({"scheduler": "nope"}, "scheduler must be one of"),  # a V3 combo 0.3.75 does not check
+])
+def test_bad_cfg_or_scheduler_is_a_validation_error(server, fresh_seed, change, message):
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(prompt(fresh_seed(), CALIBRATE, **change))
+    errors = rejected.value.response["node_errors"][CALIBRATE]["errors"]
+    assert any(message in error["details"] for error in errors), errors
+
+
 def test_cancel_mid_calibration_and_the_server_goes_on(server, fresh_seed):
     graph = prompt(fresh_seed(), CALIBRATE, samples=8, iterations=50, reference_steps=200)
     _, messages, entry = listen(server, graph, CALIBRATE,

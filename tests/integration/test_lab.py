@@ -115,11 +115,15 @@ def test_stochastic_sampler_is_noted(server, fresh_seed):
     assert any("euler_ancestral" in note and "noise" in note for note in report["notes"])
 
 
-@pytest.mark.parametrize("change, named", [({"samplers": "euler,eulr"}, "'eulr'"),
-                                           ({"steps": "2,four"}, "'four'"),
-                                           ({"steps": "0"}, "out of range")])
-def test_bad_list_is_a_validation_error_before_anything_runs(server, fresh_seed, change,
-                                                             named):
+@pytest.mark.parametrize("change, named", [
+    ({"samplers": "euler,eulr"}, "'eulr'"), ({"steps": "2,four"}, "'four'"),
+    ({"steps": "0"}, "out of range"),
+    # JSON NaN passes ComfyUI's own bounds check (NaN compares false): the node names it.
+    ({"cfg": float("nan")}, "cfg must be a number, got nan"),
+    ({"cfg": float("inf")}, "cfg must be between 0 and 100, got inf"),
+])
+def test_bad_input_is_a_validation_error_before_anything_runs(server, fresh_seed, change,
+                                                              named):
     prompt = lab_prompt(fresh_seed())
     prompt[LAB]["inputs"].update(change)
     history_before = len(server.get_json("/history"))

@@ -80,11 +80,17 @@ def test_non_finite_setting_is_an_execution_error_and_the_server_goes_on(server,
     assert server.run(txt2img(fresh_seed()))["status"]["status_str"] == "success"
 
 
-def test_non_finite_damping_is_a_validation_error(server, fresh_seed):
-    # damping (with its -1 = auto) is checked by the node's own validate_inputs, NaN included.
+@pytest.mark.parametrize("override, message", [
+    ({"damping": float("nan")}, "damping must be a number, got nan"),
+    ({"cfg": float("nan")}, "cfg must be a number, got nan"),
+    ({"cfg": float("inf")}, "cfg must be between 0 and 100, got inf"),
+])
+def test_non_finite_damping_or_cfg_is_a_validation_error(server, fresh_seed, override, message):
+    # damping (with its -1 = auto) and cfg are checked by the node's own validate_inputs, NaN
+    # included (ComfyUI's own bounds check lets NaN through).
     with pytest.raises(comfy_host.PromptRejected) as rejected:
-        server.queue(txt2img(fresh_seed(), damping=float("nan")))
-    assert "damping must be a number" in json.dumps(rejected.value.response["node_errors"])
+        server.queue(txt2img(fresh_seed(), **override))
+    assert message in json.dumps(rejected.value.response["node_errors"])
 
 
 def test_non_finite_latent_is_an_execution_error(server, fresh_seed):

@@ -47,6 +47,19 @@ def pack():
     return load_pack("comfyui_lml_under_test")
 
 
+@pytest.fixture
+def host_call():
+    """``host_call(node, "validate_inputs", **inputs)``: a V3 node's method called the way
+    ComfyUI's execution calls it, on a locked clone of the class (where setting a class
+    attribute raises)."""
+    from comfy_api.internal import make_locked_method_func
+
+    def call(node, method, **inputs):
+        return make_locked_method_func(node, method, node.PREPARE_CLASS_CLONE({}))(**inputs)
+
+    return call
+
+
 def _load_checkpoint(path):
     import comfy.sd
 

@@ -112,6 +112,29 @@ def test_unknown_scheduler_or_base_is_refused_before_anything_runs(pack):
     assert "base must be one of" in validate(scheduler="karras", base="heun")
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"cfg": float("nan")}, "cfg must be a number, got nan"),  # passes ComfyUI's bounds check
+    ({"cfg": float("inf")}, "cfg must be between 0 and 100, got inf"),
+    ({"scheduler": "nope"}, "scheduler must be one of"),
+])
+def test_bad_cfg_or_scheduler_is_refused_naming_it_before_anything_runs(pack, sd15, conds,
+                                                                       user_dir, host_call,
+                                                                       change, message):
+    calibrate = node(pack, "LMLCalibrate")
+    inputs = {"scheduler": "karras", "base": "auto", "cfg": 4.0}
+    validate = lambda **changes: host_call(calibrate, "validate_inputs", **{**inputs, **changes})
+    assert validate() is True and validate(cfg=100.0) is True  # the widget's max
+    assert validate(**change).startswith(message)
+    model, calls = sd15[0].clone(), []
+    model.set_model_unet_function_wrapper(
+        lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+    with pytest.raises(ValueError, match=f"^{message}"):  # linked: refused when it runs
+        host_call(calibrate, "execute", model=model, positive=conds[0], negative=conds[1],
+                  latent_image={"samples": torch.zeros([1, 4, 8, 8])}, seed=5, steps=3,
+                  samples=4, **{**inputs, **FAST, **change})
+    assert calls == []
+
+
 def test_lab_measures_the_calibrated_sampler_like_any_other_row(pack, sd15, conds, user_dir,
                                                                 monkeypatch):
     """'lml_calibrated' in the Lab: fitted at each step count on noise other than the study's

@@ -52,6 +52,37 @@ def test_validation_names_the_bad_sampler_or_step(pack):
     assert node.validate_inputs(samplers=None, steps=None) is True  # from links: at run time
 
 
+def counted(model):
+    """A clone of ``model`` and the list its diffusion model calls append to."""
+    calls, clone = [], model.clone()
+
+    def count(apply_model, args):
+        calls.append(1)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    clone.set_model_unet_function_wrapper(count)
+    return clone, calls
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (float("nan"), "cfg must be a number, got nan"),  # NaN passes ComfyUI's own bounds check
+    (float("inf"), "cfg must be between 0 and 100, got inf"),
+    (-0.5, "cfg must be between 0 and 100, got -0.5"),  # naming cfg skips ComfyUI's bounds
+])
+def test_bad_cfg_is_refused_naming_cfg_before_anything_runs(pack, sd15, conds, host_call, cfg,
+                                                            message):
+    validate = lambda value: host_call(lab(pack), "validate_inputs", samplers="euler",
+                                       steps="2", cfg=value)
+    assert validate(cfg) == message
+    assert validate(0.0) is True and validate(100.0) is True  # the widget's bounds
+    model, calls = counted(sd15[0])
+    with pytest.raises(ValueError) as refused:  # a linked cfg: refused when the node runs
+        host_call(lab(pack), "execute", model=model, positive=conds[0], negative=conds[1],
+                  latent_image=LATENT, vae=sd15[2], seed=5, cfg=cfg, scheduler="karras",
+                  samplers="euler", steps="2", reference_sampler="euler", reference_steps=2)
+    assert str(refused.value) == message and calls == []
+
+
 MULTI_EVAL = ["euler", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_sde", "seeds_2", "seeds_3", "sa_solver_pece", "uni_pc", "dpm_fast",
               "lml_euler", "lml_dpmpp_2m"]

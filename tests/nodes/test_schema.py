@@ -6,6 +6,7 @@ import importlib
 
 import comfy.sample
 import pytest
+import torch
 from comfy_api.latest import io
 
 # The inputs of the V1 nodes before the port (git 6b6d89b), in order: saved workflows store
@@ -164,6 +165,45 @@ def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
     good = node.GET_NODE_INFO_V1()["input"]["required"][name][1]["options"][-1]
     assert node.validate_inputs(**{name: good}) is True
     assert node.validate_inputs(**{name: None}) is True  # a linked input: run time
+
+
+CFG_NODES = ["KSamplerLML", "LMLCompare", "LMLSamplerLab", "LMLCalibrate"]
+
+
+def test_the_cfg_nodes_are_every_node_with_a_cfg(pack):
+    with_cfg = [node_id for node_id, node in pack.nodes.NODES_BY_ID.items()
+                if "cfg" in node.GET_NODE_INFO_V1()["input"]["required"]]
+    assert sorted(with_cfg) == sorted(CFG_NODES)
+
+
+@pytest.mark.parametrize("node_id", CFG_NODES)
+def test_a_nan_or_out_of_bounds_cfg_is_refused_naming_cfg(pack, sd15, conds, host_call,
+                                                          node_id):
+    """ComfyUI's bounds check lets NaN through (NaN compares false) and skips an input that
+    validate_inputs names: the node checks cfg against its widget's bounds; a linked cfg (not
+    known at validation) is refused when the node runs, before any model call."""
+    node = pack.nodes.NODES_BY_ID[node_id]
+    validate = lambda cfg: host_call(node, "validate_inputs", cfg=cfg)
+    assert validate(float("nan")) == "cfg must be a number, got nan"
+    assert validate(float("inf")) == "cfg must be between 0 and 100, got inf"
+    assert validate(-0.5) == "cfg must be between 0 and 100, got -0.5"
+    assert validate(0.0) is True and validate(100.0) is True and validate(None) is True
+
+    calls, model = [], sd15[0].clone()
+    model.set_model_unet_function_wrapper(
+        lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+    info = node.GET_NODE_INFO_V1()["input"]
+    inputs = {name: spec[1]["default"] for section in ("required", "optional")
+              for name, spec in info.get(section, {}).items()
+              if len(spec) > 1 and "default" in spec[1]}
+    inputs.update(model=model, positive=conds[0], negative=conds[1], vae=sd15[2], steps=2,
+                  scheduler="karras", latent_image={"samples": torch.zeros([1, 4, 8, 8])},
+                  cfg=float("nan"))
+    inputs = {name: value for name, value in inputs.items()
+              if name in {*info["required"], *info.get("optional", {})}}
+    with pytest.raises(ValueError, match="^cfg must be a number, got nan$"):
+        host_call(node, "execute", **inputs)
+    assert calls == []
 
 
 def test_each_node_validates_only_its_own_inputs(pack):

@@ -27,6 +27,17 @@ def test_project_table_has_the_registry_fields():
     assert "torch" not in " ".join(project.get("dependencies", []))  # ComfyUI owns torch
 
 
+# What the pack does today, by the node names users see (the registry shows the description).
+NODE_NAMES = ("KSampler (LML)", "Sampler LML Wrap", "LML Calibrate", "Sampler LML Calibrated",
+              "LML Sampler Lab", "LML Compare")
+
+
+def test_description_names_what_the_pack_does():
+    description = PYPROJECT["project"]["description"]
+    missing = [name for name in NODE_NAMES if name not in description]
+    assert not missing, f"pyproject.toml's description does not name {missing}"
+
+
 def test_tool_comfy_table_has_the_registry_fields():
     comfy = PYPROJECT["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"]
