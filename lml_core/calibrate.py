@@ -276,8 +276,14 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     errors = {}
     for label, fit in starts.items():
         before = setup.counted.rows
-        errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64),
-                                         setup.x_fit, setup.ref_fit)
+        try:
+            errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64),
+                                             setup.x_fit, setup.ref_fit)
+        except (RuntimeError, ValueError, ZeroDivisionError) as error:
+            if isinstance(fit, Fit):  # lml_core's own sampler: a real error
+                raise
+            setup.say(f"{label}: cannot run here ({error}); left out")
+            continue
         if setup.counted.rows - before > steps * rows:
             setup.say(f"{label}: more than one model call per step; left out")
             del errors[label]
