@@ -142,22 +142,32 @@ class Setup:
         self.typical = None  # the robust scale: the best start's typical error
 
     def checked_schedules(self, schedules) -> dict:
-        """{name: sigmas} of the same step count that start where ``sigmas`` does (the noise
-        is at sigmas[0]); those that start elsewhere are left out, and said so."""
+        """{name: sigmas} of ``schedules`` that have N steps and start where ``sigmas`` does
+        (the noise is at sigmas[0]); the others are left out (``self.left_out`` says why)."""
+        self.left_out = {}
         if not schedules:
             return {"given": self.sigmas}
         out = {}
         for name, values in schedules.items():
             values = checked_schedule(values)
             if len(values) != len(self.sigmas):
-                raise ValueError(f"calibrate: schedule {name!r} has {len(values) - 1} steps, "
-                                 f"not {self.steps}")
-            if math.isclose(values[0], self.sigmas[0], rel_tol=1e-4):
+                self.left_out[name] = f"{len(values) - 1} steps, not {self.steps}"
+            elif not math.isclose(values[0], self.sigmas[0], rel_tol=1e-4):
+                self.left_out[name] = f"starts at sigma {values[0]:.6g}, not {self.sigmas[0]:.6g}"
+            else:
                 out[name] = values
         if not out:
-            raise ValueError("calibrate: no schedule starts at the noise's sigma "
-                             f"{self.sigmas[0]:.6g}")
+            raise ValueError(f"calibrate: no schedule has {self.steps} steps from the noise's "
+                             f"sigma {self.sigmas[0]:.6g} ({self.left_out})")
         return out
+
+    def checked_own(self, sampler, schedule, values) -> list[float]:
+        values = checked_schedule(values)
+        if len(values) != len(self.sigmas) or not math.isclose(values[0], self.sigmas[0],
+                                                                rel_tol=1e-4):
+            raise ValueError(f"calibrate: sampler_schedules[{sampler!r}][{schedule!r}] must "
+                             f"have {self.steps} steps from sigma {self.sigmas[0]:.6g}")
+        return values
 
     def evaluations(self) -> int:
         return self.denoise.rows + self.counted.rows
@@ -196,6 +206,7 @@ class Setup:
             "seconds": round(time.perf_counter() - self.started, 3),
             "reference": {"rk4_steps": int(opts["reference_steps"]), "floor": self.floor},
             "options": {k: v for k, v in opts.items() if k != "batch_size"},
+            "schedules_left_out": self.left_out,
             "calibrated": chosen["label"] != chosen["start"],
         }
 
@@ -225,13 +236,15 @@ def fitted(setup: Setup, label, start, fit, start_errors) -> dict:
 
 @torch.no_grad()
 def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=None,
-              progress=None, log=None, **options) -> Calibration:
+              sampler_schedules=None, progress=None, log=None, **options) -> Calibration:
     """Fit a calibrated sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
 
     ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2); the last ``heldout``
     share is held out to choose.  ``schedules``: {name: sigmas} of N steps to start from (the
     host's schedulers; default: ``sigmas`` alone); ``samplers``: {name: k-diffusion function}
-    of built-in one-call-per-step samplers to measure and fit (default: none).  Measured on the
+    of built-in one-call-per-step samplers to measure and fit (default: none);
+    ``sampler_schedules``: {sampler: {schedule: sigmas}} where a sampler gets other sigmas
+    from a scheduler than ``schedules`` says (KSampler's discard rule).  Measured on the
     fitting noise, the best start (base x schedule) gets the LML fit (corrections and every
     timestep), the best ``sigma_fits`` samplers get timestep-only fits, and the best pair is a
     candidate unchanged; the candidate with the lowest robust loss on the held-out noise wins.
@@ -270,8 +283,10 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
                       setup.floor, float(opts["trajectory"]))
             starts[f"lml({base}) + {schedule}"] = fit
         for name, function in samplers.items():
+            own = (sampler_schedules or {}).get(name, {}).get(schedule)
+            own = values if own is None else setup.checked_own(name, schedule, own)
             starts[f"{name} + {schedule}"] = SigmaFit(
-                function, setup.counted, values, setup.flow, setup.floor, setup.extra_args,
+                function, setup.counted, own, setup.flow, setup.floor, setup.extra_args,
                 move, opts["batch_size"])
     errors = {}
     for label, fit in starts.items():

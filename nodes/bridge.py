@@ -20,7 +20,13 @@ import inspect
 
 import torch
 
-from ..lml_core import SAMPLERS, lml_wrap, sample_lml_calibrated
+from ..lml_core import (
+    SAMPLERS,
+    expected_nfe,
+    lml_wrap,
+    sample_lml_calibrated,
+    samplers_of_kind,
+)
 
 
 def _keep_unmasked(model, samples, sigmas, extra_args):
@@ -76,17 +82,39 @@ def wrapped_sampler(sampler_function, lm):
     return sample
 
 
-def calibrated_sampler(calibration):
-    """A KSAMPLER running ``lml_core.sample_lml_calibrated`` with ``calibration``; a masked run
-    gets its kept region back as with the other LML samplers."""
+def host_sampler_function(name: str):
+    """The host's own k-diffusion function for sampler ``name`` (what KSampler runs)."""
     import comfy.samplers
+
+    return comfy.samplers.sampler_object(name).sampler_function
+
+
+def calibration_samplers(steps: int) -> dict:
+    """{name: host function} of the host's deterministic samplers that make one model call
+    per step: the field LML Calibrate measures and may run (lml_core stays comfy-free)."""
+    import comfy.samplers
+
+    return {name: host_sampler_function(name)
+            for name in samplers_of_kind("deterministic", comfy.samplers.KSampler.SAMPLERS)
+            if expected_nfe(name, steps) == steps}
+
+
+def calibrated_sampler(calibration):
+    """A KSAMPLER running ``lml_core.sample_lml_calibrated`` with ``calibration`` (the LML
+    sampler, or the host sampler it names, on its own timesteps); a masked run gets its kept
+    region back as with the other LML samplers."""
+    import comfy.samplers
+
+    samplers = {}
+    if calibration.sampler in comfy.samplers.KSampler.SAMPLERS:
+        samplers[calibration.sampler] = host_sampler_function(calibration.sampler)
 
     @torch.no_grad()
     def sample_lml_calibrated_run(model, x, sigmas, extra_args=None, callback=None,
                                   disable=None, calibration=None):
         samples = sample_lml_calibrated(model, x, sigmas, extra_args=extra_args,
                                         callback=callback, disable=disable,
-                                        calibration=calibration)
+                                        calibration=calibration, samplers=samplers)
         return _keep_unmasked(model, samples, sigmas, extra_args)
 
     return comfy.samplers.KSAMPLER(sample_lml_calibrated_run,

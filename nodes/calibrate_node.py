@@ -24,7 +24,13 @@ import torch
 from comfy_api.latest import io
 
 from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
-from .bridge import calibrated_sampler, empty_latent_fixed, ksampler_sigmas, run_ksampler
+from .bridge import (
+    calibrated_sampler,
+    calibration_samplers,
+    empty_latent_fixed,
+    ksampler_sigmas,
+    run_ksampler,
+)
 from .lm_settings import advanced, check_number, validate
 from .sampler_nodes import ksampler_category, samplers_category
 
@@ -120,40 +126,54 @@ def cache_path(key: str) -> Path | None:
 def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
                        cached: Path | None) -> str:
     r, fit = calibration.report, calibration.fitted_on
-    heldout, base = r["heldout_rms"], r["heldout_rms_base"]
-    bases = r["heldout_rms_bases"]
-    best_name = min(bases, key=bases.get)
+    heldout = r["heldout_rms"]
+    starts = r["heldout_rms_bases"]
+    best_name = min(starts, key=starts.get)
+    runs = (f"LML on {calibration.base}" if calibration.sampler == "lml"
+            else f"{calibration.sampler} on its own timesteps")
     lines = [
         f"LML Calibrate: {fit['steps']} steps ({scheduler}, sigma {fit['sigma_max']:.4g} -> "
-        f"{fit['sigma_min']:.4g} -> 0), cfg {cfg:g}, {fit['model_kind']} model, base "
-        f"{calibration.base}",
+        f"{fit['sigma_min']:.4g} -> 0), cfg {cfg:g}, {fit['model_kind']} model",
+        f"chosen: {r.get('chosen', runs)} (runs {runs})",
         f"held-out error (RMS vs a converged solution, {r['samples']['heldout']} noises not "
-        f"fitted on): calibrated {heldout:.4g}, base {base:.4g} ({heldout / base:.2f}x)",
-        "built-ins on the same noise: " + ", ".join(f"{k} {v:.4g}" for k, v in bases.items())
-        + f"; best {best_name} (calibrated = {heldout / bases[best_name]:.2f}x its error)",
+        f"fitted on; they chose among the candidates): {heldout:.4g}",
+        "unchanged starts on the same noise: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in starts.items())
+        + f"; best {best_name} (calibrated = {heldout / starts[best_name]:.2f}x its error)",
         f"fit: {r['iterations']} Levenberg-Marquardt steps on {r['samples']['fit']} noises; "
         f"cost {r['model_calls']} model calls ({r['model_evaluations']} per-sample "
         f"evaluations), {r['seconds']:.1f} s",
     ]
     if not r["calibrated"]:
-        lines.append(f"no gain on the held-out noise: the sampler is {calibration.base} itself")
+        lines.append(f"no fit gained on the held-out noise: the sampler is {r.get('chosen')} "
+                     "unchanged")
     if cached is not None:
         lines.append(f"loaded from the cache: {cached}")
     return "\n".join(lines)
 
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                    samples, options):
-    """(Calibration, cache file it came from or None).  The fit runs through
+                    samples, options, schedulers=None, samplers=None):
+    """(Calibration, cache file it came from or None).  ``schedulers``, ``samplers``: host
+    scheduler and one-call-per-step deterministic sampler names the fit measures and may
+    start from (default: ``scheduler`` alone, no built-in sampler).  The fit runs through
     comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
     Cancel checked after every model call."""
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
     sigmas = ksampler_sigmas(model, steps, "euler", scheduler)
-    settings = {"format": "lml-calibrate-node/1", "seed": seed, "cfg": cfg,
+    schedules = {name: ksampler_sigmas(model, steps, "euler", name)
+                 for name in (schedulers or [scheduler])}
+    field = calibration_samplers(steps)
+    functions = {name: field[name] for name in (samplers or []) if name in field}
+    # KSampler's sigmas for the samplers it gives other ones (its discard-penultimate rule).
+    discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    own = {name: {s: ksampler_sigmas(model, steps, name, s) for s in schedules}
+           for name in functions if name in discard}
+    settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,
                 "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
-                **options}
+                "schedulers": sorted(schedules), "samplers": sorted(functions), **options}
     path = None
     try:
         path = cache_path(fingerprint(model, positive, negative, settings))
@@ -175,6 +195,8 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
+                                          schedules=schedules, samplers=functions,
+                                          sampler_schedules=own,
                                           progress=progress, **options)
         return x
 
@@ -250,8 +272,11 @@ class LMLCalibrate(io.ComfyNode):
         message = cls.validate_inputs(scheduler, options.get("base"), cfg)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
-        calibration, cached = run_calibration(model, positive, negative, latent_image, seed,
-                                              cfg, scheduler, steps, samples, options)
+        # The field: every host scheduler and one-call-per-step deterministic sampler.
+        calibration, cached = run_calibration(
+            model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
+            options, schedulers=comfy.samplers.KSampler.SCHEDULERS,
+            samplers=list(calibration_samplers(steps)))
         text = calibration.to_json()
         report = calibration_report(calibration, scheduler, cfg, cached)
         return io.NodeOutput(calibrated_sampler(calibration), text, report,

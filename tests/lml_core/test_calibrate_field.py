@@ -137,9 +137,12 @@ def test_flow_sigmas_stay_inside_the_models_range():
 def test_schedules_are_checked():
     model = MixtureDenoiser(dim=DIM)
     sigmas = karras_sigmas(3).double()
-    with pytest.raises(ValueError, match="schedule 'five' has 5 steps, not 3"):
-        calibrate(model, noise(4, 1), sigmas, schedules={"five": karras_sigmas(5)})
-    with pytest.raises(ValueError, match="no schedule starts at the noise's sigma 80"):
+    calibration = calibrate(model, noise(4, 1), sigmas, iterations=0, reference_steps=4,
+                            schedules={"five": karras_sigmas(5), "low": karras_sigmas(3) * 0.1,
+                                       "karras": sigmas})
+    assert calibration.report["schedules_left_out"] == {
+        "five": "5 steps, not 3", "low": "starts at sigma 8, not 80"}
+    with pytest.raises(ValueError, match="no schedule has 3 steps from the noise's sigma 80"):
         calibrate(model, noise(4, 1), sigmas, schedules={"low": karras_sigmas(3) * 0.1})
     with pytest.raises(ValueError, match="sampler_name"):
         calibrate_sigmas(model, noise(4, 1), sigmas, lambda *a, **k: a[1])
