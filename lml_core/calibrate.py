@@ -35,7 +35,7 @@ CALIBRATE_DEFAULTS = {
     "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
     "fd_step": None,           # finite-difference step; None: 1e-4 (float64) / 1e-2 (float32)
     "batch_size": None,        # rows per model call; None: all at once
-    "sigma_fits": 2,           # with samplers: the best this many get timestep-only fits
+    "sigma_fits": 1,           # with samplers: the best this many get timestep-only fits
 }
 
 
@@ -321,11 +321,11 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
         pair = best_pairs[0]
         candidates[pair] = scores(setup, pair, pair, starts[pair],
                                   torch.zeros(starts[pair].size, dtype=torch.float64))
-    fitted_samplers = []
+    fitted_samplers = []  # (sampler, schedule) of the timestep-only fits
     for label in best_pairs:
         name = label.split(" + ")[0]
-        if len(fitted_samplers) < int(opts["sigma_fits"]) and name not in fitted_samplers:
-            fitted_samplers.append(name)
+        if len(fitted_samplers) < int(opts["sigma_fits"]) and name not in dict(fitted_samplers):
+            fitted_samplers.append((name, label.split(" + ")[1]))
             result = fitted(setup, f"{name} + calibrated sigmas from {label.split(' + ')[1]}",
                             label, starts[label], errors[label])
             candidates[result["label"]] = result
@@ -351,6 +351,9 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
         f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())
         + f"; chosen {chosen['label']}")
     report = setup.report(chosen, candidates, heldout_starts)
+    report["fitted_from"] = {"lml": best_lml,
+                             "sigmas": [f"{name} + {schedule}" for name, schedule in
+                                        fitted_samplers]}
     fit, theta = chosen["fit"], chosen["theta"]
     if isinstance(fit, Fit):
         return fit.calibration(theta, setup.fitted_on(model), report)

@@ -23,10 +23,17 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
+from ..lml_core import (
+    CALIBRATE_DEFAULTS,
+    CALIBRATION_BASES,
+    Calibration,
+    calibrate,
+    calibrate_sigmas,
+)
 from .bridge import (
     calibrated_sampler,
     calibration_samplers,
+    deterministic_counterpart,
     empty_latent_fixed,
     ksampler_sigmas,
     run_ksampler,
@@ -153,10 +160,11 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
 
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                    samples, options, schedulers=None, samplers=None):
+                    samples, options, schedulers=None, samplers=None, sigmas_for=None):
     """(Calibration, cache file it came from or None).  ``schedulers``, ``samplers``: host
     scheduler and one-call-per-step deterministic sampler names the fit measures and may
-    start from (default: ``scheduler`` alone, no built-in sampler).  The fit runs through
+    start from (default: ``scheduler`` alone, no built-in sampler).  ``sigmas_for``: a host
+    sampler name: fit only its timesteps (lml_core.calibrate_sigmas) instead.  The fit runs through
     comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
     Cancel checked after every model call."""
     latent = empty_latent_fixed(model, latent_image)
@@ -173,7 +181,8 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
     settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,
                 "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
-                "schedulers": sorted(schedules), "samplers": sorted(functions), **options}
+                "schedulers": sorted(schedules), "samplers": sorted(functions),
+                "sigmas_for": sigmas_for, **options}
     path = None
     try:
         path = cache_path(fingerprint(model, positive, negative, settings))
@@ -194,6 +203,11 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         pbar.update_absolute(min(done, planned), planned)
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        if sigmas_for is not None:
+            result["calibration"] = calibrate_sigmas(
+                model_k, x, sigmas, deterministic_counterpart(sigmas_for),
+                extra_args=extra_args, sampler_name=sigmas_for, progress=progress, **options)
+            return x
         result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
                                           schedules=schedules, samplers=functions,
                                           sampler_schedules=own,
