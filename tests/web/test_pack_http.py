@@ -136,6 +136,8 @@ def test_lml_compare_returns_one_labelled_image_of_twice_the_width(server, fresh
 @pytest.mark.parametrize("node, words", [
     ("LMLCalibrate", ("samples", "held out", "Cancel", "lml_calibrations", "Cost")),
     ("SamplerLMLCalibrated", ("calibration", "refused", "bit for bit")),
+    ("LMLCalibrateSigmas", ("SIGMAS", "held out", "Cancel", "sampler_name", "Cost")),
+    ("SigmasLMLCalibrated", ("calibration", "refused", "bit for bit")),
 ])
 def test_calibration_help_pages_are_served(server, node, words):
     status, body = server.request(f"/extensions/{PACK}/docs/{node}.md")
