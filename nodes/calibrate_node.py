@@ -206,7 +206,8 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         if sigmas_for is not None:
             result["calibration"] = calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
-                extra_args=extra_args, sampler_name=sigmas_for, progress=progress, **options)
+                extra_args=extra_args, sampler_name=sigmas_for, schedules=schedules,
+                progress=progress, **options)
             return x
         result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
                                           schedules=schedules, samplers=functions,

@@ -103,7 +103,9 @@ class LMLCalibrateSigmas(io.ComfyNode):
                                tooltip="The sampler the sigmas are fitted for (an ancestral / "
                                        "SDE one is fitted without its noise)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
-                               default="karras", tooltip="The schedule the fit starts from."),
+                               default="karras",
+                               tooltip="A start of the fit: it measures the sampler on every "
+                                       "scheduler's sigmas and starts from the best."),
                 io.Int.Input("steps", default=8, min=1, max=100),
                 io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
                              tooltip="Calibration noises (a share is held out)."),
@@ -134,7 +136,8 @@ class LMLCalibrateSigmas(io.ComfyNode):
             raise ValueError(message)
         calibration, cached = run_calibration(
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
-            {k: options[k] for k in SIGMA_OPTIONS}, sigmas_for=sampler_name)
+            {k: options[k] for k in SIGMA_OPTIONS}, sigmas_for=sampler_name,
+            schedulers=comfy.samplers.KSampler.SCHEDULERS)
         text = calibration.to_json()
         report = calibration_report(calibration, scheduler, cfg, cached)
         sigmas = torch.tensor(calibration.sigmas, dtype=torch.float32)
