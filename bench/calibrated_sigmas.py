@@ -1,5 +1,6 @@
 """Calibrated sigmas for the host's own samplers against each sampler's best scheduler
-(python -m bench.calibrated_sigmas, bash scripts/bench.sh sigmas -> docs/bench/calibrated_sigmas.md).
+(python -m bench.calibrated_sigmas, bash scripts/bench.sh sigmas ->
+docs/bench/calibrated_sigmas.md).
 
 For each problem, NFE budget and sampler, ``lml_core.calibrate_sigmas`` fits the sampler's
 timesteps on 32 noises of its own, in float32 as ComfyUI runs it, starting from the best of
