@@ -12,6 +12,7 @@ import comfy.controlnet
 import comfy.model_management
 import comfy.sd
 import comfy_extras.nodes_model_advanced as advanced
+import comfy_extras.nodes_pag as pag
 import folder_paths
 import pytest
 import torch
@@ -106,6 +107,8 @@ def test_hooks_and_object_patches_change_the_key(cache, sd15, conds):
         model,
         host_patch(advanced.RescaleCFG, model, 0.7),
         host_patch(advanced.RescaleCFG, model, 0.3),
+        host_patch(pag.PerturbedAttentionGuidance, model, 3.0),
+        host_patch(pag.PerturbedAttentionGuidance, model, 1.5),
         patched("set_model_sampler_cfg_function", cfg_function(1.5)),
         patched("set_model_sampler_cfg_function", cfg_function(2.5)),
         patched("set_model_sampler_post_cfg_function", lambda args: args["denoised"]),
@@ -117,7 +120,8 @@ def test_hooks_and_object_patches_change_the_key(cache, sd15, conds):
     keys = [key(m) for m in variants]
     assert None not in keys and len(set(keys)) == len(keys)
     assert key(host_patch(advanced.RescaleCFG, model, 0.7)) == keys[1]
-    assert key(patched("set_model_sampler_cfg_function", cfg_function(1.5))) == keys[3]
+    assert key(host_patch(pag.PerturbedAttentionGuidance, model, 3.0)) == keys[3]
+    assert key(patched("set_model_sampler_cfg_function", cfg_function(1.5))) == keys[5]
 
 
 def test_what_cannot_be_read_means_no_key_and_cycles_are_cut(cache, sd15, conds):
