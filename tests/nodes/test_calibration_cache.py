@@ -98,6 +98,19 @@ def test_hooks_and_object_patches_change_the_key(cache, sd15, conds):
     def cfg_function(scale):
         return lambda args: args["uncond"] + scale * (args["cond"] - args["uncond"])
 
+    def default_scale(value):
+        return lambda args, scale=value: args["denoised"] * scale
+
+    class Scale:  # a callable object, and its bound method: their state is the object's
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __call__(self, args):
+            return args["denoised"] * self.scale
+
+        def method(self, args):
+            return args["denoised"] * self.scale
+
     def patched(method, *args):
         m = model.clone()
         getattr(m, method)(*args)
@@ -112,6 +125,12 @@ def test_hooks_and_object_patches_change_the_key(cache, sd15, conds):
         patched("set_model_sampler_cfg_function", cfg_function(1.5)),
         patched("set_model_sampler_cfg_function", cfg_function(2.5)),
         patched("set_model_sampler_post_cfg_function", lambda args: args["denoised"]),
+        patched("set_model_sampler_post_cfg_function", default_scale(0.5)),
+        patched("set_model_sampler_post_cfg_function", default_scale(0.6)),
+        patched("set_model_sampler_post_cfg_function", Scale(0.5)),
+        patched("set_model_sampler_post_cfg_function", Scale(0.6)),
+        patched("set_model_sampler_post_cfg_function", Scale(0.5).method),
+        patched("set_model_sampler_post_cfg_function", Scale(0.6).method),
         patched("set_model_attn1_patch", lambda q, k, v, extra_options: (q, k, v)),
         patched("set_model_unet_function_wrapper",
                 lambda apply, args: apply(args["input"], args["timestep"], **args["c"])),
@@ -122,6 +141,7 @@ def test_hooks_and_object_patches_change_the_key(cache, sd15, conds):
     assert key(host_patch(advanced.RescaleCFG, model, 0.7)) == keys[1]
     assert key(host_patch(pag.PerturbedAttentionGuidance, model, 3.0)) == keys[3]
     assert key(patched("set_model_sampler_cfg_function", cfg_function(1.5))) == keys[5]
+    assert key(patched("set_model_sampler_post_cfg_function", Scale(0.6).method)) == keys[13]
 
 
 def test_what_cannot_be_read_means_no_key_and_cycles_are_cut(cache, sd15, conds):
