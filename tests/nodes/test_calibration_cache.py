@@ -7,6 +7,8 @@ ControlNet apply node and its model patches, in-process."""
 import itertools
 import json
 import logging
+import os
+import subprocess
 
 import comfy.controlnet
 import comfy.model_management
@@ -19,6 +21,7 @@ import torch
 
 import nodes as host_nodes  # ComfyUI's nodes.py: its tree is first on sys.path
 from harness import loras
+from harness.comfy_host import HOST_PYTHON, ROOT
 from lml_core import Calibration
 
 LATENT = torch.zeros([1, 4, 4, 4])
@@ -207,6 +210,21 @@ def test_the_latent_the_pack_version_and_the_format_are_in_the_key(cache, sd15, 
     second = key()
     monkeypatch.setattr(cache, "CALIBRATION_FORMAT", "lml-calibration/0")
     assert len({first, second, key()}) == 3
+
+
+def test_keys_are_the_same_in_a_fresh_process(cache, sd15, conds):
+    """A restart reads its own cache: no object id or hash seed is in the key."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345",
+           "OMP_NUM_THREADS": "1"}
+    probe = subprocess.run([str(HOST_PYTHON), str(ROOT / "tests/nodes/cache_key_probe.py")],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    theirs = json.loads(probe.stdout.strip().splitlines()[-1])
+    models = {"base": sd15[0], "lora": with_lora(sd15[0], 1),
+              "rescale": host_patch(advanced.RescaleCFG, sd15[0], 0.7)}
+    ours = {name: cache.key(m, *conds, LATENT, SETTINGS)[0] for name, m in models.items()}
+    assert None not in ours.values() and len(set(ours.values())) == 3
+    assert theirs == ours
 
 
 def test_calibrations_behind_two_loras_are_not_shared(pack, sd15, conds, user_dir):
