@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..lml_core import Calibration
-from ..lml_core.calibrate import CALIBRATION_FORMAT
+from ..lml_core.calibration import CALIBRATION_FORMAT
 from .fingerprint import Unfingerprintable, digest
 
 FOLDER = "lml_calibrations"
