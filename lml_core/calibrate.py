@@ -16,6 +16,7 @@ import time
 import torch
 
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
+from .calibration_text import MAX_HISTORY
 from .objective import Fit, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_grid
 from .sampling import is_flow_model, model_sampling_of
@@ -52,6 +53,9 @@ def fit_options(options: dict) -> dict:
     for name, low in whole.items():
         if isinstance(opts[name], bool) or int(opts[name]) != opts[name] or opts[name] < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {opts[name]!r}")
+    if opts["history"] > MAX_HISTORY:
+        raise ValueError(f"history must be at most {MAX_HISTORY} (a calibration's steps combine "
+                         f"1-{MAX_HISTORY} directions), got {opts['history']}")
     if not 0 < float(opts["heldout"]) < 1:
         raise ValueError(f"heldout must be between 0 and 1, got {opts['heldout']}")
     for name in ("regularization", "trajectory"):
@@ -164,9 +168,10 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
     """Fit a calibrated LML sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
 
     ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2); the last ``heldout``
-    share is held out.  ``progress(evaluations, planned)`` is called after every model call (a
-    node raises there to cancel); ``log(text)`` gets one line per stage.  Options
-    (``CALIBRATE_DEFAULTS``):
+    share is held out.  The calibration's ``fitted_on`` records ``sigmas`` and one sample's
+    ``latent_shape`` (the sampler refuses another schedule and warns at another size).
+    ``progress(evaluations, planned)`` is called after every model call (a node raises there
+    to cancel); ``log(text)`` gets one line per stage.  Options (``CALIBRATE_DEFAULTS``):
 
     - base: "auto" (the best of euler, ipndm, ipndm_v on all the noise) or one of them;
     - history: directions per step the correction combines (1-4);
@@ -180,8 +185,9 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
     opts = fit_options(options)
     started = time.perf_counter()
     sigma_list = checked_schedule(sigmas)
-    if noise.shape[0] < 2:
-        raise ValueError(f"calibrate: need at least 2 noise samples, got {noise.shape[0]}")
+    if noise.ndim < 2 or noise.shape[0] < 2 or noise[0].numel() == 0:
+        raise ValueError("calibrate: need at least 2 noise samples of at least one value, got "
+                         f"noise of shape {list(noise.shape)}")
     if not torch.isfinite(noise).all():
         raise ValueError("calibrate: the noise contains NaN or inf values")
     steps = len(sigma_list) - 1
@@ -252,5 +258,6 @@ def calibrate(model, noise, sigmas, extra_args=None, progress=None, log=None,
         "calibrated": bool(heldout_loss < 1),
     }
     fitted_on = {"steps": steps, "sigma_max": sigma_list[0], "sigma_min": sigma_list[-2],
-                 "model_kind": model_kind(model)}
+                 "model_kind": model_kind(model), "sigmas": sigma_list,
+                 "latent_shape": list(noise.shape[1:])}
     return fit.calibration(theta, fitted_on, report)
