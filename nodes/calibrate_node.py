@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import comfy.model_management
@@ -142,18 +144,31 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     return "\n".join(lines)
 
 
+def scheduler_sigmas(model, scheduler: str, steps: int) -> list[float]:
+    """KSampler's sigmas for ``scheduler`` and ``steps``, or a ValueError naming the scheduler
+    where they cannot be calibrated (kl_optimal at 1 step gives NaN)."""
+    sigmas = [float(s) for s in ksampler_sigmas(model, steps, "euler", scheduler)]
+    if len(sigmas) < 2 or sigmas[-1] != 0 or not all(math.isfinite(s) for s in sigmas) or any(
+            a <= b for a, b in zip(sigmas[:-1], sigmas[1:])):
+        shown = ", ".join(f"{s:.6g}" for s in sigmas[:12]) + (", ..." if len(sigmas) > 12 else "")
+        raise ValueError(f"LML Calibrate: the {scheduler} scheduler gives [{shown}] for {steps} "
+                         "step(s), not sigmas that decrease strictly to 0; pick another "
+                         "scheduler or step count")
+    return sigmas
+
+
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                     samples, options):
     """(Calibration, cache file it came from or None).  The fit runs through
     comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
-    Cancel checked after every model call."""
+    Cancel checked after every model call; the calibration's fitted_on names the scheduler."""
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
-    sigmas = ksampler_sigmas(model, steps, "euler", scheduler)
-    settings = {"format": "lml-calibrate-node/1", "seed": seed, "cfg": cfg,
+    sigmas = scheduler_sigmas(model, scheduler, steps)
+    # /2: calibrations of format 2 (the whole schedule, the latent shape, the scheduler).
+    settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,
-                "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
-                **options}
+                "latent": list(batch.shape[1:]), "sigmas": sigmas, **options}
     path = None
     try:
         path = cache_path(fingerprint(model, positive, negative, settings))
@@ -174,8 +189,10 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         pbar.update_absolute(min(done, planned), planned)
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
-        result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
-                                          progress=progress, **options)
+        fitted = calibrate(model_k, x, sigmas, extra_args=extra_args, progress=progress,
+                           **options)
+        result["calibration"] = replace(fitted, fitted_on={**fitted.fitted_on,
+                                                           "scheduler": scheduler})
         return x
 
     run_ksampler(model, {"samples": batch}, seed, steps, cfg, comfy.samplers.KSAMPLER(fit),

@@ -1,15 +1,18 @@
 """LML Calibrate in a real server: Calibrate -> SamplerCustom makes an image, the calibration
 text in Sampler LML Calibrated reproduces it in a new prompt, a schedule it was not fitted for
-and malformed text are refused, and Cancel mid-calibration leaves the server serving."""
+(another step count or scheduler) is refused, broken and hostile text are validation errors,
+and Cancel mid-calibration leaves the server serving."""
 
 import io
 import json
 
 import numpy as np
 import pytest
+from hostile_calibrations import HOSTILE
 from PIL import Image
 
-from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, listen, output_files
+from harness import workflows
+from harness.comfy_host import CHECKPOINT_NAME, listen, output_files
 
 CALIBRATE, SAMPLER = "5", "6"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
@@ -81,11 +84,36 @@ def test_another_step_count_is_refused_naming_both(server, calibrated, fresh_see
     assert "fitted for 3 steps" in message and "given 5 steps" in message
 
 
-def test_malformed_text_is_a_validation_error(server, fresh_seed):
-    with pytest.raises(PromptRejected) as rejected:
-        server.queue(saved(server, '{"base": "euler"}', fresh_seed()))
-    details = json.dumps(rejected.value.response["node_errors"][SAMPLER])
-    assert "missing field" in details
+def test_another_scheduler_with_the_same_steps_and_ends_is_refused(server, calibrated,
+                                                                     fresh_seed):
+    """Exponential at 3 steps has Karras's step count and end sigmas, not its middle one."""
+    (text,) = calibrated[1]["outputs"][CALIBRATE]["lml_calibration"]
+    assert json.loads(text)["fitted_on"]["scheduler"] == "karras"
+    graph = saved(server, text, fresh_seed())
+    graph["7"]["inputs"]["scheduler"] = "exponential"
+    entry = server.run(graph, check=False)
+    assert entry["status"]["status_str"] == "error"
+    message = json.dumps(entry["status"]["messages"])
+    assert "fitted for 3 steps of the karras schedule" in message and "differs" in message
+
+
+def test_hostile_calibration_text_is_refused_at_validation(server, fresh_seed):
+    """Every broken or hostile text (tests/lml_core/hostile_calibrations.py: empty, {}, null,
+    a list, NaN, 1e300, 100,000 numbers in a row, code as the base, 100,000 nested brackets,
+    5 MB of junk, ...) is a 400 naming the calibration input, before anything runs; then a good
+    prompt runs."""
+    for case, text, message in HOSTILE:
+        status, answer = server.post_json("/prompt", {"prompt": saved(server, text, fresh_seed()),
+                                                      "client_id": server.client_id})
+        assert status == 400, (case, status, answer)
+        (error,) = answer["node_errors"][SAMPLER]["errors"]
+        assert error["extra_info"]["input_name"] == "calibration", case
+        assert error["details"].startswith("calibration - calibration: "), (case, error)
+        assert message in error["details"], (case, error["details"])
+        assert len(error["details"]) < 500, case
+    entry = server.run(saved(server, workflows.SAVED_CALIBRATION.read_text(), fresh_seed(),
+                             steps=workflows.CALIBRATED_STEPS))
+    assert pixels(server, entry).std() > 0
 
 
 def test_cancel_mid_calibration_and_the_server_goes_on(server, fresh_seed):
