@@ -159,7 +159,8 @@ def checked_fields(form, base, sigmas, corrections, fitted_on, report):
     """(sigmas, corrections, fitted_on) as the sampler uses them, or a ValueError naming the
     first field that is wrong."""
     if not isinstance(form, str) or form not in FORMATS:
-        fail(f"unknown format {shown(form)} (this version reads {list(FORMATS)})")
+        named = repr(form[:40]) if isinstance(form, str) else shown(form)
+        fail(f"unknown format {named} (this version reads {list(FORMATS)})")
     if not isinstance(base, str) or base not in CALIBRATION_BASES:
         fail(f"base must be one of {CALIBRATION_BASES}, got {shown(base)}")
     sig = schedule(sigmas, "sigmas")

@@ -5,6 +5,7 @@ and Cancel mid-calibration leaves the server serving."""
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from harness import workflows
 from harness.comfy_host import CHECKPOINT_NAME, listen, output_files
 
 CALIBRATE, SAMPLER = "5", "6"
+FORMAT_1 = Path(__file__).parents[1] / "lml_core" / "calibration_format_1.json"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
         "iterations": 1, "regularization": 0.001, "trajectory": 1.0, "reference_steps": 4}
 
@@ -111,9 +113,11 @@ def test_hostile_calibration_text_is_refused_at_validation(server, fresh_seed):
         assert error["details"].startswith("calibration - calibration: "), (case, error)
         assert message in error["details"], (case, error["details"])
         assert len(error["details"]) < 500, case
-    entry = server.run(saved(server, workflows.SAVED_CALIBRATION.read_text(), fresh_seed(),
-                             steps=workflows.CALIBRATED_STEPS))
-    assert pixels(server, entry).std() > 0
+    # The saved example's calibration (format 2) and one saved before format 2 still run.
+    for good in (workflows.SAVED_CALIBRATION, FORMAT_1):
+        entry = server.run(saved(server, good.read_text(), fresh_seed(),
+                                 steps=workflows.CALIBRATED_STEPS))
+        assert pixels(server, entry).std() > 0
 
 
 def test_cancel_mid_calibration_and_the_server_goes_on(server, fresh_seed):
