@@ -72,8 +72,8 @@ def _calibrate_widgets():
     from lml_core import CALIBRATE_DEFAULTS
 
     options = {k: v for k, v in CALIBRATE_DEFAULTS.items()
-               if k in ("base", "history", "move_timesteps", "heldout", "iterations", "regularization",
-                        "trajectory", "reference_steps")}
+               if k in ("base", "history", "move_timesteps", "heldout", "iterations",
+                        "regularization", "trajectory", "reference_steps")}
     return {"samples": 32, **options}
 
 
