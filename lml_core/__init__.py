@@ -1,8 +1,8 @@
 """LML core: the damped low-rank Levenberg-Marquardt preconditioner and sampler loops.
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
-gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds -> calibration
--> reference -> objective -> sigma_fit -> levenberg -> calibrate.
+gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds ->
+calibration_text -> calibration -> reference -> objective -> sigma_fit -> levenberg -> calibrate.
 See lml_core/README.md.
 """
 

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from .calibration import CALIBRATION_BASES, SAMPLER_NAME, Calibration, model_kind
+from .calibration import CALIBRATION_BASES, Calibration, model_kind
+from .calibration_text import MAX_HISTORY, SAMPLER_NAME
 from .levenberg import levenberg_marquardt, rms
 from .objective import Fit, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_grid
@@ -56,6 +57,9 @@ def fit_options(options: dict) -> dict:
     for name, low in whole.items():
         if isinstance(opts[name], bool) or int(opts[name]) != opts[name] or opts[name] < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {opts[name]!r}")
+    if opts["history"] > MAX_HISTORY:
+        raise ValueError(f"history must be at most {MAX_HISTORY} (a calibration's steps combine "
+                         f"1-{MAX_HISTORY} directions), got {opts['history']}")
     if not 0 < float(opts["heldout"]) < 1:
         raise ValueError(f"heldout must be between 0 and 1, got {opts['heldout']}")
     for name in ("regularization", "trajectory"):
@@ -111,8 +115,9 @@ class Setup:
         self.started = time.perf_counter()
         self.sigmas = checked_schedule(sigmas)
         self.steps = len(self.sigmas) - 1
-        if noise.shape[0] < 2:
-            raise ValueError(f"calibrate: need at least 2 noise samples, got {noise.shape[0]}")
+        if noise.ndim < 2 or noise.shape[0] < 2 or noise[0].numel() == 0:
+            raise ValueError("calibrate: need at least 2 noise samples of at least one value, "
+                             f"got noise of shape {list(noise.shape)}")
         if not torch.isfinite(noise).all():
             raise ValueError("calibrate: the noise contains NaN or inf values")
         self.schedules = self.checked_schedules(schedules)
@@ -212,7 +217,8 @@ class Setup:
 
     def fitted_on(self, model) -> dict:
         return {"steps": self.steps, "sigma_max": self.sigmas[0],
-                "sigma_min": self.sigmas[-2], "model_kind": model_kind(model)}
+                "sigma_min": self.sigmas[-2], "model_kind": model_kind(model),
+                "sigmas": self.sigmas, "latent_shape": list(self.x_fit.shape[1:])}
 
 
 def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
@@ -248,6 +254,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     fitting noise, the best start (base x schedule) gets the LML fit (corrections and every
     timestep), the best ``sigma_fits`` samplers get timestep-only fits, and the best pair is a
     candidate unchanged; the candidate with the lowest robust loss on the held-out noise wins.
+    The calibration's ``fitted_on`` records ``sigmas`` and one sample's ``latent_shape`` (the
+    sampler refuses another schedule and warns at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
     to cancel); ``log(text)`` gets one line per stage.  Options (``CALIBRATE_DEFAULTS``):
 

@@ -16,24 +16,21 @@ step.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .calibration_text import (
+    CALIBRATION_BASES,
+    CALIBRATION_FORMAT,
+    LML_SAMPLER,
+    SIGMA_RTOL,
+    checked_fields,
+    parse,
+)
 from .sampling import checked_sigmas, model_sampling_of, report_step, to_d, trange
-
-CALIBRATION_BASES = ("euler", "ipndm", "ipndm_v")
-CALIBRATION_FORMAT = "lml-calibration/1"
-# What a calibration runs: LML_SAMPLER (the multistep sampler above, on a base) or a built-in
-# sampler named by its ComfyUI name (the caller passes the function) on fitted timesteps.
-LML_SAMPLER = "lml"
-SAMPLER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-# Where a schedule counts as the one a calibration was fitted on: float32 sigmas of the same
-# scheduler agree to ~1e-7; another sigma range differs by far more.
-SIGMA_RTOL = 1e-4
 
 # ComfyUI's ipndm: Adams-Bashforth coefficients of order 1-4 (fixed steps).
 IPNDM_COEFFICIENTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12),
@@ -89,7 +86,11 @@ def model_kind(model) -> str:
 
 
 def describe_schedule(sigmas) -> str:
-    return f"{len(sigmas) - 1} steps, sigma {sigmas[0]:.6g} -> {sigmas[-2]:.6g} -> 0"
+    """"sigma a -> b -> 0: [the sigmas]" (the middle left out where there are many)."""
+    values = [f"{s:.6g}" for s in sigmas]
+    if len(values) > 10:
+        values = [*values[:6], "...", *values[-3:]]
+    return f"sigma {sigmas[0]:.6g} -> {sigmas[-2]:.6g} -> 0: [{', '.join(values)}]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +127,11 @@ class Calibration:
     """Fitted numbers and what they are valid for.  ``sampler``: what runs (LML_SAMPLER, the
     multistep sampler on ``base`` with ``corrections[i]`` = c_{i,j}; or a built-in sampler's
     name, with no base and no corrections); ``sigmas``: the sampler's own timesteps (N + 1,
-    ending in 0); ``fitted_on``: the schedule it was fitted on (steps, first and last nonzero
-    sigma) and the model kind; ``report``: errors and cost."""
+    ending in 0); ``fitted_on``: what it was fitted on (steps, first and last nonzero sigma,
+    model kind; from format 2 on the whole schedule ``sigmas``, one sample's ``latent_shape``
+    and, from the node, the ``scheduler``); ``report``: errors and cost.  Every field is
+    checked when it is built (lml_core.calibration_text): a ValueError names the first wrong
+    one."""
 
     base: str
     sigmas: list
@@ -138,34 +142,11 @@ class Calibration:
     sampler: str = LML_SAMPLER
 
     def __post_init__(self):
-        if self.format != CALIBRATION_FORMAT:
-            raise ValueError(f"calibration: unknown format {self.format!r} "
-                             f"(expected {CALIBRATION_FORMAT!r})")
-        if not (isinstance(self.sampler, str) and SAMPLER_NAME.fullmatch(self.sampler)):
-            raise ValueError("calibration: sampler must be a sampler name (lower-case letters, "
-                             f"digits, _), got {str(self.sampler)[:80]!r}")
-        builtin = self.sampler != LML_SAMPLER
-        if builtin and (self.base or self.corrections):
-            raise ValueError(f"calibration: a calibration of the built-in sampler "
-                             f"{self.sampler!r} has no base and no corrections")
-        if not builtin and self.base not in CALIBRATION_BASES:
-            raise ValueError(f"calibration: base must be one of {CALIBRATION_BASES}, "
-                             f"got {self.base!r}")
-        sig = [float(s) for s in self.sigmas]
-        if len(sig) < 2 or sig[-1] != 0 or not all(math.isfinite(s) for s in sig) or any(
-                a <= b for a, b in zip(sig[:-1], sig[1:])):
-            raise ValueError("calibration: sigmas must be finite, strictly decreasing and end "
-                             f"in 0, got {sig}")
-        steps = len(sig) - 1
-        corr = [[float(c) for c in row] for row in self.corrections]
-        if (not builtin and len(corr) != steps) or not all(
-                math.isfinite(c) for row in corr for c in row):
-            raise ValueError(f"calibration: corrections must be {steps} rows of finite numbers")
-        if int(self.fitted_on.get("steps", -1)) != steps:
-            raise ValueError(f"calibration: fitted_on.steps ({self.fitted_on.get('steps')}) "
-                             f"does not match its {steps} sigmas")
+        sig, corr, fit = checked_fields(self.format, self.base, self.sigmas, self.corrections,
+                                        self.fitted_on, self.report, self.sampler)
         object.__setattr__(self, "sigmas", sig)
         object.__setattr__(self, "corrections", corr)
+        object.__setattr__(self, "fitted_on", fit)
 
     @property
     def steps(self) -> int:
@@ -176,43 +157,48 @@ class Calibration:
         return combined(base_coefficients(self.base, self.sigmas, i), self.corrections[i])
 
     def check_schedule(self, sigmas) -> None:
-        """ValueError naming both schedules unless ``sigmas`` is the one this was fitted on
-        (same step count, same first and last nonzero sigma)."""
+        """ValueError naming both schedules unless ``sigmas`` is the one this was fitted on:
+        every sigma within SIGMA_RTOL (a format-1 calibration knows only the step count and
+        the first and last nonzero sigma, and is checked on those)."""
         given = [float(s) for s in sigmas]
         fit = self.fitted_on
-        want = [fit["sigma_max"], fit["sigma_min"]]
-        ok = (len(given) - 1 == fit["steps"] and len(given) >= 2 and given[-1] == 0
-              and all(math.isclose(a, b, rel_tol=SIGMA_RTOL)
-                      for a, b in zip([given[0], given[-2]], want)))
+        if "sigmas" in fit:
+            want = fit["sigmas"]
+            ok = len(given) == len(want) and all(
+                math.isclose(a, b, rel_tol=SIGMA_RTOL) for a, b in zip(given, want))
+            scheduler = f" of the {fit['scheduler']} schedule" if "scheduler" in fit else ""
+            fitted = f"{fit['steps']} steps{scheduler}, {describe_schedule(want)}"
+            differ = next((k for k, (a, b) in enumerate(zip(given, want))
+                           if not math.isclose(a, b, rel_tol=SIGMA_RTOL)), None)
+            where = (f" (sigma {differ} differs: {want[differ]:.6g} fitted, "
+                     f"{given[differ]:.6g} given)"
+                     if differ is not None and len(given) == len(want) else "")
+        else:
+            ends = [fit["sigma_max"], fit["sigma_min"]]
+            ok = (len(given) - 1 == fit["steps"] and len(given) >= 2 and given[-1] == 0
+                  and all(math.isclose(a, b, rel_tol=SIGMA_RTOL)
+                          for a, b in zip([given[0], given[-2]], ends)))
+            fitted = (f"{fit['steps']} steps, sigma {ends[0]:.6g} -> {ends[1]:.6g} -> 0 "
+                      "(a format-1 calibration: its schedule's ends only)")
+            where = ""
         if not ok:
+            shown = describe_schedule(given) if len(given) >= 2 else str(given)
             raise ValueError(
-                f"this calibration was fitted for {fit['steps']} steps, sigma "
-                f"{want[0]:.6g} -> {want[1]:.6g} -> 0; the sampler was given "
-                f"{describe_schedule(given) if len(given) >= 2 else given}. "
-                "Use the same steps, scheduler and denoise as the calibration, or calibrate "
-                "again for this schedule")
+                f"this calibration was fitted for {fitted}; the sampler was given "
+                f"{len(given) - 1} steps, {shown}{where}. Use the same scheduler, steps and "
+                "denoise as the calibration, or calibrate again for this schedule")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"calibration: not valid JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError("calibration: expected a JSON object")
-        missing = sorted({"base", "sigmas", "corrections", "fitted_on"} - set(data))
-        if missing:
-            raise ValueError(f"calibration: missing field(s) {missing}")
-        unknown = sorted(set(data) - {"base", "sigmas", "corrections", "fitted_on", "report",
-                                      "format", "sampler"})
-        if unknown:
-            raise ValueError(f"calibration: unknown field(s) {unknown}")
+        """The calibration in ``text`` (``to_json``'s), or a ValueError that starts with
+        "calibration:" and names what is wrong."""
+        data = parse(text)
         try:
             return cls(**data)
-        except (TypeError, KeyError, AttributeError) as error:
+        except (TypeError, KeyError, AttributeError) as error:  # a check missed: still named
             raise ValueError(f"calibration: malformed ({error})") from None
 
 
@@ -227,12 +213,18 @@ def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disa
     calibration was fitted on (a ValueError names both otherwise); the sampler then steps on
     the calibration's own timesteps: the LML multistep sampler, or the built-in sampler it
     names, taken from ``samplers`` ({name: k-diffusion function}; a ValueError names a missing
-    one)."""
+    one).  A latent of another size than the fitted one is sampled with a logged warning."""
     if not isinstance(calibration, Calibration):
         raise ValueError("sample_lml_calibrated: calibration must be a Calibration, got "
                          f"{type(calibration).__name__}")
     given = checked_sigmas("lml_calibrated", x, sigmas)
     calibration.check_schedule(given)
+    fitted_shape = calibration.fitted_on.get("latent_shape")
+    if fitted_shape is not None and list(x.shape[1:]) != fitted_shape:
+        # Another size is a different problem the fit never saw; it may still do well there.
+        logging.warning("lml_calibrated: this calibration was fitted on latents of shape %s; "
+                        "sampling latents of shape %s (it runs, but its gain was measured at "
+                        "the fitted size only)", fitted_shape, list(x.shape[1:]))
     if calibration.sampler != LML_SAMPLER:
         function = (samplers or {}).get(calibration.sampler)
         if function is None:

@@ -10,6 +10,7 @@ import torch
 
 from .adaptive import half_log_snr
 from .calibration import Calibration, base_coefficients, combined, multistep, multistep_run
+from .calibration_text import MAX_CORRECTION
 from .reference import Reference, sigma_of
 
 
@@ -47,7 +48,7 @@ class Fit:
 
     def plan(self, theta):
         """(sigmas, coefficient lists) for ``theta``; None where the timesteps are not strictly
-        decreasing or fall below the floor."""
+        decreasing or fall below the floor, or a correction is beyond MAX_CORRECTION."""
         values = theta.tolist()
         sig = list(self.sigmas)
         for p, k in enumerate(self.moved):
@@ -55,6 +56,9 @@ class Fit:
         nonzero = sig[:-1]
         if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
                 nonzero[-1] < self.floor * (1 - 1e-9)):
+            return None
+        # Corrections past MAX_CORRECTION are not a calibration (one could not be saved).
+        if any(abs(v) > MAX_CORRECTION for v in values[self.n_time:]):
             return None
         coefficients = [combined(base_coefficients(self.base, sig, i),
                                  values[self.offsets[i]:self.offsets[i] + self.slots[i]])

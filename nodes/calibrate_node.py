@@ -13,6 +13,9 @@ calibrating.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -101,30 +104,48 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     return "\n".join(lines)
 
 
+def scheduler_sigmas(model, scheduler: str, steps: int) -> list[float]:
+    """KSampler's sigmas for ``scheduler`` and ``steps``, or a ValueError naming the scheduler
+    where they cannot be calibrated (kl_optimal at 1 step gives NaN)."""
+    sigmas = [float(s) for s in ksampler_sigmas(model, steps, "euler", scheduler)]
+    if len(sigmas) < 2 or sigmas[-1] != 0 or not all(math.isfinite(s) for s in sigmas) or any(
+            a <= b for a, b in zip(sigmas[:-1], sigmas[1:])):
+        shown = ", ".join(f"{s:.6g}" for s in sigmas[:12]) + (", ..." if len(sigmas) > 12 else "")
+        raise ValueError(f"LML Calibrate: the {scheduler} scheduler gives [{shown}] for {steps} "
+                         "step(s), not sigmas that decrease strictly to 0; pick another "
+                         "scheduler or step count")
+    return sigmas
+
+
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                     samples, options, schedulers=None, samplers=None, sigmas_for=None):
     """(Calibration, the report's cache line or None).  ``schedulers``, ``samplers``: host
     scheduler and one-call-per-step deterministic sampler names the fit measures and may
     start from (default: ``scheduler`` alone, no built-in sampler).  ``sigmas_for``: a host
     sampler name: fit only its timesteps (lml_core.calibrate_sigmas) instead.  The fit runs
-    through
-    comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
-    Cancel checked after every model call."""
+    through comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
+    Cancel checked after every model call; the calibration's fitted_on names the scheduler."""
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
-    sigmas = ksampler_sigmas(model, steps, "euler", scheduler)
-    schedules = {name: ksampler_sigmas(model, steps, "euler", name)
-                 for name in (schedulers or [scheduler])}
+    sigmas = scheduler_sigmas(model, scheduler, steps)
+    schedules = {scheduler: sigmas}
+    for name in schedulers or []:
+        try:
+            schedules[name] = scheduler_sigmas(model, name, steps)
+        except ValueError:  # this scheduler cannot give these steps: not in the field
+            continue
     field = calibration_samplers(steps)
     functions = {name: field[name] for name in (samplers or []) if name in field}
     # KSampler's sigmas for the samplers it gives other ones (its discard-penultimate rule).
     discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     own = {name: {s: ksampler_sigmas(model, steps, name, s) for s in schedules}
            for name in functions if name in discard}
-    settings = {"seed": seed, "cfg": cfg, "scheduler": scheduler, "steps": steps,
-                "samples": samples, "latent": list(batch.shape[1:]),
-                "sigmas": [float(s) for s in sigmas], "schedulers": sorted(schedules),
-                "samplers": sorted(functions), "sigmas_for": sigmas_for, **options}
+    # format 2: calibrations record the whole schedule, the latent shape, the scheduler.
+    settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
+                "scheduler": scheduler, "steps": steps, "samples": samples,
+                "latent": list(batch.shape[1:]), "sigmas": sigmas,
+                "schedulers": sorted(schedules), "samplers": sorted(functions),
+                "sigmas_for": sigmas_for, **options}
     # The latent's values too: sampling starts from latent + noise.
     path, note = calibration_cache.locate(model, positive, negative, latent[:1], settings)
     cached = calibration_cache.load(path) if path is not None else None
@@ -140,15 +161,16 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         if sigmas_for is not None:
-            result["calibration"] = calibrate_sigmas(
+            fitted = calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
                 extra_args=extra_args, sampler_name=sigmas_for, schedules=schedules,
                 progress=progress, **options)
-            return x
-        result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
-                                          schedules=schedules, samplers=functions,
-                                          sampler_schedules=own,
-                                          progress=progress, **options)
+        else:
+            fitted = calibrate(model_k, x, sigmas, extra_args=extra_args, schedules=schedules,
+                               samplers=functions, sampler_schedules=own, progress=progress,
+                               **options)
+        result["calibration"] = replace(fitted, fitted_on={**fitted.fitted_on,
+                                                           "scheduler": scheduler})
         return x
 
     run_ksampler(model, {"samples": batch}, seed, steps, cfg, comfy.samplers.KSAMPLER(fit),

@@ -23,7 +23,8 @@ def test_zero_corrections_reproduce_the_hosts_sampler(kind, steps, base):
                                      disable=True)
     zero = Calibration(base=base, sigmas=sigmas.tolist(), corrections=[[0.0]] * steps,
                        fitted_on={"steps": steps, "sigma_max": float(sigmas[0]),
-                                  "sigma_min": float(sigmas[-2])})
+                                  "sigma_min": float(sigmas[-2]), "model_kind": "unknown",
+                                  "sigmas": sigmas.tolist(), "latent_shape": [64]})
     ours = sample_lml_calibrated(field.HostModel(model, flow), x.clone(), sigmas,
                                  calibration=zero)
     # The same arithmetic up to the order of float64 additions.

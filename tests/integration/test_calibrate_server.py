@@ -1,17 +1,22 @@
 """LML Calibrate in a real server: Calibrate -> SamplerCustom makes an image, the calibration
 text in Sampler LML Calibrated reproduces it in a new prompt, a schedule it was not fitted for
-and malformed text are refused, and Cancel mid-calibration leaves the server serving."""
+(another step count or scheduler) is refused, broken and hostile text are validation errors,
+and Cancel mid-calibration leaves the server serving."""
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_calibrations import HOSTILE
 from PIL import Image
 
+from harness import workflows
 from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, listen, output_files
 
 CALIBRATE, SAMPLER = "5", "6"
+FORMAT_1 = Path(__file__).parents[1] / "lml_core" / "calibration_format_1.json"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
         "iterations": 1, "regularization": 0.001, "trajectory": 1.0, "reference_steps": 4}
 
@@ -81,11 +86,38 @@ def test_another_step_count_is_refused_naming_both(server, calibrated, fresh_see
     assert "fitted for 3 steps" in message and "given 5 steps" in message
 
 
-def test_malformed_text_is_a_validation_error(server, fresh_seed):
-    with pytest.raises(PromptRejected) as rejected:
-        server.queue(saved(server, '{"base": "euler"}', fresh_seed()))
-    details = json.dumps(rejected.value.response["node_errors"][SAMPLER])
-    assert "missing field" in details
+def test_another_scheduler_with_the_same_steps_and_ends_is_refused(server, calibrated,
+                                                                     fresh_seed):
+    """Exponential at 3 steps has Karras's step count and end sigmas, not its middle one."""
+    (text,) = calibrated[1]["outputs"][CALIBRATE]["lml_calibration"]
+    assert json.loads(text)["fitted_on"]["scheduler"] == "karras"
+    graph = saved(server, text, fresh_seed())
+    graph["7"]["inputs"]["scheduler"] = "exponential"
+    entry = server.run(graph, check=False)
+    assert entry["status"]["status_str"] == "error"
+    message = json.dumps(entry["status"]["messages"])
+    assert "fitted for 3 steps of the karras schedule" in message and "differs" in message
+
+
+def test_hostile_calibration_text_is_refused_at_validation(server, fresh_seed):
+    """Every broken or hostile text (tests/lml_core/hostile_calibrations.py: empty, {}, null,
+    a list, NaN, 1e300, 100,000 numbers in a row, code as the base, 100,000 nested brackets,
+    5 MB of junk, ...) is a 400 naming the calibration input, before anything runs; then a good
+    prompt runs."""
+    for case, text, message in HOSTILE:
+        status, answer = server.post_json("/prompt", {"prompt": saved(server, text, fresh_seed()),
+                                                      "client_id": server.client_id})
+        assert status == 400, (case, status, answer)
+        (error,) = answer["node_errors"][SAMPLER]["errors"]
+        assert error["extra_info"]["input_name"] == "calibration", case
+        assert error["details"].startswith("calibration - calibration: "), (case, error)
+        assert message in error["details"], (case, error["details"])
+        assert len(error["details"]) < 500, case
+    # The saved example's calibration (format 2) and one saved before format 2 still run.
+    for good in (workflows.SAVED_CALIBRATION, FORMAT_1):
+        entry = server.run(saved(server, good.read_text(), fresh_seed(),
+                                 steps=workflows.CALIBRATED_STEPS))
+        assert pixels(server, entry).std() > 0
 
 
 @pytest.mark.parametrize("change, message", [

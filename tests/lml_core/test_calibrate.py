@@ -1,13 +1,17 @@
 """lml_core.calibrate: the calibrated sampler's algebra, its fit on an exact-score model, the
 JSON round trip and the errors a user can meet."""
 
+import logging
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from lml_core import CALIBRATE_DEFAULTS, Calibration, calibrate, sample_lml_calibrated
 from lml_core.calibration import base_coefficients
+from lml_core.calibration_text import MAX_CORRECTION
 from lml_core.objective import Fit
 from lml_core.reference import Evaluator, Reference, reference_grid
 
@@ -25,13 +29,14 @@ def rms(a, b):
     return float(((a - b) ** 2).mean().sqrt())
 
 
-def zero_calibration(base, sigmas, history=3):
+def zero_calibration(base, sigmas, history=3, **fitted_on):
     sig = [float(s) for s in sigmas]
     steps = len(sig) - 1
     return Calibration(base=base, sigmas=sig,
                        corrections=[[0.0] * min(i + 1, history) for i in range(steps)],
                        fitted_on={"steps": steps, "sigma_max": sig[0], "sigma_min": sig[-2],
-                                  "model_kind": "eps"})
+                                  "model_kind": "eps", "sigmas": sig, "latent_shape": [DIM],
+                                  **fitted_on})
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,14 @@ def test_json_round_trip_is_exact(fitted):
                        sample_lml_calibrated(model, x, sigmas, calibration=again))
 
 
+def test_fitted_on_records_the_whole_schedule_and_the_latent_shape(fitted):
+    _, sigmas, calibration = fitted
+    assert calibration.format == "lml-calibration/2"
+    assert calibration.fitted_on["sigmas"] == sigmas.tolist()
+    assert calibration.fitted_on["latent_shape"] == [DIM]
+    assert calibration.fitted_on["sigma_max"] == 80.0 and calibration.steps == 5
+
+
 def test_a_schedule_it_was_not_fitted_for_is_refused(fitted):
     model, sigmas, calibration = fitted
     with pytest.raises(ValueError, match=r"fitted for 5 steps.*given 8 steps"):
@@ -140,20 +153,70 @@ def test_a_schedule_it_was_not_fitted_for_is_refused(fitted):
         sample_lml_calibrated(model, noise(2, 1), other_range, calibration=calibration)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"base": "euler"}', "missing field"),
-    ('{"base": "heun", "sigmas": [1, 0], "corrections": [[0]], "fitted_on": {"steps": 1}}',
-     "base must be one of"),
-    ('{"base": "euler", "sigmas": [1, 2, 0], "corrections": [[0], [0]], '
-     '"fitted_on": {"steps": 2}}', "strictly decreasing"),
-    ('{"base": "euler", "sigmas": [2, 1, 0], "corrections": [[0]], "fitted_on": {"steps": 2}}',
-     "2 rows"),
-])
-def test_malformed_calibration_text_is_refused(text, message):
-    with pytest.raises(ValueError, match=message):
-        Calibration.from_json(text)
+def test_another_scheduler_with_the_same_steps_and_ends_is_refused(fitted):
+    """Exponential (log-uniform) sigmas share Karras's step count and ends: every sigma is
+    compared, and the error names the fitted scheduler and both lists."""
+    model, sigmas, calibration = fitted
+    exponential = torch.cat([torch.linspace(sigmas[0].log(), sigmas[-2].log(), 5).exp(),
+                             torch.zeros(1, dtype=torch.float64)])
+    exponential[0], exponential[-2] = sigmas[0], sigmas[-2]  # the same ends, to the bit
+    named = replace(calibration, fitted_on={**calibration.fitted_on, "scheduler": "karras"})
+    with pytest.raises(ValueError) as refused:
+        sample_lml_calibrated(model, noise(2, 1), exponential, calibration=named)
+    message = str(refused.value)
+    assert "fitted for 5 steps of the karras schedule" in message and "given 5 steps" in message
+    assert f"{sigmas[1].item():.6g}" in message and f"{exponential[1].item():.6g}" in message
+    assert "sigma 1 differs" in message
+    # Within SIGMA_RTOL (float32 sigmas of the same scheduler) it runs.
+    near = sigmas * (1 + 1e-6)
+    near[-1] = 0
+    assert torch.isfinite(sample_lml_calibrated(model, noise(2, 1), near, calibration=named)).all()
+
+
+def test_long_schedules_are_shortened_in_the_error():
+    calibration = zero_calibration("euler", karras_sigmas(30).double())
+    with pytest.raises(ValueError) as refused:
+        calibration.check_schedule(karras_sigmas(30).double() * 0.9)
+    message = str(refused.value)
+    assert message.count("...") == 2 and len(message) < 600
+
+
+FORMAT_1 = Path(__file__).parent / "calibration_format_1.json"
+
+
+def test_a_format_1_calibration_still_loads_and_keeps_its_ends_only_check():
+    """A calibration saved before format 2 (the saved example's at 04cb3d6: 8 Karras steps of
+    SD1.5, no full schedule) loads, round-trips as format 1, and is checked on its step count
+    and ends: the middle of the schedule is not known."""
+    calibration = Calibration.from_json(FORMAT_1.read_text())
+    assert calibration.format == "lml-calibration/1" and "sigmas" not in calibration.fitted_on
+    assert Calibration.from_json(calibration.to_json()) == calibration
+    top, bottom = calibration.fitted_on["sigma_max"], calibration.fitted_on["sigma_min"]
+    middle = torch.logspace(math.log10(top), math.log10(bottom), 8, dtype=torch.float64)
+    ends_match = torch.cat([middle, torch.zeros(1, dtype=torch.float64)])
+    out = sample_lml_calibrated(lambda x, s, **_: 0.5 * x / (1 + s[:, None] ** 2), noise(2, 4),
+                                ends_match, calibration=calibration)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"fitted for 8 steps.*format-1.*given 7 steps"):
+        calibration.check_schedule(torch.cat([middle[1:], torch.zeros(1)]))
+
+
+def test_another_latent_size_is_sampled_with_a_warning(caplog):
+    calibration = zero_calibration("euler", karras_sigmas(3).double())
+
+    def model(x, sigma, **_):
+        return 0.5 * x
+
+    with caplog.at_level(logging.WARNING):
+        same = sample_lml_calibrated(model, noise(2, 1), karras_sigmas(3).double(),
+                                     calibration=calibration)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        other = sample_lml_calibrated(model, noise(2, 1).reshape(2, 4, 4),
+                                      karras_sigmas(3).double(), calibration=calibration)
+    (record,) = caplog.records
+    assert "[16]" in record.getMessage() and "[4, 4]" in record.getMessage()
+    assert torch.equal(other.reshape(2, DIM), same)
 
 
 def test_sampler_calls_back_every_step_and_passes_extra_args(fitted):
@@ -204,6 +267,7 @@ def test_flow_model_calibration():
     ({"heldout": 1.0}, "heldout must be between"),
     ({"base": "heun"}, "base must be 'auto' or one of"),
     ({"regularization": -1}, "regularization must be"),
+    ({"history": 5}, "history must be at most 4"),
 ])
 def test_bad_options_are_named(options, message):
     model = MixtureDenoiser(dim=DIM)
@@ -215,3 +279,20 @@ def test_defaults_are_documented():
     doc = calibrate.__doc__
     for name in CALIBRATE_DEFAULTS:
         assert name in doc
+
+
+def test_noise_without_sample_values_is_refused_before_the_fit():
+    model = MixtureDenoiser(dim=DIM)
+    with pytest.raises(ValueError, match=r"noise of shape \[4\]"):
+        calibrate(model, torch.zeros(4, dtype=torch.float64), karras_sigmas(3).double())
+
+
+def test_the_fit_never_steps_to_corrections_a_calibration_cannot_hold():
+    """Fit.plan refuses corrections beyond MAX_CORRECTION, so Levenberg-Marquardt never accepts
+    them and every fit can be saved."""
+    fit = Fit(None, karras_sigmas(3).double().tolist(), "euler", 2, True, False, 0.002)
+    theta = torch.zeros(fit.size, dtype=torch.float64)
+    theta[fit.offsets[1]] = MAX_CORRECTION
+    assert fit.plan(theta) is not None
+    theta[fit.offsets[1]] = MAX_CORRECTION * 1.01
+    assert fit.plan(theta) is None

@@ -89,17 +89,18 @@ def conds(sd15):
 
 @pytest.fixture
 def sample_custom(sd15, conds):
-    """``sample_custom(sampler, steps=5, seed=3)``: a [2, 4, 8, 8] latent sampled with the SAMPLER
-    object through comfy.sample.sample_custom (karras sigmas, cfg 5) on the test checkpoint."""
+    """``sample_custom(sampler, steps=5, seed=3, scheduler="karras")``: a [2, 4, 8, 8] latent
+    sampled with the SAMPLER object through comfy.sample.sample_custom (the scheduler's sigmas,
+    cfg 5) on the test checkpoint."""
     import comfy.sample
     import comfy.samplers
 
-    def sample(sampler, steps=5, seed=3):
+    def sample(sampler, steps=5, seed=3, scheduler="karras"):
         model = sd15[0]
         latent = torch.zeros([2, 4, 8, 8])
         noise = comfy.sample.prepare_noise(latent, seed)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"),
-                                                 "karras", steps)
+                                                 scheduler, steps)
         return comfy.sample.sample_custom(model, noise, 5.0, sampler, sigmas, *conds, latent,
                                           disable_pbar=True, seed=seed)
 

@@ -3,6 +3,7 @@ path on the test checkpoint, the SAMPLER it returns, the saved text reproducing 
 the on-disk cache and Cancel."""
 
 import json
+import math
 
 import comfy.model_management
 import comfy.sample
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from lml_core import Calibration
+from lml_core.calibration_text import SIGMA_RTOL
 
 # A small fit (seconds on the CPU): the node's plumbing, not the fit's quality (lml_core's
 # tests and the benchmark measure that).
@@ -37,19 +39,29 @@ def node(pack, name):
     return pack.nodes.NODES_BY_ID[name]
 
 
-def calibrate_node(pack, sd15, conds, seed=5, steps=3, samples=4, **changes):
+def calibrate_node(pack, sd15, conds, seed=5, steps=3, samples=4, cfg=4.0, scheduler="karras",
+                   **changes):
     latent = {"samples": torch.zeros([1, 4, 8, 8])}
     out = node(pack, "LMLCalibrate").execute(
         model=sd15[0], positive=conds[0], negative=conds[1], latent_image=latent, seed=seed,
-        cfg=4.0, scheduler="karras", steps=steps, samples=samples, **{**FAST, **changes})
+        cfg=cfg, scheduler=scheduler, steps=steps, samples=samples, **{**FAST, **changes})
     return out
 
 
-def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sample_custom, calibrated):
+def schedule(sd15, scheduler, steps):
+    model_sampling = sd15[0].get_model_object("model_sampling")
+    return [float(s) for s in comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)]
+
+
+def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, sample_custom,
+                                                            calibrated):
     out = calibrated
     sampler, text, report = out.result
     calibration = Calibration.from_json(text)
     assert calibration.fitted_on["steps"] == 3 and calibration.fitted_on["model_kind"] == "eps"
+    assert calibration.fitted_on["scheduler"] == "karras"
+    assert calibration.fitted_on["sigmas"] == schedule(sd15, "karras", 3)
+    assert calibration.fitted_on["latent_shape"] == [4, 8, 8]
     assert out.ui["lml_calibration"] == [text]
     assert "held-out error" in report and "model calls" in report
     assert calibration.report["model_calls"] > 0
@@ -74,16 +86,69 @@ def test_same_inputs_load_from_the_disk_cache(pack, sd15, conds, user_dir, calib
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "not valid JSON"),
+    ("", "calibration: the text is empty"),
     ("{}", "missing field"),
-    (json.dumps({"base": "euler", "sigmas": [2.0, 1.0, 0.0], "corrections": [[0.0]],
-                 "fitted_on": {"steps": 2}}), "must be 2 rows"),
+    (json.dumps({"format": "lml-calibration/2", "base": "euler", "sigmas": [2.0, 1.0, 0.0],
+                 "corrections": [[0.0]], "fitted_on": {"steps": 2}}), "must be 2 rows"),
+    (json.dumps({"format": "lml-calibration/2", "base": "euler", "sigmas": [2.0, 1.0, 0.0],
+                 "corrections": [[0.0], [0.0]], "fitted_on": {"steps": 2}}),
+     "calibration: fitted_on.sigma_max is missing"),
 ])
 def test_malformed_text_is_refused_at_validation(pack, text, message):
     result = node(pack, "SamplerLMLCalibrated").validate_inputs(calibration=text)
     assert isinstance(result, str) and message in result
     with pytest.raises(ValueError, match=message):
         node(pack, "SamplerLMLCalibrated").execute(calibration=text)
+
+
+# The sweep's fits: iterations 0, one base, cfg 1 (one UNet pass per call) and the smallest
+# inputs the node takes (4 noises, 4 reference steps, an 8x8 latent): ~10 s each on one thread.
+SWEEP = {**FAST, "base": "euler", "iterations": 0}
+SCHEDULERS = comfy.samplers.KSampler.SCHEDULERS
+
+
+def same_schedule(a, b):
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=SIGMA_RTOL) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def sweep_fits():
+    """(scheduler, steps) -> LML Calibrate's outputs, for the first scheduler of each schedule."""
+    return {}
+
+
+@pytest.mark.parametrize("scheduler, steps", [
+    (name, steps) for steps in (1, 2) for name in SCHEDULERS if (name, steps) != ("kl_optimal", 1)])
+def test_every_scheduler_calibrates_and_refuses_another_schedule(
+        pack, sd15, conds, user_dir, sample_custom, sweep_fits, scheduler, steps):
+    """LML Calibrate at 1 and 2 steps on each built-in scheduler: the calibration records the
+    scheduler and its sigmas, samples on that schedule, and refuses one whose sigmas differ,
+    naming the scheduler it was fitted on.  Schedulers with the same sigmas (karras,
+    exponential, normal and kl_optimal at 2 steps; seven of them at 1 step) share one fit: the
+    node's inputs differ only in the scheduler's name."""
+    sigmas = schedule(sd15, scheduler, steps)
+    first = next(name for name in SCHEDULERS if same_schedule(schedule(sd15, name, steps), sigmas))
+    if (first, steps) not in sweep_fits:
+        sweep_fits[first, steps] = calibrate_node(pack, sd15, conds, seed=41, steps=steps,
+                                                  cfg=1.0, scheduler=first, **SWEEP).result
+    sampler, text, report = sweep_fits[first, steps]
+    calibration = Calibration.from_json(text)
+    assert calibration.fitted_on["scheduler"] == first and f"({first}," in report
+    assert same_schedule(calibration.fitted_on["sigmas"], sigmas)
+    assert calibration.report["iterations"] == 0 and calibration.steps == steps
+    assert torch.isfinite(sample_custom(sampler, steps, scheduler=scheduler)).all()
+    other = next(name for name in SCHEDULERS
+                 if not same_schedule(schedule(sd15, name, steps), sigmas))
+    with pytest.raises(ValueError, match=f"fitted for {steps} steps of the {first} schedule"):
+        sample_custom(sampler, steps, scheduler=other)
+
+
+def test_a_schedule_that_cannot_be_calibrated_names_the_scheduler(pack, sd15, conds, user_dir):
+    """kl_optimal at 1 step gives [nan, 0]: refused before the fit, naming the scheduler."""
+    assert math.isnan(schedule(sd15, "kl_optimal", 1)[0])
+    with pytest.raises(ValueError, match=r"the kl_optimal scheduler gives \[nan, 0\] for 1 "
+                                         r"step\(s\), not sigmas that decrease strictly to 0"):
+        calibrate_node(pack, sd15, conds, steps=1, cfg=1.0, scheduler="kl_optimal", **SWEEP)
 
 
 def test_cancel_stops_the_calibration(pack, sd15, conds, user_dir, calibrated):
