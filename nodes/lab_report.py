@@ -350,7 +350,7 @@ def draw_error_plot(report: dict, size=(768, 512)) -> np.ndarray:
     ylabel = ylabel.rotate(90, expand=True)
     image.paste(ylabel, (8, int((y0 + y1) / 2 - ylabel.height / 2)))
 
-    placed = []  # the line-end labels drawn so far, as boxes: they must not overlap
+    placed = []  # the line-end labels (box, text, colour): they must not overlap
     for index, label in enumerate(labels):
         color, dash, marker = lines[label]
         xy = [to_xy(nfe, error) for nfe, error, _ in points[label]]
@@ -366,14 +366,15 @@ def draw_error_plot(report: dict, size=(768, 512)) -> np.ndarray:
             box = [min(x + 8, x1 - 4 - text_width), y - 16, 0, 0]
             box[2], box[3] = box[0] + text_width, box[1] + 13
             while any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
-                      for b in placed) and box[3] + 13 < y1:
+                      for b, _, _ in placed) and box[3] + 13 < y1:
                 box[1], box[3] = box[1] + 13, box[3] + 13
-            placed.append(box)
-            draw.text((box[0], box[1]), label, fill=color, font=small)
+            placed.append((box, label, color))
         ly = y0 + 8 + index * spacing
         _polyline(draw, [(x1 + 14, ly + 8), (x1 + 38, ly + 8)], color, 3, dash)
         _marker(draw, x1 + 26, ly + 8, 3, marker, color)
         draw.text((x1 + 42, ly), label, fill=color, font=legend_font)
+    for box, label, color in placed:  # over every line
+        draw.text((box[0], box[1]), label, fill=color, font=small)
     ly = y0 + 8 + len(labels) * spacing + 6
     draw.ellipse([x1 + 18, ly + 1, x1 + 34, ly + 17], outline=TEXT, width=2)
     draw.text((x1 + 42, ly), "best at its NFE", fill=TEXT, font=small)
