@@ -35,7 +35,7 @@ CALIBRATE_DEFAULTS = {
     "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
     "fd_step": None,           # finite-difference step; None: 1e-4 (float64) / 1e-2 (float32)
     "batch_size": None,        # rows per model call; None: all at once
-    "sigma_fits": 2,           # with samplers: the best this many get timestep-only fits
+    "sigma_fits": 1,           # with samplers: the best this many get timestep-only fits
 }
 
 
@@ -262,20 +262,28 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - sigma_fits: how many of ``samplers`` get timestep-only fits.
     """
     setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options)
+    bases = CALIBRATION_BASES if setup.opts["base"] == "auto" else (setup.opts["base"],)
+    return field_calibration(setup, model, bases, dict(samplers or {}), sampler_schedules,
+                             int(setup.opts["sigma_fits"]), one_call=True)
+
+
+def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, sigma_fits,
+                      one_call) -> Calibration:
+    """calibrate's and calibrate_sigmas' three stages (the field, the candidates, the choice)
+    for the LML ``bases`` and the built-in ``samplers`` on ``setup``'s schedules; ``one_call``:
+    leave out samplers that make more than one model call per step (equal model calls)."""
     opts, steps = setup.opts, setup.steps
     move = bool(opts["move_timesteps"]) and steps >= 2
-    bases = CALIBRATION_BASES if opts["base"] == "auto" else (opts["base"],)
-    samplers = dict(samplers or {})
     size = parameter_count(steps, int(opts["history"]), move)
     rows = setup.x_fit.shape[0]
-    setup.planned = planned_evaluations(steps, rows, setup.x_val.shape[0], opts, len(bases)
-                                        * len(setup.schedules), size) + (
+    setup.planned = (planned_evaluations(steps, rows, setup.x_val.shape[0], opts,
+                                         len(bases) * len(setup.schedules), size)
+                     if bases else 0) + (
         len(samplers) * len(setup.schedules) * steps * rows
-        + min(len(samplers), int(opts["sigma_fits"])) * int(opts["iterations"]) * steps * steps
-        * rows)
+        + min(len(samplers), sigma_fits) * int(opts["iterations"]) * steps * steps * rows)
 
     # 1. Every start on the fitting noise: the LML bases and the built-in samplers on every
-    # schedule (a sampler that needs more than one model call per step is left out).
+    # schedule.
     starts = {}
     for schedule, values in setup.schedules.items():
         for base in bases:
@@ -299,9 +307,11 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
                 raise
             setup.say(f"{label}: cannot run here ({error}); left out")
             continue
-        if setup.counted.rows - before > steps * rows:
+        if one_call and setup.counted.rows - before > steps * rows:
             setup.say(f"{label}: more than one model call per step; left out")
             del errors[label]
+    if not errors:
+        raise ValueError("calibrate: no sampler could run on the calibration noise")
     # The robust scale: the typical (median) error of the best start.
     setup.typical = min(float(e.median()) for e in errors.values())
     losses = {label: robust_loss(e, setup.typical) for label, e in errors.items()}
@@ -311,23 +321,24 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
 
     # 2. The candidates: the LML fit from the best LML start, timestep-only fits of the best
     # samplers (each from its best schedule), and the best pair unchanged.
-    best_lml = next(label for label in ranked if label.startswith("lml("))
     candidates = {}
-    result = fitted(setup, f"calibrated {best_lml}", best_lml, starts[best_lml],
-                    errors[best_lml])
-    candidates[result["label"]] = result
+    best_lml = next((label for label in ranked if label.startswith("lml(")), None)
+    if best_lml is not None:
+        result = fitted(setup, f"calibrated {best_lml}", best_lml, starts[best_lml],
+                        errors[best_lml])
+        candidates[result["label"]] = result
     best_pairs = [label for label in ranked if not label.startswith("lml(")]
     if best_pairs:
         pair = best_pairs[0]
         candidates[pair] = scores(setup, pair, pair, starts[pair],
                                   torch.zeros(starts[pair].size, dtype=torch.float64))
-    fitted_samplers = []
+    fitted_samplers = []  # (sampler, schedule) of the timestep-only fits
     for label in best_pairs:
-        name = label.split(" + ")[0]
-        if len(fitted_samplers) < int(opts["sigma_fits"]) and name not in fitted_samplers:
-            fitted_samplers.append(name)
-            result = fitted(setup, f"{name} + calibrated sigmas from {label.split(' + ')[1]}",
-                            label, starts[label], errors[label])
+        name, schedule = label.split(" + ")
+        if len(fitted_samplers) < sigma_fits and name not in dict(fitted_samplers):
+            fitted_samplers.append((name, schedule))
+            result = fitted(setup, f"{name} + calibrated sigmas from {schedule}", label,
+                            starts[label], errors[label])
             candidates[result["label"]] = result
 
     # The unchanged starts the report compares with: each LML base and each of the best
@@ -351,6 +362,9 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
         f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())
         + f"; chosen {chosen['label']}")
     report = setup.report(chosen, candidates, heldout_starts)
+    report["fitted_from"] = {"lml": best_lml,
+                             "sigmas": [f"{name} + {schedule}" for name, schedule in
+                                        fitted_samplers]}
     fit, theta = chosen["fit"], chosen["theta"]
     if isinstance(fit, Fit):
         return fit.calibration(theta, setup.fitted_on(model), report)
@@ -361,29 +375,17 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
 
 @torch.no_grad()
 def calibrate_sigmas(model, noise, sigmas, sampler, extra_args=None, sampler_name=None,
-                     progress=None, log=None, **options) -> Calibration:
-    """Fit the timesteps of one k-diffusion ``sampler`` function on ``sigmas`` (its start; N + 1
-    values ending in 0) by the whole-rollout objective; the Calibration runs that sampler on
-    the fitted timesteps (its ``sigmas``), or on ``sigmas`` unchanged where the fit does not
-    gain on the held-out noise.  ``sampler_name``: the host's name for it (default: the
-    function's name less ``sample_``).  Options as ``calibrate``'s (base, history, trajectory
-    and sigma_fits do not apply)."""
+                     schedules=None, progress=None, log=None, **options) -> Calibration:
+    """Fit the timesteps of one k-diffusion ``sampler`` function by the whole-rollout
+    objective, from ``sigmas`` (N + 1 values ending in 0) or, with ``schedules`` ({name: N + 1
+    sigmas}), from the one it does best on; the fit competes with that schedule unchanged on
+    the held-out noise.  The Calibration runs that sampler on its own ``sigmas``.
+    ``sampler_name``: the host's name for it (default: the function's name less
+    ``sample_``).  Options as ``calibrate``'s (base, history, trajectory and sigma_fits do not
+    apply)."""
     name = sampler_name or getattr(sampler, "__name__", "").removeprefix("sample_")
     if not SAMPLER_NAME.fullmatch(name or ""):
         raise ValueError(f"calibrate_sigmas: give the sampler's name (sampler_name), got "
                          f"{name!r}")
-    setup = Setup(model, noise, sigmas, extra_args, None, progress, log, options)
-    move = bool(setup.opts["move_timesteps"]) and setup.steps >= 2
-    fit = SigmaFit(sampler, setup.counted, setup.sigmas, setup.flow, setup.floor,
-                   setup.extra_args, move, setup.opts["batch_size"])
-    setup.planned = (setup.steps * setup.x_fit.shape[0]
-                     * (1 + int(setup.opts["iterations"]) * (fit.size + 2)))
-    start_errors = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), setup.x_fit,
-                                    setup.ref_fit)
-    setup.typical = float(start_errors.median())
-    chosen = fitted(setup, f"{name} + calibrated sigmas", f"{name} + given", fit, start_errors)
-    chosen["heldout_score"] = chosen["heldout_loss"]
-    report = setup.report(chosen, {chosen["label"]: chosen},
-                          {chosen["start"]: chosen["heldout_rms_start"]})
-    return Calibration(sampler=name, base="", sigmas=fit.plan(chosen["theta"]), corrections=[],
-                       fitted_on=setup.fitted_on(model), report=report)
+    setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options)
+    return field_calibration(setup, model, (), {name: sampler}, None, 1, one_call=False)

@@ -9,6 +9,7 @@ to ComfyUI as core does it: ``comfy_entrypoint()`` returns a ``ComfyExtension`` 
 from comfy_api.latest import ComfyExtension
 
 from .calibrate_node import LMLCalibrate, SamplerLMLCalibrated
+from .calibrate_sigmas_node import LMLCalibrateSigmas, SigmasLMLCalibrated
 from .compare_node import LMLCompare
 from .dropdown import register_dropdown_samplers
 from .lab_node import LMLSamplerLab
@@ -17,7 +18,7 @@ from .templates import register_thumbnail_route
 from .wrap_node import SamplerLMLWrap
 
 NODES = (SamplerLML, KSamplerLML, LMLCompare, SamplerLMLWrap, LMLSamplerLab, LMLCalibrate,
-         SamplerLMLCalibrated)
+         SamplerLMLCalibrated, LMLCalibrateSigmas, SigmasLMLCalibrated)
 NODES_BY_ID = {node.GET_SCHEMA().node_id: node for node in NODES}  # for tests and tools
 
 register_dropdown_samplers()

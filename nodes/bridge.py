@@ -23,6 +23,7 @@ import torch
 from ..lml_core import (
     SAMPLERS,
     expected_nfe,
+    is_stochastic,
     lml_wrap,
     sample_lml_calibrated,
     samplers_of_kind,
@@ -97,6 +98,21 @@ def calibration_samplers(steps: int) -> dict:
     return {name: host_sampler_function(name)
             for name in samplers_of_kind("deterministic", comfy.samplers.KSampler.SAMPLERS)
             if expected_nfe(name, steps) == steps}
+
+
+def deterministic_counterpart(name: str):
+    """Host sampler ``name`` without its fresh noise, for fitting timesteps: the function with
+    ``eta`` and ``s_noise`` 0 where it takes them (an ancestral / SDE sampler then follows the
+    probability-flow ODE its steps discretise), else euler; a deterministic one as it is."""
+    import functools
+    import inspect
+
+    function = host_sampler_function(name)
+    if not is_stochastic(name):
+        return function
+    accepts = inspect.signature(function).parameters
+    quiet = {key: 0.0 for key in ("eta", "s_noise") if key in accepts}
+    return functools.partial(function, **quiet) if quiet else host_sampler_function("euler")
 
 
 def calibrated_sampler(calibration):

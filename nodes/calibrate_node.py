@@ -5,28 +5,31 @@ LML Calibrate runs the fit inside ComfyUI's own sampling path: ``comfy.sample.sa
 with a KSAMPLER whose function is the calibration, so model loading, patches, conditioning and
 CFG are exactly those of a KSampler with the same inputs.  The calibration noises come from
 ``seed`` (``samples`` latents of the input latent's size); the result is cached on disk under
-ComfyUI's user folder, keyed by the model's weights, the conditioning and every setting, so a
-restart does not refit.  Sampler LML Calibrated turns a saved calibration (its JSON text) back
-into a SAMPLER, so a shared workflow runs without calibrating.
+ComfyUI's user folder (calibration_cache: keyed by the model with its patches and hooks, the
+conditioning and every setting), so a restart does not refit.  Sampler LML Calibrated turns
+a saved calibration (its JSON text) back into a SAMPLER, so a shared workflow runs without
+calibrating.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from pathlib import Path
-
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
-import torch
 from comfy_api.latest import io
 
-from ..lml_core import CALIBRATE_DEFAULTS, CALIBRATION_BASES, Calibration, calibrate
+from ..lml_core import (
+    CALIBRATE_DEFAULTS,
+    CALIBRATION_BASES,
+    Calibration,
+    calibrate,
+    calibrate_sigmas,
+)
+from . import calibration_cache
 from .bridge import (
     calibrated_sampler,
     calibration_samplers,
+    deterministic_counterpart,
     empty_latent_fixed,
     ksampler_sigmas,
     run_ksampler,
@@ -34,7 +37,6 @@ from .bridge import (
 from .lm_settings import advanced, check_number, validate
 from .sampler_nodes import ksampler_category, samplers_category
 
-CACHE_FOLDER = "lml_calibrations"
 DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
 
 
@@ -70,61 +72,8 @@ def calibration_inputs() -> list[io.Input]:
     return inputs
 
 
-def _digest(h, value):
-    """Feed a tensor (its shape, dtype and a strided sample of its values), a container or a
-    scalar into the hash ``h``."""
-    if torch.is_tensor(value):
-        flat = value.detach().reshape(-1)
-        stride = max(1, flat.numel() // 64)
-        sample = flat[::stride][:64].to(device="cpu", dtype=torch.float64)
-        h.update(f"T{tuple(value.shape)}{value.dtype}".encode())
-        h.update(sample.numpy().tobytes())
-    elif isinstance(value, dict):
-        for key in sorted(value, key=str):
-            h.update(str(key).encode())
-            _digest(h, value[key])
-    elif isinstance(value, (list, tuple)):
-        h.update(f"L{len(value)}".encode())
-        for item in value:
-            _digest(h, item)
-    elif isinstance(value, (str, int, float, bool)) or value is None:
-        h.update(repr(value).encode())
-    else:
-        h.update(type(value).__name__.encode())
-
-
-def fingerprint(model, positive, negative, settings: dict) -> str:
-    """A key for the on-disk cache: the diffusion model's weights (a strided sample of every
-    tensor), its patches (LoRAs) and model_sampling, the conditioning and the settings."""
-    h = hashlib.sha256()
-    diffusion = model.model
-    h.update(type(diffusion).__name__.encode())
-    _digest(h, dict(diffusion.state_dict()))
-    patches = getattr(model, "patches", {}) or {}
-    for key in sorted(patches):
-        h.update(key.encode())
-        for patch in patches[key]:
-            _digest(h, [item for item in patch if torch.is_tensor(item)
-                        or isinstance(item, (int, float, str, tuple, list))])
-    sampling = model.get_model_object("model_sampling")
-    h.update(type(sampling).__name__.encode())
-    _digest(h, getattr(sampling, "sigmas", None))
-    _digest(h, [positive, negative])
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:32]
-
-
-def cache_path(key: str) -> Path | None:
-    try:
-        import folder_paths
-
-        return Path(folder_paths.get_user_directory()) / CACHE_FOLDER / f"{key}.json"
-    except Exception:  # no user folder (an embedded host): no disk cache
-        return None
-
-
 def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
-                       cached: Path | None) -> str:
+                       cache_note: str | None) -> str:
     r, fit = calibration.report, calibration.fitted_on
     heldout = r["heldout_rms"]
     starts = r["heldout_rms_bases"]
@@ -147,16 +96,18 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     if not r["calibrated"]:
         lines.append(f"no fit gained on the held-out noise: the sampler is {r.get('chosen')} "
                      "unchanged")
-    if cached is not None:
-        lines.append(f"loaded from the cache: {cached}")
+    if cache_note:
+        lines.append(cache_note)
     return "\n".join(lines)
 
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                    samples, options, schedulers=None, samplers=None):
-    """(Calibration, cache file it came from or None).  ``schedulers``, ``samplers``: host
+                    samples, options, schedulers=None, samplers=None, sigmas_for=None):
+    """(Calibration, the report's cache line or None).  ``schedulers``, ``samplers``: host
     scheduler and one-call-per-step deterministic sampler names the fit measures and may
-    start from (default: ``scheduler`` alone, no built-in sampler).  The fit runs through
+    start from (default: ``scheduler`` alone, no built-in sampler).  ``sigmas_for``: a host
+    sampler name: fit only its timesteps (lml_core.calibrate_sigmas) instead.  The fit runs
+    through
     comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
     Cancel checked after every model call."""
     latent = empty_latent_fixed(model, latent_image)
@@ -170,21 +121,15 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
     discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     own = {name: {s: ksampler_sigmas(model, steps, name, s) for s in schedules}
            for name in functions if name in discard}
-    settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
-                "scheduler": scheduler, "steps": steps, "samples": samples,
-                "latent": list(batch.shape[1:]), "sigmas": [float(s) for s in sigmas],
-                "schedulers": sorted(schedules), "samplers": sorted(functions), **options}
-    path = None
-    try:
-        path = cache_path(fingerprint(model, positive, negative, settings))
-    except Exception as error:  # an unusual model object: calibrate, just do not cache
-        logging.warning("comfyui-lml: no calibration cache for this model (%s)", error)
-    if path is not None and path.exists():
-        try:
-            return Calibration.from_json(path.read_text()), path
-        except ValueError as error:
-            logging.warning("comfyui-lml: ignoring the unreadable cached calibration %s (%s)",
-                            path, error)
+    settings = {"seed": seed, "cfg": cfg, "scheduler": scheduler, "steps": steps,
+                "samples": samples, "latent": list(batch.shape[1:]),
+                "sigmas": [float(s) for s in sigmas], "schedulers": sorted(schedules),
+                "samplers": sorted(functions), "sigmas_for": sigmas_for, **options}
+    # The latent's values too: sampling starts from latent + noise.
+    path, note = calibration_cache.locate(model, positive, negative, latent[:1], settings)
+    cached = calibration_cache.load(path) if path is not None else None
+    if cached is not None:
+        return cached, f"loaded from the cache: {path}"
 
     pbar = comfy.utils.ProgressBar(1)
     result = {}
@@ -194,6 +139,12 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         pbar.update_absolute(min(done, planned), planned)
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        if sigmas_for is not None:
+            result["calibration"] = calibrate_sigmas(
+                model_k, x, sigmas, deterministic_counterpart(sigmas_for),
+                extra_args=extra_args, sampler_name=sigmas_for, schedules=schedules,
+                progress=progress, **options)
+            return x
         result["calibration"] = calibrate(model_k, x, sigmas, extra_args=extra_args,
                                           schedules=schedules, samplers=functions,
                                           sampler_schedules=own,
@@ -204,12 +155,8 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
                  "euler", scheduler, positive, negative, callback=lambda *_: None)
     calibration = result["calibration"]
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(calibration.to_json())
-        except OSError as error:
-            logging.warning("comfyui-lml: could not cache the calibration (%s)", error)
-    return calibration, None
+        note = calibration_cache.save(path, calibration)
+    return calibration, note
 
 
 class LMLCalibrate(io.ComfyNode):

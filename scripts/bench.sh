@@ -6,6 +6,7 @@
 #   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
 #   bash scripts/bench.sh wrap       # lml_wrap around the field -> docs/bench/wrap_study.md
 #   bash scripts/bench.sh calibrated # calibrated LML vs the field -> docs/bench/calibrated.md
+#   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,6 +18,7 @@ case "${1:-}" in
   rotation) module=bench.rotation; shift ;;
   wrap) module=bench.wrap_study; shift ;;
   calibrated) module=bench.calibrated; shift ;;
+  sigmas) module=bench.calibrated_sigmas; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"

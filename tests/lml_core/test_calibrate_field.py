@@ -72,7 +72,7 @@ def test_the_winner_is_the_best_candidate_on_the_heldout_noise(field_fit):
     unchanged = [label for label in candidates if "calibrated" not in label]
     assert len(unchanged) == 1 and not unchanged[0].startswith("lml("), candidates
     assert sum(label.startswith("calibrated lml(") for label in candidates) == 1
-    assert sum("calibrated sigmas" in label for label in candidates) == 2  # sigma_fits
+    assert sum("calibrated sigmas" in label for label in candidates) == 1  # sigma_fits
     chosen = calibration.report["chosen"]
     score = candidates[chosen]["heldout_score"]
     assert all(score <= c["heldout_score"] for c in candidates.values())
@@ -146,3 +146,30 @@ def test_schedules_are_checked():
         calibrate(model, noise(4, 1), sigmas, schedules={"low": karras_sigmas(3) * 0.1})
     with pytest.raises(ValueError, match="sampler_name"):
         calibrate_sigmas(model, noise(4, 1), sigmas, lambda *a, **k: a[1])
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_sigma_fits_sets_how_many_samplers_get_timestep_fits(count):
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas = karras_sigmas(3).double()
+    calibration = calibrate(model, noise(8, 1), sigmas, schedules={"karras": sigmas},
+                            samplers=SAMPLERS, sigma_fits=count, iterations=1,
+                            reference_steps=8)
+    fits = calibration.report["fitted_from"]["sigmas"]
+    assert len(fits) == count and len({label.split(" + ")[0] for label in fits}) == count
+
+
+def test_calibrated_sigmas_start_from_the_samplers_best_schedule():
+    """With schedules, calibrate_sigmas measures the sampler on each and fits from the best;
+    on the held-out noise the result is never worse than that schedule unchanged."""
+    model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
+    schedules = {"karras": karras_sigmas(4).double(), "exponential": exponential_sigmas(4),
+                 "uniform": uniform_sigmas(4)}
+    calibration = calibrate_sigmas(model, noise(32, 1), schedules["karras"], plain_euler,
+                                   schedules=schedules, iterations=6, sampler_name="euler")
+    report = calibration.report
+    (start,) = report["fitted_from"]["sigmas"]
+    starts = {label: rms for label, rms in report["heldout_rms_bases"].items()}
+    assert start in starts and start.startswith("euler + ")
+    scores = [c["heldout_score"] for c in report["candidates"].values()]
+    assert report["candidates"][report["chosen"]]["heldout_score"] == min(scores)

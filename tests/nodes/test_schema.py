@@ -33,7 +33,10 @@ NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent
              "LMLSamplerLab": set(),
              "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
                               "regularization", "trajectory", "reference_steps"},
-             "SamplerLMLCalibrated": set()}
+             "SamplerLMLCalibrated": set(),
+             "LMLCalibrateSigmas": {"heldout", "iterations", "regularization",
+                                    "reference_steps"},
+             "SigmasLMLCalibrated": set()}
 WRAP_INPUTS = ["sampler", "rank", "damping", "fade", "kappa", "damping_mode", "omega",
                "start_percent", "end_percent"]  # since the node was added: never reorder
 
@@ -124,7 +127,8 @@ def test_categories_sit_beside_the_hosts_sampler_nodes(pack):
     assert categories == {"KSamplerLML": ksampler, "LMLCompare": ksampler,
                           "SamplerLML": select, "SamplerLMLWrap": select,
                           "LMLSamplerLab": ksampler, "LMLCalibrate": ksampler,
-                          "SamplerLMLCalibrated": select}
+                          "SamplerLMLCalibrated": select, "LMLCalibrateSigmas": ksampler,
+                          "SigmasLMLCalibrated": select}
 
 
 def test_categories_follow_the_host_not_a_fixed_name(load_pack, monkeypatch):
@@ -156,6 +160,7 @@ def test_validate_inputs_is_the_v3_hook(pack):
     ("KSamplerLML", "solver", "heun"), ("SamplerLML", "damping_mode", "loose"),
     ("KSamplerLML", "scheduler", "nope"), ("LMLCompare", "baseline_sampler", "nope"),
     ("LMLCompare", "solver", "heun"), ("SamplerLMLWrap", "damping_mode", "loose"),
+    ("LMLCalibrateSigmas", "sampler_name", "nope"), ("LMLCalibrateSigmas", "scheduler", "nope"),
 ])
 def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
     # ComfyUI 0.3.75 only checks V1 (list-typed) combos; V3 combos are checked here.
@@ -167,7 +172,8 @@ def test_validate_inputs_checks_the_dropdowns(pack, node_id, name, bad):
     assert node.validate_inputs(**{name: None}) is True  # a linked input: run time
 
 
-CFG_NODES = ["KSamplerLML", "LMLCompare", "LMLSamplerLab", "LMLCalibrate"]
+CFG_NODES = ["KSamplerLML", "LMLCompare", "LMLSamplerLab", "LMLCalibrate",
+             "LMLCalibrateSigmas"]
 
 
 def test_the_cfg_nodes_are_every_node_with_a_cfg(pack):

@@ -1,0 +1,179 @@
+"""Calibrated sigmas for the host's own samplers against each sampler's best scheduler
+(python -m bench.calibrated_sigmas, bash scripts/bench.sh sigmas ->
+docs/bench/calibrated_sigmas.md).
+
+For each problem, NFE budget and sampler, ``lml_core.calibrate_sigmas`` fits the sampler's
+timesteps on 32 noises of its own, in float32 as ComfyUI runs it, starting from the best of
+the host's schedulers on that noise (every scheduler's sigmas as KSampler gives them to that
+sampler); the sampler then runs on the fitted sigmas from the benchmark's noise, which neither
+fitted nor chose anything, and is scored like every pair: RMS distance to the reference ODE
+solution from the same noise, against the same sampler on every scheduler.  Ancestral / SDE
+samplers are fitted without their noise (eta and s_noise 0) and scored with their noise by the
+stochastic metric (sliced W2 to fresh samples of the data, median over seeds), against the
+same sampler's best scheduler by that metric: reported, not a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lml_core import calibrate_sigmas, is_stochastic
+
+from . import field
+from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, digits_problems
+from .common import initial_noise, rms
+from .run import log, prepare
+from .suite import NOISE_SEED, exact_problems, geometric_mean, steps_for_nfe
+
+SAMPLERS = ("dpmpp_2m", "euler", "uni_pc", "ipndm_v", "deis")
+STOCHASTIC = ("dpmpp_2m_sde", "euler_ancestral")
+NFES = (4, 6, 8, 10)
+SEEDS = (0, 1, 2)  # the stochastic samplers' noise seeds
+
+
+def quiet(name):
+    """The host sampler without its fresh noise (eta and s_noise 0), as the node fits it."""
+    function = field.host_function(name)
+    if not is_stochastic(name):
+        return function
+    accepts = inspect.signature(function).parameters
+    return functools.partial(function, **{k: 0.0 for k in ("eta", "s_noise") if k in accepts})
+
+
+def pair_schedules(problem, name, steps) -> dict:
+    """{scheduler: sigmas} KSampler gives ``name`` at ``steps`` on the problem's model_sampling,
+    those that start where the problem's noise is (sigma_max) and have ``steps`` steps."""
+    out = {}
+    for scheduler in field.scheduler_names():
+        sigmas = field.host_sigmas(name, scheduler, problem.flow, steps).to(torch.float32)
+        if len(sigmas) == steps + 1 and abs(float(sigmas[0]) - float(
+                problem.start_sigma)) <= 1e-4 * float(problem.start_sigma):
+            out[scheduler] = sigmas
+    return out
+
+
+def run(name, problem, sigmas, seed=0):
+    host = field.HostModel(problem.model, flow=problem.flow)
+    x = field.host_function(name)(host, problem.x_start.to(torch.float32), sigmas.clone(),
+                                  extra_args={"seed": seed}, disable=True)
+    return x, host.calls
+
+
+def score(name, problem, sigmas):
+    """RMS to the reference (deterministic), or the median sliced W2 over SEEDS (stochastic)."""
+    if not is_stochastic(name):
+        return rms(run(name, problem, sigmas)[0], problem.reference)
+    values = sorted(problem.distribution_metrics(run(name, problem, sigmas, seed)[0])["sw2"]
+                    for seed in SEEDS)
+    return values[len(values) // 2]
+
+
+def point(problem, name, nfe, noise):
+    steps = steps_for_nfe(name, nfe)
+    schedules = pair_schedules(problem, name, steps)
+    field_scores = {scheduler: score(name, problem, sigmas)
+                    for scheduler, sigmas in schedules.items()}
+    best = min(field_scores, key=field_scores.get)
+    host = field.HostModel(problem.model, flow=problem.flow)
+    started = time.perf_counter()
+    calibration = calibrate_sigmas(host, noise, schedules[best], quiet(name),
+                                   sampler_name=name, schedules=schedules)
+    seconds = time.perf_counter() - started
+    fitted = torch.tensor(calibration.sigmas, dtype=torch.float32)
+    calibrated = score(name, problem, fitted)
+    r = calibration.report
+    return {"data": problem.name, "schedule": problem.kind, "sampler": name, "nfe": nfe,
+            "steps": steps, "metric": "sw2" if is_stochastic(name) else "rms",
+            "best_scheduler": best, "best": field_scores[best], "calibrated": calibrated,
+            "ratio": calibrated / field_scores[best], "chosen": r["chosen"],
+            "schedulers": field_scores,
+            "cost": {"seconds": round(seconds, 2), "evaluations": r["model_evaluations"]}}
+
+
+def write_markdown(out: Path, points, meta):
+    deterministic = [p for p in points if p["metric"] == "rms"]
+    lines = [
+        "# Calibrated sigmas against each sampler's best scheduler",
+        "",
+        "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
+        f"`lml_core.calibrate_sigmas` on {CALIBRATION_SAMPLES} float32 noises of its own, "
+        "started from the sampler's best scheduler on that noise; scored on the benchmark's "
+        "noise, which neither fitted nor chose anything, against the same sampler on every "
+        "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
+        f"Samples per problem {meta['samples']}; run took {meta['wall_seconds']:.0f} s on "
+        f"{meta['threads']} thread(s) of a shared 2-core machine.",
+        "",
+    ]
+    if deterministic:
+        ratios = [p["ratio"] for p in deterministic]
+        worst = max(deterministic, key=lambda p: p["ratio"])
+        lines += [f"**Deterministic samplers: geometric mean {geometric_mean(ratios):.3f}, "
+                  f"worst {worst['ratio']:.3f} ({worst['sampler']}, {worst['data']}/"
+                  f"{worst['schedule']}, {worst['nfe']} NFE), "
+                  f"{sum(r > 1.02 for r in ratios)} of {len(ratios)} points above 1.02.**", ""]
+    lines += ["| data | schedule | sampler | NFE | metric | best scheduler | its error | "
+              "calibrated | ratio | chosen | cost (s, evaluations) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['data']} | {p['schedule']} | {p['sampler']} | {p['nfe']} | "
+                     f"{p['metric']} | {p['best_scheduler']} | {p['best']:.4f} | "
+                     f"{p['calibrated']:.4f} | {p['ratio']:.3f} | {p['chosen']} | "
+                     f"{p['cost']['seconds']:.1f}, {p['cost']['evaluations']} |")
+    (out / "calibrated_sigmas.md").write_text("\n".join(lines) + "\n")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description="calibrated sigmas vs each sampler's best "
+                                                 "scheduler")
+    parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", nargs="*", default=["mix64d"])
+    parser.add_argument("--cfg", nargs="*", type=float, default=[3.0])
+    parser.add_argument("--nfes", nargs="*", type=int, default=list(NFES))
+    parser.add_argument("--samplers", nargs="*", default=[*SAMPLERS, *STOCHASTIC])
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--ref-steps", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    out = prepare(args)
+    started = time.time()
+    problems = [p for _, p in exact_problems(args.data, args.samples, args.ref_steps,
+                                             lambda _: NOISE_SEED, log)]
+    problems += list(digits_problems(args.cfg, args.samples, args.ref_steps, log))
+    points = []
+    for problem in problems:
+        problem.start_sigma = float(field.host_sigmas("euler", "karras", problem.flow, 4)[0])
+        generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+        noise = initial_noise(problem.kind, torch.randn(
+            CALIBRATION_SAMPLES, problem.x_start[0].numel(), dtype=torch.float64,
+            generator=generator)).to(torch.float32)
+        for name in args.samplers:
+            if is_stochastic(name) and problem.distribution_metrics is None:
+                continue  # no stochastic metric on this problem
+            for nfe in args.nfes:
+                points.append(point(problem, name, nfe, noise))
+                p = points[-1]
+                log(f"  {problem.name}/{problem.kind} {name} {nfe} NFE: {p['ratio']:.3f} "
+                    f"({p['calibrated']:.4f} vs {p['best_scheduler']} {p['best']:.4f}; "
+                    f"{p['chosen']})")
+    meta = {"samples": args.samples, "nfes": args.nfes, "threads": args.threads,
+            "calibration_samples": CALIBRATION_SAMPLES, "wall_seconds": time.time() - started}
+    (out / "calibrated_sigmas.json").write_text(json.dumps({"meta": meta, "points": points},
+                                                           indent=1))
+    write_markdown(out, points, meta)
+    log(f"done in {time.time() - started:.0f}s; wrote {out / 'calibrated_sigmas.md'}")
+    return points
+
+
+if __name__ == "__main__":
+    main()
