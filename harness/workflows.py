@@ -207,7 +207,7 @@ def definitions() -> dict:
                                   "cfg": 7.0, "scheduler": "karras",
                                   "samplers": "euler,lml_euler,dpmpp_2m,ipndm_v,deis,uni_pc",
                                   "steps": "4,6,8,12,20", "reference_sampler": "dpmpp_2m",
-                                  "reference_steps": 100}, (880, 120)),
+                                  "reference_steps": 100, "schedulers": ""}, (880, 120)),
             6: ("SaveImage", {"images": [5, 1], "filename_prefix": "lml/lab_plot"}, (1300, 40),
                 "Error vs model calls"),
             7: ("SaveImage", {"images": [5, 2], "filename_prefix": "lml/lab_grid"},

@@ -3,12 +3,15 @@
 The node samples the same model, noise (seed), sigmas (steps + scheduler) and conditioning
 twice - once with a built-in baseline sampler, once with an LML solver - decodes both with the
 VAE and returns one image per batch item: the baseline panel on the left, LML on the right,
-each labelled with its sampler name and settings.  Both runs go through ComfyUI's own
-``comfy.sample.sample_custom`` path, so model patches, masks (``noise_mask``), previews,
-progress and Cancel behave as in the built-in samplers.
+under a band that labels each with its sampler name and settings; small pictures are enlarged
+(nearest neighbour, to at least 256 px) so that they stay visible.  Both runs go through
+ComfyUI's own ``comfy.sample.sample_custom`` path, so model patches, masks (``noise_mask``),
+previews, progress and Cancel behave as in the built-in samplers.
 """
 
 from __future__ import annotations
+
+import math
 
 import comfy.samplers
 import latent_preview
@@ -37,41 +40,54 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
     return lines + [current] if current else lines
 
 
-def label_panel(image: np.ndarray, lines: list[str]) -> tuple[np.ndarray, int]:
-    """Draw ``lines`` (wrapped to the width) in white on a dark band at the top of an HxWx3
-    uint8 image; the size is unchanged.  Under the band the image is darkened to at most a
-    third of its brightness, so the text stays readable on any picture.  Returns the labelled
-    image and the height of the band."""
-    panel = Image.fromarray(image).convert("RGBA")
-    width = panel.width
-    font = pil_font(max(8, min(16, width // 28)))
-    draw = ImageDraw.Draw(panel)
-    wrapped = [part for line in lines for part in _wrap(draw, line, font, width - 8)]
-    line_height = draw.textbbox((0, 0), "Ag", font=font)[3] + 2
-    band_height = min(panel.height, 4 + line_height * len(wrapped))
-    band = Image.new("RGBA", panel.size, (0, 0, 0, 0))
-    ImageDraw.Draw(band).rectangle([0, 0, width, band_height - 1], fill=(0, 0, 0, 170))
-    panel = Image.alpha_composite(panel, band)
-    draw = ImageDraw.Draw(panel)
-    for row, text in enumerate(wrapped):
-        draw.text((4, 2 + row * line_height), text, fill=(255, 255, 255, 255), font=font)
-    return np.asarray(panel.convert("RGB")), band_height
+MIN_PANEL = 256  # the short side small panels are enlarged to, for display
+BAND = (24, 24, 28)  # the label band's background
+LABEL = (255, 255, 255)
+
+
+def panel_scale(height: int, width: int, minimum: int = MIN_PANEL) -> int:
+    """The whole factor that enlarges an HxW picture to at least ``minimum`` px on its short
+    side (1 for a picture that large already): whole factors keep every pixel a sharp block."""
+    return max(1, math.ceil(minimum / max(1, min(height, width))))
+
+
+def label_band(panel_width: int, labels: list[list[str]]) -> np.ndarray:
+    """One dark band with a column of text per panel (``labels``: the lines of each panel,
+    wrapped to ``panel_width``), as an HxWx3 uint8 array ``len(labels) * panel_width`` wide:
+    the labels go above the pictures, never on them."""
+    font = pil_font(max(12, min(20, panel_width // 22)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [[part for line in lines for part in _wrap(probe, line, font, panel_width - 12)]
+               for lines in labels]
+    line_height = probe.textbbox((0, 0), "Ag", font=font)[3] + 3
+    height = 8 + line_height * max(1, max(len(lines) for lines in wrapped))
+    band = Image.new("RGB", (panel_width * len(labels), height), BAND)
+    draw = ImageDraw.Draw(band)
+    for column, lines in enumerate(wrapped):
+        for row, text in enumerate(lines):
+            draw.text((column * panel_width + 6, 4 + row * line_height), text, fill=LABEL,
+                      font=font)
+    return np.asarray(band)
+
+
+def enlarge(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """An HxWxC image enlarged ``factor`` times, nearest neighbour (every pixel a block)."""
+    return image.repeat_interleave(factor, dim=0).repeat_interleave(factor, dim=1)
 
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, left_lines, right_lines):
-    """[B,H,W,C] float images -> [B,H,2W,3] with each half labelled.  Only the label band is
-    redrawn: below it every pixel is the decoded image, unchanged."""
+    """[B,H,W,C] float images -> [B, band + kH, 2kW, 3]: each pair of pictures side by side,
+    enlarged k times (nearest neighbour; ``panel_scale``: small pictures to at least 256 px),
+    under one label band with each panel's lines.  Under the band every pixel is a decoded
+    image's pixel."""
+    factor = panel_scale(left.shape[1], left.shape[2])
+    band = torch.from_numpy(label_band(left.shape[2] * factor, [left_lines, right_lines])
+                            .astype(np.float32) / 255)
     grids = []
     for a, b in zip(left, right):
-        panels = []
-        for image, lines in ((a, left_lines), (b, right_lines)):
-            image = image[..., :3].float().cpu()
-            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            labelled, band_height = label_panel(pixels, lines)
-            panel = image.clone()
-            panel[:band_height] = torch.from_numpy(labelled[:band_height].astype(np.float32) / 255)
-            panels.append(panel)
-        grids.append(torch.cat(panels, dim=1))
+        panels = torch.cat([enlarge(image[..., :3].float().cpu(), factor) for image in (a, b)],
+                           dim=1)
+        grids.append(torch.cat([band, panels], dim=0))
     return torch.stack(grids)
 
 
@@ -102,7 +118,8 @@ class LMLCompare(io.ComfyNode):
             description=(
                 "Runs the same model, seed, steps, scheduler and conditioning twice - with a "
                 "built-in sampler and with an LML solver - and returns one side-by-side image "
-                "(baseline left, LML right) labelled with each sampler's settings."),
+                "(baseline left, LML right) under a band labelled with each sampler's "
+                "settings; small pictures are enlarged (nearest neighbour) to at least 256 px."),
             inputs=[
                 io.Model.Input("model", tooltip="The model used for both runs."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
@@ -123,8 +140,9 @@ class LMLCompare(io.ComfyNode):
             ],
             outputs=[io.Image.Output(
                 display_name="comparison",
-                tooltip="Baseline (left) and LML (right) side by side, labelled; twice the "
-                        "width.")],
+                tooltip="Baseline (left) and LML (right) side by side under a label band; "
+                        "pictures under 256 px are enlarged (nearest neighbour, whole "
+                        "factors).")],
         )
 
     @classmethod

@@ -28,7 +28,7 @@ from ..lml_core import expected_nfe, is_stochastic
 from . import lab_report
 from .bridge import calibrated_sampler, decode, run_ksampler
 from .calibrate_node import DEFAULT_SAMPLES, run_calibration
-from .lm_settings import check_number
+from .lm_settings import check_number, validate
 from .sampler_nodes import ksampler_category
 
 NODE_ID = "LMLSamplerLab"
@@ -40,11 +40,13 @@ DEFAULT_STEPS = "4,6,8,12,20"
 
 
 # "lml_calibrated" in ``samplers``: LML Calibrate fitted at each step count on noise of its own
-# (seed + 1, not the study's), with these settings (LML Calibrate's defaults), then measured like
-# every other row; its cost is the row's ``calibration_evaluations``.
+# (seed + 1, not the study's), with these settings (LML Calibrate's defaults), starting from the
+# best pair of the study's schedulers and (deterministic, one call per step) samplers, then
+# measured like every other row; its cost is the row's ``calibration_evaluations``.
 CALIBRATED = "lml_calibrated"
 CALIBRATION_SAMPLES = DEFAULT_SAMPLES
 CALIBRATION_OPTIONS: dict = {}
+BEST_OF_PAIRS = "(best of the pairs)"  # its label where the study compares schedulers
 
 
 def sampler_names() -> list[str]:
@@ -116,78 +118,114 @@ class StudyProgress:
         self.pbar.update_absolute(self.base + self.slices[self.run], self.total)
 
 
+def study_schedulers(schedulers, scheduler) -> list[str]:
+    """The schedulers the samplers run on: the names in ``schedulers`` (validated), or the
+    node's ``scheduler`` alone where that is empty (workflows saved before the input)."""
+    return lab_report.parse_schedulers(schedulers, comfy.samplers.KSampler.SCHEDULERS) or [
+        scheduler]
+
+
 def run_study(model, positive, negative, latent_image, vae, seed, cfg, scheduler, samplers,
-              steps, reference_sampler, reference_steps):
-    """Run the study; return (report dict, plot HxWx3 uint8, grid HxWx3 uint8)."""
+              steps, reference_sampler, reference_steps, schedulers=""):
+    """Run the study; return (report dict, plot HxWx3 uint8, grid HxWx3 uint8).
+
+    Every sampler runs on every scheduler of ``schedulers`` (or ``scheduler`` alone) at every
+    step count, as KSampler runs that pair.  The reference runs on ``scheduler`` whatever
+    ``schedulers`` lists, so the rows of every pair are measured against the same converged
+    solution; lml_calibrated is fitted (once per step count) on ``scheduler``'s steps, starting
+    from the best pair of the study's schedulers and samplers."""
     names = lab_report.parse_samplers(samplers, sampler_names())
     counts = lab_report.parse_steps(steps)
+    scheds = study_schedulers(schedulers, scheduler)
     if reference_sampler not in comfy.samplers.KSampler.SAMPLERS:
         raise ValueError(f"reference_sampler: unknown sampler {reference_sampler!r}")
+    pairs = len(scheds) > 1
 
-    plan = [(reference_sampler, reference_steps)] + [(n, s) for n in names for s in counts]
+    # The rows: (sampler, scheduler it runs on, its scheduler in the report, label).
+    studied = []
+    for name in names:
+        if name == CALIBRATED:
+            label = f"{CALIBRATED} {BEST_OF_PAIRS}" if pairs else CALIBRATED
+            studied.append((name, scheduler, None if pairs else scheduler, label))
+            continue
+        for sched in scheds:
+            studied.append((name, sched, sched,
+                            lab_report.row_label(name, sched if pairs else None)))
+    plan = [(reference_sampler, reference_steps)] + [
+        (name, n) for name, *_ in studied for n in counts]
     counter = CallCounter()
     counted = counter.attach(model)
     progress = StudyProgress(model, plan)
+    field = [name for name in names if name != CALIBRATED]
 
     def sampler_for(name, n_steps):
-        """(SAMPLER, calibration evaluations or None)."""
+        """(SAMPLER, the calibration or None)."""
         if name != CALIBRATED:
             return comfy.samplers.sampler_object(name), None
         calibration, _ = run_calibration(model, positive, negative, latent_image,
                                          (seed + 1) % 2**64, cfg, scheduler, n_steps,
-                                         CALIBRATION_SAMPLES, CALIBRATION_OPTIONS)
-        return calibrated_sampler(calibration), calibration.report["model_evaluations"]
+                                         CALIBRATION_SAMPLES, CALIBRATION_OPTIONS,
+                                         schedulers=scheds, samplers=field)
+        return calibrated_sampler(calibration), calibration
 
-    def run(index, name, n_steps):
-        sampler, calibration_evaluations = sampler_for(name, n_steps)
+    def run(index, name, sched, n_steps):
+        sampler, calibration = sampler_for(name, n_steps)
         progress.begin(index, counter)
         evals, passes = counter.evals, counter.forward_passes
         started = time.perf_counter()
         samples = run_ksampler(counted, latent_image, seed, n_steps, cfg, sampler, name,
-                               scheduler, positive, negative,
+                               sched, positive, negative,
                                callback=progress.callback(counter))
         seconds = time.perf_counter() - started
         progress.end()
         measured = {"nfe": counter.evals - evals, "model_calls": counter.forward_passes - passes,
                     "seconds": round(seconds, 4)}
-        if calibration_evaluations is not None:
-            measured["calibration_evaluations"] = calibration_evaluations
+        if calibration is not None:
+            measured["calibration_evaluations"] = calibration.report["model_evaluations"]
+            # What it runs, and the unchanged pairs it was compared with (held-out RMS).
+            measured["calibration_chosen"] = calibration.report.get("chosen")
+            measured["calibration_compared"] = calibration.report.get("heldout_rms_bases")
         return samples, measured
 
-    ref_samples, ref_counts = run(0, reference_sampler, reference_steps)
+    ref_samples, ref_counts = run(0, reference_sampler, scheduler, reference_steps)
     ref_images = decode(vae, ref_samples)
-    reference = {"sampler": reference_sampler, "steps": reference_steps, **ref_counts,
+    reference = {"sampler": reference_sampler, "scheduler": scheduler,
+                 "steps": reference_steps, **ref_counts,
                  "stochastic": is_stochastic(reference_sampler)}
 
     rows, cells, captions = [], {}, {}
     index = 1
-    for name in names:
+    for name, sched, row_scheduler, label in studied:
         for n_steps in counts:
-            samples, measured = run(index, name, n_steps)
+            samples, measured = run(index, name, sched, n_steps)
             index += 1
             images = decode(vae, samples)
-            row = {"sampler": name, "steps": n_steps, "nfe": measured["nfe"],
+            row = {"sampler": name, "scheduler": row_scheduler, "label": label,
+                   "steps": n_steps, "nfe": measured["nfe"],
                    "model_calls": measured["model_calls"],
                    "error": lab_report.rms_error(samples, ref_samples),
                    "psnr": lab_report.psnr(images, ref_images),
                    "seconds": measured["seconds"],
                    "stochastic": is_stochastic(name)}
-            if "calibration_evaluations" in measured:
-                row["calibration_evaluations"] = measured["calibration_evaluations"]
+            for key in ("calibration_evaluations", "calibration_chosen",
+                        "calibration_compared"):
+                if key in measured:
+                    row[key] = measured[key]
             rows.append(row)
-            cells[(name, n_steps)] = lab_report.to_uint8(images[0])
+            cells[(label, n_steps)] = lab_report.to_uint8(images[0])
             psnr_text = "=" if row["psnr"] is None else f"{row['psnr']:.1f}dB"
-            captions[(name, n_steps)] = f"nfe {row['nfe']}  {psnr_text}"
+            captions[(label, n_steps)] = f"nfe {row['nfe']}  {psnr_text}"
 
-    settings = {"seed": seed, "cfg": cfg, "scheduler": scheduler,
+    settings = {"seed": seed, "cfg": cfg, "scheduler": scheduler, "schedulers": scheds,
                 "latent_shape": list(ref_samples.shape), "batch_note": (
                     "error and psnr cover the whole batch; the grid shows its first image")}
     report = lab_report.build_report(reference, rows, settings)
-    best = [(row["sampler"], row["steps"]) for row in report["rows"] if row["best"]]
+    best = [(row["label"], row["steps"]) for row in report["rows"] if row["best"]]
     plot = lab_report.draw_error_plot(report)
     grid = lab_report.draw_grid(
-        cells, names, counts, lab_report.to_uint8(ref_images[0]),
-        f"{reference_sampler} {reference_steps}", captions=captions, best=best)
+        cells, list(dict.fromkeys(label for *_, label in studied)), counts,
+        lab_report.to_uint8(ref_images[0]), f"{reference_sampler} {reference_steps}",
+        captions=captions, best=best)
     return report, plot, grid
 
 
@@ -220,7 +258,9 @@ class LMLSamplerLab(io.ComfyNode):
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale, the same for every run."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
-                               default="karras", tooltip="The schedule of every run."),
+                               default="karras", tooltip=(
+                                   "The schedule of every run (with `schedulers` given: of the "
+                                   "reference and of lml_calibrated's fit).")),
                 io.String.Input("samplers", default=DEFAULT_SAMPLERS, tooltip=(
                     "Comma-separated names from ComfyUI's sampler list (the KSampler "
                     "dropdown, LML samplers included).")),
@@ -232,47 +272,61 @@ class LMLSamplerLab(io.ComfyNode):
                                    "one (no noise added) is best.")),
                 io.Int.Input("reference_steps", default=100, min=1, max=10000, tooltip=(
                     "Steps of the reference run: enough that more would not change it.")),
+                # Added after workflows were saved: last, optional, and empty = `scheduler`.
+                io.String.Input("schedulers", default="", optional=True, tooltip=(
+                    "Comma-separated names from ComfyUI's scheduler list (the KSampler "
+                    "dropdown), e.g. 'karras,exponential': every sampler runs on each, one "
+                    "row per sampler and scheduler pair. Empty: `scheduler` alone.")),
             ],
             outputs=[
                 io.String.Output("report", display_name="report", tooltip=(
-                    "JSON: the reference, the metric and one row per sampler and step count "
-                    "(sampler, steps, nfe, error, psnr, seconds).")),
+                    "JSON: the reference, the metric and one row per sampler (or sampler and "
+                    "scheduler pair) and step count (sampler, scheduler, label, steps, nfe, "
+                    "error, psnr, seconds, best).")),
                 io.Image.Output("plot", display_name="plot",
                                 tooltip="Error against model calls, log-log, one line per "
-                                        "sampler."),
+                                        "sampler (or pair)."),
                 io.Image.Output("grid", display_name="grid", tooltip=(
-                    "The decoded images: one row per sampler, one column per step count, and "
-                    "the reference.")),
+                    "The decoded images: one row per sampler (or pair), one column per step "
+                    "count, and the reference.")),
             ],
             is_output_node=True,
         )
 
     @classmethod
-    def validate_inputs(cls, samplers=None, steps=None, cfg=None):
+    def validate_inputs(cls, samplers=None, steps=None, cfg=None, scheduler=None,
+                        reference_sampler=None, schedulers=None):
         """Before anything runs: cfg is a number within its widget's bounds (ComfyUI's own check
-        lets NaN through, and a NaN cfg would run every sampler to NaN), every sampler name is
-        in ComfyUI's list and every step count is a whole number from 1 to 10000.  (Values from
-        links are checked when the node runs.)"""
-        message = check_number(cls, "cfg", cfg)
-        if message:
+        lets NaN through, and a NaN cfg would run every sampler to NaN), every sampler and
+        scheduler name is in ComfyUI's list (0.3.75 does not check a V3 combo) and every step
+        count is a whole number from 1 to 10000.  (Values from links are checked when the node
+        runs.)"""
+        message = check_number(cls, "cfg", cfg) or validate(
+            {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
+             "reference_sampler": (reference_sampler, comfy.samplers.KSampler.SAMPLERS)})
+        if message is not True:
             return message
         try:
             if isinstance(samplers, str):
                 lab_report.parse_samplers(samplers, sampler_names())
             if isinstance(steps, str):
                 lab_report.parse_steps(steps)
+            if isinstance(schedulers, str):
+                lab_report.parse_schedulers(schedulers, comfy.samplers.KSampler.SCHEDULERS)
         except ValueError as error:
             return str(error)
         return True
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, vae, seed, cfg, scheduler,
-                samplers, steps, reference_sampler, reference_steps) -> io.NodeOutput:
-        message = cls.validate_inputs(samplers, steps, cfg)
+                samplers, steps, reference_sampler, reference_steps,
+                schedulers="") -> io.NodeOutput:
+        message = cls.validate_inputs(samplers, steps, cfg, scheduler, reference_sampler,
+                                      schedulers)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
         report, plot, grid = run_study(model, positive, negative, latent_image, vae, seed, cfg,
                                        scheduler, samplers, steps, reference_sampler,
-                                       reference_steps)
+                                       reference_steps, schedulers)
         return io.NodeOutput(json.dumps(report, indent=1), lab_report.as_image_batch(plot),
                              lab_report.as_image_batch(grid), ui={"lml_lab": [report]})

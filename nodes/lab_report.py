@@ -53,6 +53,33 @@ def parse_samplers(text, known: Iterable[str]) -> list[str]:
     return names
 
 
+def parse_schedulers(text, known: Iterable[str]) -> list[str]:
+    """``"karras, exponential"`` -> ``["karras", "exponential"]`` (order kept, duplicates
+    dropped); empty -> ``[]`` (the study then runs on the node's ``scheduler`` alone).  Raises
+    ValueError naming ``schedulers`` and the first unknown name."""
+    known = list(known)
+    names = []
+    for name in _tokens(text):
+        if name not in known:
+            raise ValueError(f"schedulers: unknown scheduler {name!r}; use names from "
+                             f"ComfyUI's scheduler list: {', '.join(known)}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def row_label(sampler: str, scheduler: str | None = None) -> str:
+    """A row's name in the table, the plot and the grid: ``"dpmpp_2m + karras"`` where the
+    study compares schedulers, the sampler alone where it runs on one (``scheduler`` None)."""
+    return sampler if scheduler is None else f"{sampler} + {scheduler}"
+
+
+def label_of(row: dict) -> str:
+    """The row's label (``row_label``); a row without one (a report from before the
+    schedulers input) is named by its sampler."""
+    return row.get("label") or row["sampler"]
+
+
 def parse_steps(text) -> list[int]:
     """``"8, 4,2,4"`` -> ``[2, 4, 8]`` (sorted, duplicates dropped).  Raises ValueError naming
     the first entry that is not a whole number from 1 to 10000."""
@@ -102,8 +129,9 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float | None:
 
 def mark_best(rows: list[dict]) -> list[dict]:
     """Set ``best`` on every row: True where no other row reaches an error as low with as few
-    model calls (the rows on the error-vs-NFE frontier: for each NFE, the best sampler with at
-    most that many calls).  Rows without a finite error are never best."""
+    model calls (the rows on the error-vs-NFE frontier: for each NFE, the row - a sampler, or a
+    sampler and scheduler pair - with the lowest error at that many calls, unless a row with
+    fewer calls does better still).  Rows without a finite error are never best."""
     for row in rows:
         error, nfe = row.get("error"), row.get("nfe")
         finite = isinstance(error, (int, float)) and math.isfinite(error)
@@ -117,8 +145,9 @@ def mark_best(rows: list[dict]) -> list[dict]:
 
 def build_report(reference: dict, rows: list[dict], settings: dict) -> dict:
     """The Lab's report: the reference run, the metric, the settings and one row per sampler
-    and step count (``sampler``, ``steps``, ``nfe``, ``model_calls``, ``error``, ``psnr``,
-    ``seconds``, ``stochastic``, ``best``), plus notes for the stochastic samplers."""
+    (or sampler and scheduler pair) and step count (``sampler``, ``scheduler``, ``label``,
+    ``steps``, ``nfe``, ``model_calls``, ``error``, ``psnr``, ``seconds``, ``stochastic``,
+    ``best``), plus notes for the stochastic samplers."""
     rows = mark_best([dict(row) for row in rows])
     notes = []
     stochastic = sorted({row["sampler"] for row in rows if row.get("stochastic")})
@@ -144,11 +173,12 @@ def build_report(reference: dict, rows: list[dict], settings: dict) -> dict:
 
 def format_table(report: dict) -> str:
     """The report's rows as a plain-text table (for logs and the command line)."""
-    lines = [f"{'sampler':<24} {'steps':>5} {'nfe':>5} {'error':>10} {'psnr dB':>8} "
+    width = max([24] + [len(label_of(row)) for row in report["rows"]])
+    lines = [f"{'sampler':<{width}} {'steps':>5} {'nfe':>5} {'error':>10} {'psnr dB':>8} "
              f"{'seconds':>8}"]
     for row in report["rows"]:
         psnr_text = "-" if row.get("psnr") is None else f"{row['psnr']:.2f}"
-        lines.append(f"{row['sampler']:<24} {row['steps']:>5} {row['nfe']:>5} "
+        lines.append(f"{label_of(row):<{width}} {row['steps']:>5} {row['nfe']:>5} "
                      f"{row['error']:>10.5f} {psnr_text:>8} {row['seconds']:>8.2f}"
                      + ("  *" if row.get("best") else ""))
     return "\n".join(lines)
@@ -195,10 +225,71 @@ def _tick_label(value: float) -> str:
     return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
+# Where the study compares schedulers, a sampler keeps its colour and each scheduler has its
+# own line pattern and marker (in the order the schedulers were listed).
+DASHES = (None, (9, 5), (2, 4), (12, 4, 2, 4))
+MARKERS = ("circle", "square", "triangle", "diamond")
+MAX_LINE_LABELS = 8  # more lines than this: the legend alone names them
+
+
+def line_style(rows: list[dict], label: str) -> tuple:
+    """(colour, dash pattern or None, marker) of the plot line ``label``: the colour of its
+    sampler (the samplers in the rows' order), the pattern and marker of its scheduler where the
+    label names one (the schedulers in the rows' order), else solid with round markers."""
+    samplers = list(dict.fromkeys(row["sampler"] for row in rows))
+    schedulers = list(dict.fromkeys(row["scheduler"] for row in rows if _names_scheduler(row)))
+    row = next(row for row in rows if label_of(row) == label)
+    color = PALETTE[samplers.index(row["sampler"]) % len(PALETTE)]
+    if not _names_scheduler(row):
+        return color, DASHES[0], MARKERS[0]
+    index = schedulers.index(row["scheduler"])
+    return color, DASHES[index % len(DASHES)], MARKERS[index % len(MARKERS)]
+
+
+def _names_scheduler(row: dict) -> bool:
+    return row.get("scheduler") is not None and label_of(row) == row_label(row["sampler"],
+                                                                            row["scheduler"])
+
+
+def _polyline(draw, xy, color, width, dash=None):
+    """A line through ``xy``, solid or in the ``dash`` pattern (on, off, ... lengths in px,
+    carried on across the corners)."""
+    if dash is None:
+        draw.line(xy, fill=color, width=width, joint="curve")
+        return
+    part, done = 0, 0.0  # the pattern's part and how much of it is drawn
+    for (xa, ya), (xb, yb) in zip(xy, xy[1:]):
+        length = math.hypot(xb - xa, yb - ya)
+        t = 0.0
+        while t < length - 1e-9:
+            step = min(dash[part] - done, length - t)
+            if part % 2 == 0:
+                a, b = t / length, (t + step) / length
+                draw.line([(xa + a * (xb - xa), ya + a * (yb - ya)),
+                           (xa + b * (xb - xa), ya + b * (yb - ya))], fill=color, width=width)
+            t += step
+            done += step
+            if done >= dash[part] - 1e-9:
+                part, done = (part + 1) % len(dash), 0.0
+
+
+def _marker(draw, x, y, r, shape, color):
+    if shape == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=color)
+    elif shape == "triangle":
+        draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=color)
+    elif shape == "diamond":
+        draw.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)],
+                     fill=color)
+    else:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
+
+
 def draw_error_plot(report: dict, size=(768, 512)) -> np.ndarray:
-    """Error against NFE on log-log axes, one labelled line per sampler (in the report's order),
-    the frontier rows ringed.  Rows with error 0 (the reference itself) cannot sit on a log
-    axis and are left out."""
+    """Error against NFE on log-log axes, one labelled line per row label (a sampler, or a
+    sampler and scheduler pair: the sampler's colour, the scheduler's pattern; in the report's
+    order), the frontier rows ringed.  Rows with error 0 (the reference itself) cannot sit on a
+    log axis and are left out."""
     width, height = size
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -208,13 +299,18 @@ def draw_error_plot(report: dict, size=(768, 512)) -> np.ndarray:
     draw.text((16, 34), f"reference {ref['sampler']}, {ref['steps']} steps; error = RMS latent "
                         "difference (log-log)", fill=AXIS, font=small)
 
-    samplers = list(dict.fromkeys(row["sampler"] for row in report["rows"]))
-    points = {name: sorted((row["nfe"], row["error"], row.get("best", False))
-                           for row in report["rows"] if row["sampler"] == name
-                           and row["nfe"] > 0 and isinstance(row["error"], (int, float))
-                           and math.isfinite(row["error"]) and row["error"] > 0)
-              for name in samplers}
-    legend_width = max([draw.textlength(name, font=label_font) for name in samplers] + [40]) + 44
+    rows = report["rows"]
+    labels = list(dict.fromkeys(label_of(row) for row in rows))
+    lines = {label: line_style(rows, label) for label in labels}
+    points = {label: sorted((row["nfe"], row["error"], row.get("best", False))
+                            for row in rows if label_of(row) == label
+                            and row["nfe"] > 0 and isinstance(row["error"], (int, float))
+                            and math.isfinite(row["error"]) and row["error"] > 0)
+              for label in labels}
+    spacing = max(12, min(22, (height - 58 - 62 - 40) // (len(labels) + 1)))
+    legend_font = label_font if spacing >= 18 else small
+    legend_width = max([draw.textlength(label, font=legend_font) for label in labels]
+                       + [40]) + 44
     plot = (78, 62, width - int(legend_width) - 20, height - 58)  # x0, y0, x1, y1
     x0, y0, x1, y1 = plot
     draw.rectangle(plot, fill=PANEL, outline=GRID_LINE)
@@ -254,23 +350,32 @@ def draw_error_plot(report: dict, size=(768, 512)) -> np.ndarray:
     ylabel = ylabel.rotate(90, expand=True)
     image.paste(ylabel, (8, int((y0 + y1) / 2 - ylabel.height / 2)))
 
-    for index, name in enumerate(samplers):
-        color = PALETTE[index % len(PALETTE)]
-        xy = [to_xy(nfe, error) for nfe, error, _ in points[name]]
+    placed = []  # the line-end labels (box, text, colour): they must not overlap
+    for index, label in enumerate(labels):
+        color, dash, marker = lines[label]
+        xy = [to_xy(nfe, error) for nfe, error, _ in points[label]]
         if len(xy) > 1:
-            draw.line(xy, fill=color, width=3, joint="curve")
-        for (x, y), (_, _, best) in zip(xy, points[name]):
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+            _polyline(draw, xy, color, 3, dash)
+        for (x, y), (_, _, best) in zip(xy, points[label]):
+            _marker(draw, x, y, 4, marker, color)
             if best:
                 draw.ellipse([x - 8, y - 8, x + 8, y + 8], outline=TEXT, width=2)
-        if xy:  # label the line at its last point
+        if xy and len(labels) <= MAX_LINE_LABELS:  # label the line at its last point
             x, y = xy[-1]
-            draw.text((min(x + 8, x1 - 4 - draw.textlength(name, font=small)), y - 16), name,
-                      fill=color, font=small)
-        ly = y0 + 8 + index * 22
-        draw.line([(x1 + 16, ly + 8), (x1 + 36, ly + 8)], fill=color, width=3)
-        draw.text((x1 + 42, ly), name, fill=color, font=label_font)
-    ly = y0 + 8 + len(samplers) * 22 + 6
+            text_width = draw.textlength(label, font=small)
+            box = [min(x + 8, x1 - 4 - text_width), y - 16, 0, 0]
+            box[2], box[3] = box[0] + text_width, box[1] + 13
+            while any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                      for b, _, _ in placed) and box[3] + 13 < y1:
+                box[1], box[3] = box[1] + 13, box[3] + 13
+            placed.append((box, label, color))
+        ly = y0 + 8 + index * spacing
+        _polyline(draw, [(x1 + 14, ly + 8), (x1 + 38, ly + 8)], color, 3, dash)
+        _marker(draw, x1 + 26, ly + 8, 3, marker, color)
+        draw.text((x1 + 42, ly), label, fill=color, font=legend_font)
+    for box, label, color in placed:  # over every line
+        draw.text((box[0], box[1]), label, fill=color, font=small)
+    ly = y0 + 8 + len(labels) * spacing + 6
     draw.ellipse([x1 + 18, ly + 1, x1 + 34, ly + 17], outline=TEXT, width=2)
     draw.text((x1 + 42, ly), "best at its NFE", fill=TEXT, font=small)
     return np.asarray(image)
@@ -292,23 +397,24 @@ def cell_size(shape: Sequence[int], longest=(128, 256)) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def draw_grid(cells: dict, samplers: Sequence[str], steps: Sequence[int],
+def draw_grid(cells: dict, labels: Sequence[str], steps: Sequence[int],
               reference: np.ndarray, reference_label: str, captions: dict | None = None,
               best: Iterable = ()) -> np.ndarray:
-    """The decoded samples as a labelled grid: one row per sampler, one column per step count,
-    the reference in an extra column on the right of the first row.  ``cells`` maps
-    (sampler, steps) to an HxWx3 uint8 image; ``captions`` maps the same keys to a short text
-    drawn under each picture; cells in ``best`` get a highlighted frame."""
+    """The decoded samples as a labelled grid: one row per row label (a sampler, or a sampler
+    and scheduler pair), one column per step count, the reference in an extra column on the
+    right of the first row.  ``cells`` maps (label, steps) to an HxWx3 uint8 image;
+    ``captions`` maps the same keys to a short text drawn under each picture; cells in ``best``
+    get a highlighted frame."""
     captions = captions or {}
     best = set(best)
     cw, ch = cell_size(reference.shape)
     label_font, small = font(14), font(11)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = int(max([probe.textlength(name, font=label_font) for name in samplers]
+    left = int(max([probe.textlength(name, font=label_font) for name in labels]
                    + [probe.textlength("reference", font=label_font)])) + 20
     top, caption_h, pad = 28, 16, 6
     width = left + (len(steps) + 1) * (cw + pad) + pad
-    height = top + len(samplers) * (ch + caption_h + pad) + pad
+    height = top + len(labels) * (ch + caption_h + pad) + pad
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
 
@@ -332,7 +438,7 @@ def draw_grid(cells: dict, samplers: Sequence[str], steps: Sequence[int],
         if frame:
             draw.rectangle([x - 3, y - 3, x + cw + 2, y + ch + 2], outline=frame, width=3)
 
-    for row, name in enumerate(samplers):
+    for row, name in enumerate(labels):
         y = row_y(row)
         draw.text((10, y + ch / 2 - 8), name, fill=TEXT, font=label_font)
         for column, count in enumerate(steps):

@@ -1,8 +1,10 @@
 // comfyui-lml: the LML Sampler Lab's report as a table on the node.
 //
 // LMLSamplerLab sends {"lml_lab": [report]} in its `ui` output (report: {reference, metric,
-// rows: [{sampler, steps, nfe, error, psnr, seconds, best}], notes}).  After a run a
-// canvas-drawn widget lists the rows, sorted by model calls; the rows marked `best` (for their
+// rows: [{sampler, scheduler, label, steps, nfe, error, psnr, seconds, best}], notes}).  After a
+// run a canvas-drawn widget lists the rows, sorted by model calls, each named by its label (the
+// sampler, or the sampler and scheduler pair "dpmpp_2m + karras" where the study compares
+// schedulers; a report without labels names the sampler); the rows marked `best` (for their
 // NFE, no other row reaches a lower error with as few model calls) are highlighted.  No table
 // before the first run; missing or malformed data leaves the node as it is.  The widget is never
 // serialized, so saved workflows and API prompts are unchanged.  The widget's scaffolding (both
@@ -24,12 +26,12 @@ const COLORS = {
   title: "#ff9f3d",
 };
 const COLUMNS = [
-  { key: "sampler", label: "sampler", width: 0.3, align: "left" },
-  { key: "steps", label: "steps", width: 0.11, align: "right" },
-  { key: "nfe", label: "NFE", width: 0.11, align: "right" },
-  { key: "error", label: "RMS error", width: 0.18, align: "right" },
-  { key: "psnr", label: "PSNR dB", width: 0.15, align: "right" },
-  { key: "seconds", label: "s", width: 0.15, align: "right" },
+  { key: "label", label: "sampler", width: 0.4, align: "left" },
+  { key: "steps", label: "steps", width: 0.09, align: "right" },
+  { key: "nfe", label: "NFE", width: 0.09, align: "right" },
+  { key: "error", label: "RMS error", width: 0.16, align: "right" },
+  { key: "psnr", label: "PSNR dB", width: 0.13, align: "right" },
+  { key: "seconds", label: "s", width: 0.13, align: "right" },
 ];
 
 // State the page (and the browser test) can inspect: the table of each node and where it was
@@ -54,6 +56,8 @@ export function parseReport(output) {
     .filter((r) => r && typeof r.sampler === "string" && isNumber(r.nfe))
     .map((r) => ({
       sampler: r.sampler,
+      scheduler: typeof r.scheduler === "string" ? r.scheduler : null,
+      label: typeof r.label === "string" && r.label ? r.label : r.sampler,
       steps: isNumber(r.steps) ? r.steps : null,
       nfe: r.nfe,
       error: isNumber(r.error) ? r.error : null,
@@ -70,7 +74,7 @@ export function parseReport(output) {
 
 function cellText(row, key) {
   const value = row[key];
-  if (key === "sampler") return row.stochastic ? `${value} *` : value;
+  if (key === "label") return row.stochastic ? `${value} *` : value;
   if (value === null || value === undefined) return key === "psnr" ? "=" : "-";
   if (key === "error") return value.toPrecision(3);
   if (key === "psnr") return value.toFixed(1);
@@ -132,7 +136,8 @@ function drawTable(ctx, node, width, y, data) {
   state.draws += 1;
   state.nodes[node.id] = {
     rows: data.rows.length,
-    best: data.rows.filter((r) => r.best).map((r) => `${r.sampler}@${r.steps}`),
+    best: data.rows.filter((r) => r.best).map((r) => `${r.label}@${r.steps}`),
+    labels: data.rows.map((r) => r.label),
     rect: drawnRect(ctx, left, top, w, h),
     canvas: ctx.canvas,
     surface: ctx.canvas === app.canvas?.canvas ? "graph" : "widget",

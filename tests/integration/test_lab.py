@@ -64,6 +64,9 @@ def test_object_info_lists_the_lab(object_info):
         assert name in required, name
     assert "lml_euler" in required["reference_sampler"][1]["options"] or \
         "lml_euler" in required["reference_sampler"][0]
+    # added since workflows were saved: last, optional, empty (the `scheduler` alone)
+    assert info["input_order"]["optional"] == ["schedulers"]
+    assert info["input"]["optional"]["schedulers"][1]["default"] == ""
 
 
 def test_acceptance_study(server, fresh_seed):
@@ -121,6 +124,8 @@ def test_stochastic_sampler_is_noted(server, fresh_seed):
     # JSON NaN passes ComfyUI's own bounds check (NaN compares false): the node names it.
     ({"cfg": float("nan")}, "cfg must be a number, got nan"),
     ({"cfg": float("inf")}, "cfg must be between 0 and 100, got inf"),
+    ({"schedulers": "karras,karas"}, "schedulers: unknown scheduler 'karas'"),
+    ({"scheduler": "karas"}, "scheduler must be one of"),  # 0.3.75 does not check V3 combos
 ])
 def test_bad_input_is_a_validation_error_before_anything_runs(server, fresh_seed, change,
                                                               named):
@@ -134,6 +139,51 @@ def test_bad_input_is_a_validation_error_before_anything_runs(server, fresh_seed
     details = " ".join(e["details"] for e in answer["node_errors"][LAB]["errors"])
     assert named in details and next(iter(change)) in details
     assert len(server.get_json("/history")) == history_before
+
+
+def test_schedulers_give_a_row_per_pair_and_the_best_pair_per_nfe(server, fresh_seed):
+    """`schedulers` "karras,exponential": every sampler on both, against the one reference (on
+    `scheduler`); the same prompt without the input (a workflow saved before it) gives the
+    rows it always gave, which are the karras pairs' rows."""
+    seed = fresh_seed()
+    old = lab_prompt(seed, samplers="euler,heun", steps="2,3", reference_steps=6, save=False,
+                     trained=False)
+    assert "schedulers" not in old[LAB]["inputs"]
+    (before,) = server.run(old)["outputs"][LAB]["lml_lab"]
+    assert [(r["label"], r["scheduler"], r["steps"]) for r in before["rows"]] == [
+        (s, "karras", n) for s in ("euler", "heun") for n in (2, 3)]
+
+    prompt = lab_prompt(seed, samplers="euler,heun", steps="2,3", reference_steps=6,
+                        trained=False)
+    prompt[LAB]["inputs"]["schedulers"] = "karras,exponential"
+    _, messages, entry = listen(server, prompt)
+    assert messages[-1]["type"] == "execution_success", messages[-1]
+    (report,) = entry["outputs"][LAB]["lml_lab"]
+    rows = report["rows"]
+    assert [(r["label"], r["sampler"], r["scheduler"], r["steps"]) for r in rows] == [
+        (f"{s} + {c}", s, c, n) for s in ("euler", "heun") for c in ("karras", "exponential")
+        for n in (2, 3)]
+    same = lambda row: {k: v for k, v in row.items() if k not in ("seconds", "label", "best")}
+    assert [same(r) for r in rows if r["scheduler"] == "karras"] == [
+        same(r) for r in before["rows"]]
+    assert report["reference"]["nfe"] == before["reference"]["nfe"] == 6
+    # the best pair at each NFE: the lowest error there, unless fewer calls do better
+    for nfe in {r["nfe"] for r in rows}:
+        at_nfe = [r for r in rows if r["nfe"] == nfe]
+        lowest = min(r["error"] for r in at_nfe)
+        beaten = any(r["error"] <= lowest for r in rows if r["nfe"] < nfe)
+        assert [r["best"] for r in at_nfe] == [r["error"] == lowest and not beaten
+                                               for r in at_nfe], nfe
+    assert any(r["best"] for r in rows)
+
+    progress = [m["data"] for m in messages
+                if m["type"] == "progress" and m["data"]["node"] == LAB]
+    assert {p["max"] for p in progress} == {6 + 2 * (2 + 3) + 2 * (3 + 5)}
+    images = output_files(entry, "images")
+    sizes = {i["filename"].split("_")[0]: Image.open(io.BytesIO(server.view(i))).size
+             for i in images}
+    assert sizes["plot"] == (768, 512)
+    assert sizes["grid"][1] > 4 * 128  # a row of pictures per pair (64 px shown at 128)
 
 
 def has_jobs_api(server):

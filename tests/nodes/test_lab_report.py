@@ -50,6 +50,32 @@ def test_parse_samplers_names_the_bad_entry(lab, text, named):
     assert named in str(error.value)
 
 
+SCHEDULERS = ["simple", "karras", "exponential", "sgm_uniform"]
+
+
+def test_parse_schedulers_keeps_order_drops_duplicates_and_may_be_empty(lab):
+    assert lab.parse_schedulers("karras, exponential karras", SCHEDULERS) == [
+        "karras", "exponential"]
+    assert lab.parse_schedulers("", SCHEDULERS) == []  # the node's `scheduler` alone
+    assert lab.parse_schedulers(" , ", SCHEDULERS) == []
+    assert lab.parse_schedulers(None, SCHEDULERS) == []
+
+
+@pytest.mark.parametrize("text, named", [("karras,karas", "'karas'"),
+                                         ("Karras", "'Karras'"), ("euler", "'euler'")])
+def test_parse_schedulers_names_the_input_and_the_bad_entry(lab, text, named):
+    with pytest.raises(ValueError, match="^schedulers: unknown scheduler ") as error:
+        lab.parse_schedulers(text, SCHEDULERS)
+    assert named in str(error.value) and ", ".join(SCHEDULERS) in str(error.value)
+
+
+def test_row_label_names_the_pair_where_schedulers_are_compared(lab):
+    assert lab.row_label("dpmpp_2m", "karras") == "dpmpp_2m + karras"
+    assert lab.row_label("dpmpp_2m") == "dpmpp_2m"
+    assert lab.label_of({"sampler": "euler", "label": "euler + karras"}) == "euler + karras"
+    assert lab.label_of({"sampler": "euler"}) == "euler"  # a report from before the input
+
+
 def test_parse_steps_sorts_and_dedupes(lab):
     assert lab.parse_steps("8, 2,4 4") == [2, 4, 8]
 
@@ -150,6 +176,54 @@ def test_plot_draws_one_coloured_line_per_sampler(lab):
     assert batch.shape == (1, 512, 768, 3) and 0.0 <= float(batch.min()) <= float(batch.max()) <= 1
 
 
+def pair_rows():
+    """euler and heun on karras and exponential, at 2 and 4 steps, and lml_calibrated."""
+    out = []
+    for k, sampler in enumerate(("euler", "heun")):
+        for j, scheduler in enumerate(("karras", "exponential")):
+            for steps in (2, 4):
+                nfe = steps if sampler == "euler" else 2 * steps - 1
+                out.append({"sampler": sampler, "scheduler": scheduler,
+                            "label": lab_row_label(sampler, scheduler), "steps": steps,
+                            "nfe": nfe, "error": (0.5 + 0.1 * j) / nfe ** (1 + k),
+                            "psnr": 20.0, "seconds": 0.1})
+    out += [{"sampler": "lml_calibrated", "scheduler": None,
+             "label": "lml_calibrated (best of the pairs)", "steps": steps, "nfe": steps,
+             "error": 0.01 / steps, "psnr": 30.0, "seconds": 0.1} for steps in (2, 4)]
+    return out
+
+
+def lab_row_label(sampler, scheduler):
+    return f"{sampler} + {scheduler}"
+
+
+def test_pairs_keep_their_samplers_colour_and_get_their_schedulers_pattern(lab):
+    rows = pair_rows()
+    assert [lab.line_style(rows, lab_row_label("euler", s)) for s in ("karras", "exponential")
+            ] == [(lab.PALETTE[0], None, "circle"),
+                  (lab.PALETTE[0], lab.DASHES[1], "square")]
+    assert lab.line_style(rows, "heun + exponential")[0] == lab.PALETTE[1]
+    assert lab.line_style(rows, "lml_calibrated (best of the pairs)") == (
+        lab.PALETTE[2], None, "circle")  # not one scheduler's: solid
+    report = lab.build_report({"sampler": "dpmpp_2m", "steps": 32}, rows, {})
+    # lml_calibrated has the lowest error at 2 and 4 calls: it is the best there; heun's pairs
+    # (3 and 7 calls) cannot beat it
+    assert [(r["label"], r["steps"]) for r in report["rows"] if r["best"]] == [
+        ("lml_calibrated (best of the pairs)", 2), ("lml_calibrated (best of the pairs)", 4)]
+    plot = lab.draw_error_plot(report)
+    for index in range(3):
+        assert colour_pixels(plot, lab.PALETTE[index]) > 200, index
+    assert colour_pixels(plot, lab.PALETTE[3]) < 20
+    # the dashed exponential lines draw fewer pixels than the same lines solid
+    solid = [dict(r, scheduler=None, label=r["sampler"] + " " + (r["scheduler"] or ""))
+             for r in rows]
+    solid_plot = lab.draw_error_plot(lab.build_report({"sampler": "dpmpp_2m", "steps": 32},
+                                                      solid, {}))
+    assert colour_pixels(plot, lab.PALETTE[0]) < colour_pixels(solid_plot, lab.PALETTE[0])
+    table = lab.format_table(report)
+    assert "heun + exponential" in table and "lml_calibrated (best of the pairs)" in table
+
+
 def test_plot_without_plottable_points_says_so(lab):
     zero = [{"sampler": "dpmpp_2m", "steps": 32, "nfe": 32, "error": 0.0, "psnr": None,
              "seconds": 1.0}]
@@ -170,3 +244,18 @@ def test_grid_has_a_cell_per_sampler_and_step_plus_the_reference(lab):
     assert colour_pixels(grid, (0, 0, 255), 5) >= (cw - 6) * (ch - 6)  # the reference, once
     assert colour_pixels(grid, (0, 0, 255), 5) < 2 * cw * ch
     assert lab.cell_size((1024, 768, 3)) == (192, 256)  # large images are reduced, aspect kept
+
+
+def test_grid_rows_are_named_by_their_pair_and_the_pictures_stay_whole(lab):
+    red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    labels = ["euler + karras", "lml_calibrated (best of the pairs)"]
+    cells = {(label, n): red for label in labels for n in (2, 4)}
+    grid = lab.draw_grid(cells, labels, [2, 4], blue, "dpmpp_2m 32",
+                         best=[("lml_calibrated (best of the pairs)", 4)])
+    short = lab.draw_grid({("euler", n): red for n in (2, 4)}, ["euler"], [2, 4], blue, "ref")
+    cw, ch = lab.cell_size(red.shape)
+    # the long label widens the label column; no label covers a picture
+    assert grid.shape[1] > short.shape[1]
+    assert colour_pixels(grid, (255, 0, 0), 5) >= 4 * (cw - 6) * (ch - 6)
+    assert colour_pixels(grid, (92, 214, 120), 5) > 4 * cw  # the best cell's green frame

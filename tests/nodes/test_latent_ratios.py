@@ -173,8 +173,10 @@ def test_lml_compare_samples_the_latent_the_ratio_asks_for(pack, sd15, conds, mo
                                         "downscale_ratio_spacial": 16}, **options)
     (grid,) = result.result
     assert calls == [(16, None)] * 2  # each panel is prepared as KSampler prepares its run
-    # a 16x16 latent decodes to 128 px; the comparison is two panels side by side
-    assert grid.shape == (1, 128, 256, 3)
+    # a 16x16 latent decodes to 128 px, shown at 256 px; the comparison is two panels side by
+    # side under their label band
+    assert grid.shape[0] == 1 and grid.shape[2:] == (512, 3)
+    assert 256 < grid.shape[1] < 256 + 128
 
 
 def test_signature_check_reads_the_hosts_parameters(pack):

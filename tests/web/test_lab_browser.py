@@ -61,9 +61,11 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, fresh_se
         return table.computeSize(300)[1] === 0 && !window.LMLLab?.nodes?.[id];
     }""", node_id)
 
-    # The test checkpoint, 64x64, two samplers at two step counts, a short reference.
+    # The test checkpoint, 64x64, two samplers on two schedulers at two step counts, a short
+    # reference.
     set_small_run(page, "LMLSamplerLab", {"samplers": "euler,heun", "steps": "2,3",
-                                          "reference_steps": 6, "seed": fresh_seed()})
+                                          "reference_steps": 6, "seed": fresh_seed(),
+                                          "schedulers": "karras,exponential"})
     page.locator("[data-testid=queue-button]").first.click()
 
     page.wait_for_function("id => window.LMLLab?.nodes?.[id]", arg=node_id, timeout=180_000)
@@ -75,11 +77,14 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, fresh_se
             if (rgb.every((v, k) => Math.abs(data[i + k] - v) < 12)) bestPixels++;
             if (data[i] > 180 && data[i + 1] > 180 && data[i + 2] > 180) textPixels++;
         }
-        return {rows: info.rows, best: info.best, bestPixels, textPixels};
+        return {rows: info.rows, labels: info.labels, best: info.best, bestPixels,
+                textPixels};
     }""")
     page.screenshot(path=str(artifact_name(page, "lab_table.png")))
 
-    assert table["rows"] == 4
+    assert table["rows"] == 8  # a row per sampler and scheduler pair, named by the pair
+    assert sorted(set(table["labels"])) == [f"{s} + {c}" for s in ("euler", "heun")
+                                            for c in ("exponential", "karras")], table
     # Classic mode draws on the graph canvas; Vue nodes on the widget's own canvas.
     assert table["surface"] == ("graph" if mode == "classic" else "widget"), table
     assert table["isGraphCanvas"] == (mode == "classic"), table
@@ -96,7 +101,7 @@ def test_study_shows_the_table_with_the_best_rows_highlighted(lab_page, fresh_se
     entry = max(history.values(), key=lambda e: e["status"]["messages"][-1][1]["timestamp"])
     lab = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "LMLSamplerLab")
     (report,) = entry["outputs"][lab]["lml_lab"]
-    assert len(report["rows"]) == 4
-    assert sorted(f"{r['sampler']}@{r['steps']}" for r in report["rows"] if r["best"]) == \
+    assert len(report["rows"]) == 8
+    assert sorted(f"{r['label']}@{r['steps']}" for r in report["rows"] if r["best"]) == \
         sorted(table["best"])
     assert lab_errors(page.console_messages) == []
