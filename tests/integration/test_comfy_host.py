@@ -89,7 +89,9 @@ def test_object_info_serves_each_node_once_with_its_schema_display_name(object_i
                       "SamplerLMLWrap": "Sampler LML Wrap",
                       "LMLSamplerLab": "LML Sampler Lab",
                       "LMLCalibrate": "LML Calibrate",
-                      "SamplerLMLCalibrated": "Sampler LML Calibrated"}
+                      "SamplerLMLCalibrated": "Sampler LML Calibrated",
+                      "LMLCalibrateSigmas": "LML Calibrate Sigmas",
+                      "SigmasLMLCalibrated": "Sigmas LML Calibrated"}
 
 
 def test_dropdown_samplers_appended_once_after_the_builtin_ones(object_info):
