@@ -33,6 +33,7 @@ from .suite import (
     exact_problems,
     geometric_mean,
     sigmas_for,
+    steps_for_nfe,
 )
 
 NFES = [4, 5, 6, 8, 10]
@@ -41,34 +42,62 @@ CALIBRATION_SEED = 31337  # apart from the benchmark's noise (NOISE_SEED, 77)
 LABEL = "lml_calibrated"
 
 
+def calibration_field(problem, nfe):
+    """What calibrate measures at ``nfe`` on ``problem``, as LML Calibrate gives it in ComfyUI:
+    (every host scheduler's sigmas that start where the problem's noise is, the host's
+    one-call-per-step deterministic samplers, their own sigmas where KSampler's discard rule
+    gives them other ones)."""
+    start = float(sigmas_for("euler", problem.kind, nfe)[0])
+    schedules = {}
+    for scheduler in field.scheduler_names():
+        try:
+            sigmas = field.host_sigmas("euler", scheduler, problem.flow, nfe).to(torch.float32)
+        except Exception:  # a scheduler the host cannot give here: not in the field
+            continue
+        if (len(sigmas) == nfe + 1 and torch.isfinite(sigmas).all()
+                and abs(float(sigmas[0]) - start) <= 1e-4 * start):
+            schedules[scheduler] = sigmas
+    samplers = {name: field.host_function(name) for name in field.DETERMINISTIC
+                if steps_for_nfe(name, nfe) == nfe}
+    own = {name: {s: field.host_sigmas(name, s, problem.flow, nfe).to(torch.float32)
+                  for s in schedules}
+           for name in samplers if field.discards_penultimate(name)}
+    return schedules, samplers, own
+
+
 def calibrated_rows(problem, nfes, samples, options, log):
-    """Rows of the calibrated sampler (fitted per NFE on its own noise, sampling the problem's
-    noise), with the calibration's cost."""
+    """Rows of the calibrated sampler (fitted per NFE on its own noise in float32, as ComfyUI
+    runs it, starting from the best pair it measures; sampling the problem's noise), with the
+    calibration's cost."""
     rows = []
     dim = problem.x_start[0].numel()
     generator = torch.Generator().manual_seed(CALIBRATION_SEED)
     noise = initial_noise(problem.kind, torch.randn(samples, dim, dtype=torch.float64,
-                                                    generator=generator))
+                                                    generator=generator)).to(torch.float32)
     for nfe in nfes:
-        sigmas = sigmas_for("euler", problem.kind, nfe).to(torch.float64)
+        sigmas = sigmas_for("euler", problem.kind, nfe)
+        schedules, samplers, own = calibration_field(problem, nfe)
         host = field.HostModel(problem.model, flow=problem.flow)
         started = time.perf_counter()
-        calibration = calibrate(host, noise, sigmas, **options)
+        calibration = calibrate(host, noise, sigmas, schedules=schedules, samplers=samplers,
+                                sampler_schedules=own, **options)
         seconds = time.perf_counter() - started
         sampler_host = field.HostModel(problem.model, flow=problem.flow)
-        x = sample_lml_calibrated(sampler_host, problem.x_start, sigmas,
-                                  calibration=calibration, disable=True)
+        x = sample_lml_calibrated(sampler_host, problem.x_start.to(torch.float32), sigmas,
+                                  calibration=calibration, samplers=samplers, disable=True)
+        x = x.to(torch.float64)
         per_sample = ((x - problem.reference.double()) ** 2).reshape(x.shape[0], -1).mean(1)
         r = calibration.report
         rows.append({"data": problem.name, "schedule": problem.kind, "sampler": LABEL,
-                     "nfe_budget": nfe, "nfe": sampler_host.calls,
+                     "scheduler": None, "nfe_budget": nfe, "nfe": sampler_host.calls,
                      "rms": rms(x, problem.reference),
                      "median": float(per_sample.sqrt().median()), "base": calibration.base,
+                     "runs": calibration.sampler, "chosen": r["chosen"],
                      "calibrated": r["calibrated"], "iterations": r["iterations"],
                      "heldout_rms": r["heldout_rms"], "heldout_rms_base": r["heldout_rms_base"],
                      "cost": {"seconds": round(seconds, 2), "model_calls": r["model_calls"],
                               "evaluations": r["model_evaluations"]}})
-        log(f"    {LABEL} {nfe:>2} NFE: rms {rows[-1]['rms']:.4f} (base {calibration.base}, "
+        log(f"    {LABEL} {nfe:>2} NFE: rms {rows[-1]['rms']:.4f} ({r['chosen']}, "
             f"{r['iterations']} LM steps, {seconds:.1f}s, {r['model_evaluations']} evals)")
     return rows
 
