@@ -173,3 +173,18 @@ def test_calibrated_sigmas_start_from_the_samplers_best_schedule():
     assert start in starts and start.startswith("euler + ")
     scores = [c["heldout_score"] for c in report["candidates"].values()]
     assert report["candidates"][report["chosen"]]["heldout_score"] == min(scores)
+
+
+def test_a_sampler_that_cannot_run_is_left_out_with_its_reason():
+    def broken(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        raise RuntimeError("both inputs should have same dtype")
+
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas = karras_sigmas(3).double()
+    said = []
+    calibration = calibrate(model, noise(8, 1), sigmas, schedules={"karras": sigmas},
+                            samplers={"broken": broken, "euler": plain_euler}, iterations=1,
+                            reference_steps=8, log=said.append)
+    assert any("broken + karras: cannot run here (both inputs should have same dtype)" in line
+               for line in said)
+    assert not any(label.startswith("broken") for label in calibration.report["candidates"])
