@@ -85,9 +85,12 @@ def reference_solution(model, x, kind: str, steps: int = 250):
     return model((1 - FLOW_FLOOR) * xt, FLOW_FLOOR * s_in)
 
 
+SIGMA_START = {"karras": KARRAS["sigma_max"], "flow": 1.0}  # each fixed schedule's first sigma
+
+
 def initial_noise(kind, noise):
     """x at the first sigma: sigma_max * noise (VE) or the noise itself (flow, sigma = 1)."""
-    return noise * (KARRAS["sigma_max"] if kind == "karras" else 1.0)
+    return noise * SIGMA_START[kind]
 
 
 def rms(x, ref):

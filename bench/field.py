@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 from harness.comfy_host import import_comfy
 
 import_comfy()
@@ -51,6 +53,20 @@ def host_function(name: str):
 def discards_penultimate(name: str) -> bool:
     """KSampler samples these with steps + 1 sigmas and drops the second-to-last one."""
     return name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+
+
+def scheduler_names() -> list[str]:
+    """The host's schedulers, in its own order (KSampler's scheduler combo)."""
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def host_sigmas(name: str, scheduler: str, flow: bool, steps: int) -> torch.Tensor:
+    """The sigmas KSampler gives sampler ``name`` with ``scheduler`` at ``steps`` steps on the
+    problem's model_sampling: the host's calculate_sigmas, and for the discard samplers steps + 1
+    sigmas without the second-to-last one (KSampler.calculate_sigmas' rule)."""
+    discard = discards_penultimate(name)
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling(flow), scheduler, steps + discard)
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
 class _VE(comfy.model_sampling.ModelSamplingContinuousEDM, comfy.model_sampling.EPS):

@@ -2,7 +2,9 @@
 
 Deterministic rows carry ``rms`` (and ``median``) against the reference ODE solution;
 stochastic rows carry ``sw2`` (median over seeds, with ``sw2_min``/``sw2_max``) against fresh
-samples of the target distribution and its floor ``sw2_floor``.
+samples of the target distribution and its floor ``sw2_floor``.  Every row has a ``scheduler``:
+None on the problem's fixed schedule, else the host scheduler of a (sampler, scheduler) pair
+(bench.pairs); "the best built-in" is the best pair.
 """
 
 from __future__ import annotations
@@ -27,8 +29,20 @@ def competes(name: str) -> bool:
     return not is_lml(name) and not name.endswith("_cfg_pp")
 
 
-def _index(rows):
-    return {(r["data"], r["schedule"], r["sampler"], r["nfe_budget"]): r for r in rows}
+# Which rows a "best" is taken over.  A row's "scheduler" is None on the problem's fixed schedule
+# (DEFAULT_SCHEDULE), else the host scheduler of a (sampler, scheduler) pair.
+KINDS = {
+    "pair": lambda r: r.get("scheduler") is not None and competes(r["sampler"]),
+    "default": lambda r: r.get("scheduler") is None and competes(r["sampler"]),
+    "lml": lambda r: r.get("scheduler") is None and is_lml(r["sampler"]),
+}
+DEFAULT_SCHEDULE = {"karras": "Karras 0.002-80", "flow": "flow shift 3"}
+TITLES = {"pair": "best pair", "default": "best on default schedule", "lml": "best LML"}
+
+
+def label(row) -> str:
+    """"uni_pc_bh2 + kl_optimal" for a pair, the sampler's name on the fixed schedule."""
+    return row["sampler"] + (f" + {row['scheduler']}" if row.get("scheduler") else "")
 
 
 def problems_of(rows):
@@ -39,28 +53,43 @@ def _nfes(rows):
     return sorted({r["nfe_budget"] for r in rows})
 
 
-def best_of(idx, problem, samplers, nfe, metric):
-    """(sampler, value) with the lowest ``metric`` among ``samplers`` at ``nfe``, or None."""
-    found = [(idx[problem + (s, nfe)][metric], s) for s in samplers
-             if problem + (s, nfe) in idx and metric in idx[problem + (s, nfe)]]
-    return (min(found)[1], min(found)[0]) if found else None
+def _points(rows):
+    """{(data, schedule, nfe): rows}."""
+    out = defaultdict(list)
+    for r in rows:
+        out[(r["data"], r["schedule"], r["nfe_budget"])].append(r)
+    return out
+
+
+def best(point_rows, kind, metric):
+    """The row of ``kind`` with the lowest ``metric`` among one point's rows (rows with
+    non-finite samples cannot win), or None."""
+    found = [r for r in point_rows if KINDS[kind](r) and metric in r and not r.get("non_finite")]
+    return min(found, key=lambda r: r[metric]) if found else None
+
+
+def _index(rows):
+    """The fixed-schedule rows by (data, schedule, sampler, nfe)."""
+    return {(r["data"], r["schedule"], r["sampler"], r["nfe_budget"]): r for r in rows
+            if r.get("scheduler") is None}
 
 
 def error_tables(rows, metric="rms", fmt="{:.4f}", spread=False):
-    """One table per (data, schedule): samplers x NFE.  An LML cell is bold where it is below the
-    best built-in; the last line names the best built-in per NFE."""
-    idx, nfes = _index(rows), _nfes(rows)
+    """One table per (data, schedule): samplers on the fixed schedule x NFE.  An LML cell is
+    bold where it is below the best (sampler, scheduler) pair; the last lines give the best pair
+    (its value and name) and the best sampler on the fixed schedule per NFE."""
+    idx, points, nfes = _index(rows), _points(rows), _nfes(rows)
     out = []
     for problem in problems_of(rows):
-        samplers = list(dict.fromkeys(r["sampler"] for r in rows
-                                      if (r["data"], r["schedule"]) == problem))
-        builtins = [s for s in samplers if competes(s)]
+        samplers = list(dict.fromkeys(r["sampler"] for r in rows if r.get("scheduler") is None
+                                      and (r["data"], r["schedule"]) == problem))
         floor = next((r.get("sw2_floor") for r in rows
                       if (r["data"], r["schedule"]) == problem and metric == "sw2"), None)
         title = f"**{problem[0]} / {problem[1]}** ({metric}"
         title += f"; floor, true vs true: {floor:.4f})" if floor is not None else ")"
         out += [title, "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
                 "|---|" + "---|" * len(nfes)]
+        pair = {n: best(points[problem + (n,)], "pair", metric) for n in nfes}
         for s in samplers:
             cells = []
             for n in nfes:
@@ -75,46 +104,62 @@ def error_tables(rows, metric="rms", fmt="{:.4f}", spread=False):
                     cell += f" [{r['nfe']}]"
                 if r.get("non_finite"):
                     cell += f" ({r['non_finite']} NaN)"
-                best = best_of(idx, problem, builtins, n, metric)
-                if best is not None and is_lml(s) and r[metric] < best[1]:
+                if pair[n] is not None and is_lml(s) and r[metric] < pair[n][metric]:
                     cell = f"**{cell}**"
                 cells.append(cell)
             out.append(f"| {s} | " + " | ".join(cells) + " |")
-        out.append("| *best built-in* | " + " | ".join(
-            (best_of(idx, problem, builtins, n, metric) or ("", 0))[0] for n in nfes) + " |")
+        out.append("| *best pair (sampler + scheduler)* | " + " | ".join(
+            f"{fmt.format(pair[n][metric])} {label(pair[n])}" if pair[n] else "not run"
+            for n in nfes) + " |")
+        default = [best(points[problem + (n,)], "default", metric) for n in nfes]
+        out.append(f"| *best on {DEFAULT_SCHEDULE.get(problem[1], problem[1])}* | " + " | ".join(
+            r["sampler"] if r else "" for r in default) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def headline(rows, metric="rms"):
-    """Per problem and NFE: best LML / best built-in (and the two names); plus the geometric
-    mean over problems per NFE.  Returns (markdown, {nfe: geometric mean ratio})."""
-    idx, nfes = _index(rows), _nfes(rows)
+def ratio_table(rows, metric="rms", num="lml", den="pair"):
+    """Per problem and NFE: the best ``num`` row's metric over the best ``den`` row's (and the
+    two names); plus the geometric mean over problems per NFE.  Where no pair ran (den "pair"),
+    the ratio is to the best sampler on the fixed schedule, marked ">=": the pairs include that
+    schedule (the host's karras is it to float32 rounding, flow's simple nearly, on integer
+    timesteps), so the best pair can only lower the denominator.  Returns (markdown,
+    {nfe: geometric mean ratio})."""
+    points, nfes = _points(rows), _nfes(rows)
     lines = ["| data / schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|" + "---|" * len(nfes)]
-    ratios = defaultdict(list)
+    ratios, bound = defaultdict(list), set()
     for problem in problems_of(rows):
-        samplers = list(dict.fromkeys(r["sampler"] for r in rows
-                                      if (r["data"], r["schedule"]) == problem))
         cells = []
         for n in nfes:
-            lml = best_of(idx, problem, [s for s in samplers if is_lml(s)], n, metric)
-            builtin = best_of(idx, problem, [s for s in samplers if competes(s)], n, metric)
-            if lml is None or builtin is None or builtin[1] <= 0:
+            top = best(points[problem + (n,)], num, metric)
+            bottom = best(points[problem + (n,)], den, metric)
+            mark = ""
+            if bottom is None and den == "pair":
+                bottom, mark = best(points[problem + (n,)], "default", metric), ">= "
+            if top is None or bottom is None or bottom[metric] <= 0:
                 cells.append("")
                 continue
-            ratio = lml[1] / builtin[1]
+            ratio = top[metric] / bottom[metric]
             ratios[n].append(ratio)
-            cells.append(f"{ratio:.2f} ({lml[0]} / {builtin[0]})")
+            if mark:
+                bound.add(n)
+            cells.append(f"{mark}{ratio:.2f} ({label(top)} / {label(bottom)})")
         lines.append(f"| {problem[0]} / {problem[1]} | " + " | ".join(cells) + " |")
     geo = {n: geometric_mean(v) for n, v in ratios.items() if v}
     lines.append("| *geometric mean* | " + " | ".join(
-        f"{geo[n]:.2f}" if n in geo else "" for n in nfes) + " |")
+        f"{'>= ' if n in bound else ''}{geo[n]:.2f}" if n in geo else "" for n in nfes) + " |")
     return "\n".join(lines), geo
 
 
+def headline(rows, metric="rms"):
+    """Best LML over the best (sampler, scheduler) pair: (markdown, {nfe: geometric mean})."""
+    return ratio_table(rows, metric, "lml", "pair")
+
+
 def wrapped_table(rows, wrapped, metric="rms"):
-    """Each LML sampler's metric over the solver it wraps, per problem and NFE."""
+    """Each LML sampler's metric over the solver it wraps (both on the fixed schedule), per
+    problem and NFE."""
     idx, nfes = _index(rows), _nfes(rows)
     lines = ["| data / schedule | sampler | " + " | ".join(str(n) for n in nfes) + " |",
              "|---|---|" + "---|" * len(nfes)]
@@ -135,9 +180,9 @@ def plot_metric(rows, path, metric="rms", ylabel="RMS error vs reference ODE sol
     kinds = list(dict.fromkeys(k for _, k in probs))
     fig, axes = plt.subplots(len(datas), len(kinds), figsize=(4.6 * len(kinds), 3.2 * len(datas)),
                              squeeze=False)
-    by = defaultdict(list)
+    by, points = defaultdict(list), _points(rows)
     for r in rows:
-        if metric in r:
+        if metric in r and r.get("scheduler") is None:
             by[(r["data"], r["schedule"], r["sampler"])].append((r["nfe"], r[metric]))
     for i, d in enumerate(datas):
         for j, k in enumerate(kinds):
@@ -149,6 +194,12 @@ def plot_metric(rows, path, metric="rms", ylabel="RMS error vs reference ODE sol
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if is_lml(s) else "-",
                         marker="o", ms=2.5, label=s, lw=2.0 if is_lml(s) else 0.9,
                         color="k" if is_lml(s) else None)
+            # The highlight: the best (sampler, scheduler) pair at each NFE budget.
+            envelope = [(n, best(points[(d, k, n)], "pair", metric)) for n in _nfes(rows)]
+            envelope = [(n, r[metric]) for n, r in envelope if r is not None]
+            if envelope:
+                ax.plot(*zip(*envelope), color="r", lw=2.6, alpha=0.6, marker="s", ms=3,
+                        label="best (sampler, scheduler) pair")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{d} / {k}", fontsize=9)

@@ -15,15 +15,18 @@ import json
 import os
 import platform
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from lml_core import DEFAULTS, SOLVER_DEFAULTS, classify
+from lml_core import SOLVER_DEFAULTS, classify
 
 from . import field, report
 from .common import FLOW_SHIFT, KARRAS, initial_noise, sliced_w2
 from .exact import EXACT_DATASETS
+from .pairs import FINALISTS, best_pairs, placements
+from .results_page import write_markdown
 from .suite import (
     LML_DETERMINISTIC,
     LML_STOCHASTIC,
@@ -31,7 +34,6 @@ from .suite import (
     NOISE_SEED,
     SCHEDULES,
     STOCHASTIC_NFES,
-    WRAPPED,
     Problem,
     chunked_reference,
     evaluate,
@@ -45,6 +47,16 @@ STOCHASTIC_DATA = ("mix2d", "mix64d")  # the exact sets the stochastic table run
 # Samples per data set: as many as the 10-minute budget on 2 cores allows (each model call on
 # sub3072d costs ~20x one on mix64d).
 SAMPLES = {"mix2d": 2000, "mix64d": 1000, "sub3072d": 500, "digits": 500}
+
+
+# Samples of each data set on which every (sampler, scheduler) pair runs to choose the finalists
+# (bench.pairs): a quarter of SAMPLES (sub3072d a tenth: its model calls cost ~20x mix64d's).
+PAIR_SAMPLES = {"mix2d": 500, "mix64d": 250, "sub3072d": 50, "digits": 125}
+# The pairs run at the budgets up to 20 NFE: every pair at every budget would take the default
+# run past 20 minutes on 2 cores (on these small problems Python per step, not arithmetic,
+# dominates a run, so a subset of the samples saves less than its size).  Above it the tables
+# bound the ratio to the best pair by the ratio to the best sampler on the fixed schedule.
+PAIR_NFE_MAX = 20
 
 
 def specs(names):
@@ -61,15 +73,53 @@ def stochastic_specs(guided=False):
     return specs(names + LML_STOCHASTIC)
 
 
-def exact_suite(args, log, scatter_path=None):
-    det, sto, floors, panels = [], [], {}, {}
+class Results:
+    """The rows of a run: fixed-schedule and pair rows, the pair selection records and the
+    pairs that failed, the floors, and seconds per stage."""
+
+    def __init__(self):
+        self.det, self.sto, self.floors = [], [], {}
+        self.selection = {"deterministic": [], "stochastic": []}
+        self.failures, self.seconds = [], defaultdict(float)
+
+    def timed(self, stage, fn, *args, **kwargs):
+        t0 = time.time()
+        out = fn(*args, **kwargs)
+        self.seconds[stage] += time.time() - t0
+        return out
+
+    def add_pairs(self, out, stochastic):
+        rows, selection, failures = out
+        (self.sto if stochastic else self.det).extend(rows)
+        self.selection["stochastic" if stochastic else "deterministic"] += selection
+        self.failures += failures
+
+
+def run_problem(args, results, problem, guided, stochastic, log):
+    """Every table's rows for one problem: the fixed-schedule samplers (LML included), then the
+    best (sampler, scheduler) pairs of the host's deterministic and stochastic groups."""
+    results.floors[problem.name] = problem.floor
+    data = "digits" if problem.name.startswith("digits") else problem.name
+    subset = args.pair_samples(data)
+    results.det += results.timed("fixed schedule", evaluate, problem,
+                                 deterministic_specs(guided), args.nfes, log=log)
+    results.add_pairs(results.timed("pairs", best_pairs, problem, field.DETERMINISTIC,
+                                    args.pair_nfes, subset, log=log), False)
+    if stochastic:
+        results.sto += results.timed("fixed schedule", evaluate_stochastic, problem,
+                                     stochastic_specs(guided), args.stochastic_nfes, args.seeds,
+                                     log=log)
+        results.add_pairs(results.timed("pairs", best_pairs, problem, field.STOCHASTIC,
+                                        args.pair_stochastic_nfes, subset, stochastic=True,
+                                        seeds=args.seeds, log=log), True)
+
+
+def exact_suite(args, results, log, scatter_path=None):
+    panels = {}
     for mixture, problem in exact_problems(args.names, args.samples, args.ref_steps,
                                            lambda _: NOISE_SEED, log):
-        floors[problem.name] = problem.floor
-        det += evaluate(problem, deterministic_specs(), args.nfes, log=log)
-        if args.stochastic and problem.name in args.stochastic_data:
-            sto += evaluate_stochastic(problem, stochastic_specs(), args.stochastic_nfes,
-                                       args.seeds, log=log)
+        run_problem(args, results, problem, False,
+                    args.stochastic and problem.name in args.stochastic_data, log)
         if scatter_path is not None and mixture.dim == 2 and 6 in args.nfes:
             panels[problem.kind] = {"true": problem.truth}
             for s in ("euler", "ipndm_v", "lml_euler"):
@@ -78,10 +128,9 @@ def exact_suite(args, log, scatter_path=None):
     if panels:
         report.scatter_2d(panels, scatter_path, "mix2d: true samples vs samplers at 6 NFE "
                           "(same noise; Karras top, flow shift 3 bottom)")
-    return det, sto, floors
 
 
-def digits_suite(args, log):
+def digits_suite(args, results, log):
     """The class-conditional digits network with CFG.  Its target distribution is the converged
     guided ODE itself, so the stochastic samplers are scored against a second reference solution
     from fresh noise (floor: the two reference sets against each other)."""
@@ -89,7 +138,6 @@ def digits_suite(args, log):
 
     net, train_seconds = load_or_train(log, args.retrain_digits)
     log(f"  digits: model {'trained' if train_seconds else 'loaded'}")
-    det, sto, floors = [], [], {}
     for cfg in args.cfg:
         name = f"digits cfg {cfg:g}"
         for kind in SCHEDULES:
@@ -101,12 +149,8 @@ def digits_suite(args, log):
             truth = chunked_reference(model, initial_noise(kind, fresh), kind, args.ref_steps)
             problem.truth, problem.floor = truth, {"sw2": sliced_w2(problem.reference, truth)}
             problem.distribution_metrics = lambda x, truth=truth: {"sw2": sliced_w2(x, truth)}
-            floors[name] = problem.floor
-            det += evaluate(problem, deterministic_specs(guided=True), args.nfes, log=log)
-            if args.stochastic:
-                sto += evaluate_stochastic(problem, stochastic_specs(guided=True),
-                                           args.stochastic_nfes, args.seeds, log=log)
-    return det, sto, floors, {"train_seconds": train_seconds}
+            run_problem(args, results, problem, True, args.stochastic, log)
+    return {"train_seconds": train_seconds}
 
 
 def parse(argv):
@@ -116,6 +160,9 @@ def parse(argv):
     parser.add_argument("--out", default="docs/bench")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples for every data set (default: SAMPLES per data set)")
+    parser.add_argument("--pair-samples", type=int, default=None,
+                        help="samples on which every (sampler, scheduler) pair runs "
+                             "(default: PAIR_SAMPLES per data set)")
     parser.add_argument("--ref-steps", type=int, default=100, help="RK4 steps of the reference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3, help="noise seeds per stochastic point")
@@ -135,6 +182,12 @@ def parse(argv):
         args.nfes, args.stochastic_nfes = NFES, STOCHASTIC_NFES
         args.seeds, args.cfg = list(range(args.seeds)), CFG_SCALES
     args.samples = lambda name, fixed=fixed: fixed or SAMPLES[name]
+    # The smoke run sweeps the pairs at its first budget only, on 32 samples.
+    pair_fixed = args.pair_samples or (32 if args.quick else None)
+    args.pair_nfes, args.pair_stochastic_nfes = (
+        (nfes[:1] for nfes in (args.nfes, args.stochastic_nfes)) if args.quick else
+        ([n for n in nfes if n <= PAIR_NFE_MAX] for nfes in (args.nfes, args.stochastic_nfes)))
+    args.pair_samples = lambda name: min(pair_fixed or PAIR_SAMPLES[name], args.samples(name))
     args.names = args.data or args.names
     args.stochastic_data = STOCHASTIC_DATA if not args.quick else tuple(args.names)
     return args
@@ -161,87 +214,40 @@ def main(argv=None):
         f"NFE {args.nfes}, stochastic "
         f"NFE {args.stochastic_nfes} x {len(args.seeds)} seeds, reference {args.ref_steps} RK4 "
         f"steps, {args.threads} threads")
-    det, sto, floors = exact_suite(args, log, None if args.quick else out / "scatter_2d_6nfe.png")
+    results = Results()
+    exact_suite(args, results, log, None if args.quick else out / "scatter_2d_6nfe.png")
     digits_info = None
     if not args.no_digits:
-        d_det, d_sto, d_floors, digits_info = digits_suite(args, log)
-        det, sto, floors = det + d_det, sto + d_sto, {**floors, **d_floors}
+        digits_info = digits_suite(args, results, log)
     cost = None
     if not args.no_cost:
         from .cost import measure
 
-        cost = measure(log=log)
+        cost = results.timed("cost", measure, log=log)
     wall, cpu = time.time() - t_start, time.process_time() - cpu_start
     host_names = field.host_sampler_names()
     samples = {n: args.samples(n) for n in [*args.names, "digits"]}
     meta = {"solver_defaults": SOLVER_DEFAULTS, "samples": samples, "nfes": args.nfes,
             "stochastic_nfes": args.stochastic_nfes, "seeds": args.seeds,
             "ref_rk4_steps": args.ref_steps, "karras": KARRAS, "flow_shift": FLOW_SHIFT,
-            "floors": floors, "digits": digits_info, "cfg": list(args.cfg), "cost": cost,
-            "wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads,
-            "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "host_samplers": {name: classify(name) for name in host_names}}
+            "floors": results.floors, "digits": digits_info, "cfg": list(args.cfg),
+            "cost": cost, "wall_seconds": wall, "cpu_seconds": cpu,
+            "stage_seconds": dict(results.seconds), "threads": args.threads,
+            "cores": os.cpu_count(), "load_average": os.getloadavg(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "host_samplers": {name: classify(name) for name in host_names},
+            "host_schedulers": {"karras": placements(False), "flow": placements(True)},
+            "pair_samples": {n: args.pair_samples(n) for n in samples},
+            "pair_nfes": args.pair_nfes, "pair_stochastic_nfes": args.pair_stochastic_nfes,
+            "finalists": FINALISTS, "pair_failures": results.failures}
     (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "deterministic": det, "stochastic": sto}, indent=1))
-    write_markdown(out, det, sto, meta)
+        {"meta": meta, "deterministic": results.det, "stochastic": results.sto,
+         "pair_selection": results.selection}, indent=1))
+    write_markdown(out, results.det, results.sto, meta)
     if not args.quick:
-        report.plot_metric(det, out / "error_vs_nfe.png")
-        if sto:
-            report.plot_metric(sto, out / "sw2_vs_nfe.png", "sw2", "sliced W2 vs target samples")
+        report.plot_metric(results.det, out / "error_vs_nfe.png")
+        if results.sto:
+            report.plot_metric(results.sto, out / "sw2_vs_nfe.png", "sw2",
+                               "sliced W2 vs target samples")
     log(f"done in {wall:.0f}s wall ({cpu:.0f}s CPU); wrote {out}")
-    return det, sto, meta
-
-
-def write_markdown(out, det, sto, meta):
-    det_headline, _ = report.headline(det)
-    lines = [
-        "# LML quality benchmark: results", "",
-        "Generated by `python -m bench` (samples: " + ", ".join(
-            f"{k} {v}" for k, v in meta["samples"].items()) + "; reference: "
-        f"{meta['ref_rk4_steps']} RK4 steps = {4 * meta['ref_rk4_steps'] + 1} NFE, "
-        f"{meta['threads']} threads; {meta['wall_seconds']:.0f} s wall, "
-        f"{meta['cpu_seconds']:.0f} s CPU). Built-in samplers: the host's own functions "
-        "(ComfyUI's `comfy.samplers.sampler_object(name).sampler_function`), called with the "
-        "schedule KSampler gives them. LML samplers with their shipped defaults: "
-        f"`{DEFAULTS}` (lml_dpmpp_2m: "
-        f"`{SOLVER_DEFAULTS['lml_dpmpp_2m']}`).", "",
-        "## The field", "",
-        "| host sampler | in this benchmark |", "|---|---|",
-        *[f"| {name} | {group} |" for name, group in meta["host_samplers"].items()], "",
-        "## Deterministic: best LML over best built-in", "",
-        "Per point: the best LML sampler's RMS error over the best built-in's (names in "
-        "parentheses); below 1 means LML is ahead.", "", det_headline, "",
-        "## Deterministic: solver error", "",
-        "RMS (per coordinate) distance to the reference solution of the same ODE from the same "
-        "noise. Bold: an LML sampler below the best built-in at that NFE. `[n]`: the measured "
-        "model calls where they differ from the budget (heun's 2 per step, ...).", "",
-        report.error_tables(det), "",
-        "## Deterministic: median per-sample error", "",
-        "At high NFE a few samples that flip mode dominate the RMS; the median shows the "
-        "typical sample.", "", report.error_tables(det, "median"), "",
-        "## LML over the solver it wraps (RMS)", "", report.wrapped_table(det, WRAPPED), ""]
-    if sto:
-        sto_headline, _ = report.headline(sto, "sw2")
-        lines += [
-            "## Stochastic: best LML over best built-in (sliced W2)", "", sto_headline, "",
-            "## Stochastic: sliced W2 to the target distribution", "",
-            f"Median over {len(meta['seeds'])} noise seeds (range in parentheses), against fresh "
-            "samples of the target: the mixture itself, or for digits the converged guided ODE "
-            "from other noise. The floor is the same metric between two independent sets of "
-            "the target: values near it cannot be told apart.", "",
-            report.error_tables(sto, "sw2", spread=True), "",
-            "## LML over the solver it wraps (sliced W2)", "",
-            report.wrapped_table(sto, WRAPPED, "sw2"), ""]
-    if meta.get("cost"):
-        c = meta["cost"]
-        lines += ["## Cost of the LM correction", "",
-                  f"Latent {c['latent']}, conv model {c['model_gflops']:.1f} GFLOP per call, "
-                  f"{c['threads']} threads, medians of {c['repeats']} runs:", "",
-                  "| | median time | vs one model call |", "|---|---|---|",
-                  f"| model call | {c['median_seconds']['model call'] * 1e3:.1f} ms | 1 |"]
-        for k, v in c["overhead_vs_model_call"].items():
-            lines.append(f"| LM correction, {k} | {c['median_seconds'][k] * 1e3:.2f} ms | "
-                         f"{100 * v:.2f}% |")
-        lines += ["", f"History memory: {c['history_note']}.", ""]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return results.det, results.sto, meta

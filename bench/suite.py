@@ -13,7 +13,15 @@ import torch
 from lml_core import SAMPLERS, STOCHASTIC_SAMPLERS, lml_wrap
 
 from . import field
-from .common import initial_noise, mode_weight_error, reference_solution, rms, schedule, sliced_w2
+from .common import (
+    SIGMA_START,
+    initial_noise,
+    mode_weight_error,
+    reference_solution,
+    rms,
+    schedule,
+    sliced_w2,
+)
 from .exact import EXACT_DATASETS, MixtureModel
 
 NFES = [4, 5, 6, 8, 10, 15, 20, 30, 50]  # the deterministic tables' NFE budgets
@@ -57,9 +65,14 @@ def prepared(name, options=None):
     return sampler_fn(name), dict(options or {})
 
 
-def sigmas_for(name, kind: str, steps: int) -> torch.Tensor:
-    """The schedule a user's KSampler gives ``name`` at ``steps`` steps (float32)."""
+def sigmas_for(name, kind: str, steps: int, scheduler=None) -> torch.Tensor:
+    """The schedule a user's KSampler gives ``name`` at ``steps`` steps (float32): the problem's
+    fixed schedule (``scheduler`` None: Karras 0.002-80 or flow shift 3), or the host's
+    ``scheduler`` on the problem's model_sampling."""
     name = wrapped_base(name) or name
+    if scheduler is not None:
+        base = name if isinstance(name, str) else ""
+        return field.host_sigmas(base, scheduler, kind == "flow", steps).to(torch.float32)
     if isinstance(name, str) and field.discards_penultimate(name):
         sigmas = schedule(kind, steps + 1)
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
@@ -78,21 +91,30 @@ def _gaussian_denoiser(x, sigma, model_options=None, **_):
     return out
 
 
+def _zeros(sigmas):
+    return len(sigmas), tuple(i for i, s in enumerate(sigmas.tolist()) if s == 0)
+
+
 @functools.cache
-def nfe_of(name, steps: int) -> int:
-    """Model calls ``name`` makes at ``steps`` steps, counted on a tiny problem."""
-    model = field.HostModel(_gaussian_denoiser, flow=False)
-    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0)) * 80
+def nfe_of(name, steps: int, scheduler=None, kind="karras") -> int:
+    """Model calls ``name`` makes at ``steps`` steps of a schedule, counted on a tiny problem.
+    A host scheduler's sigmas with the fixed schedule's length and zeros get its count: the
+    samplers branch on the step index and on sigma == 0, not on the values (every run counts
+    its calls again, and a pair over its budget is reported)."""
+    sigmas = sigmas_for(name, kind, steps, scheduler)
+    if scheduler is not None and _zeros(sigmas) == _zeros(sigmas_for(name, kind, steps)):
+        return nfe_of(name, steps)
+    model = field.HostModel(_gaussian_denoiser, flow=kind == "flow")
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        sampler_fn(name)(model, x, sigmas_for(name, "karras", steps), extra_args={"seed": 0},
-                         disable=True)
+        sampler_fn(name)(model, x * sigmas[0], sigmas, extra_args={"seed": 0}, disable=True)
     return model.calls
 
 
-def steps_for_nfe(name, nfe: int) -> int:
+def steps_for_nfe(name, nfe: int, scheduler=None, kind="karras") -> int:
     """The most steps whose model calls fit the budget ``nfe`` (at least 1 step)."""
     steps = nfe
-    while steps > 1 and nfe_of(name, steps) > nfe:
+    while steps > 1 and nfe_of(name, steps, scheduler, kind) > nfe:
         steps -= 1
     return steps
 
@@ -108,11 +130,17 @@ def chunk_rows(x):
 
 
 @torch.no_grad()
-def run_sampler(model, x_start, kind, name, nfe, options=None, seed=0):
+def run_sampler(model, x_start, kind, name, nfe, options=None, seed=0, scheduler=None):
     """Sample with ``name`` at an NFE budget; returns (x, measured NFE per sample).  Each slice
-    gets its own noise seed (``seed`` and the slice index), as separate prompts would."""
+    gets its own noise seed (``seed`` and the slice index), as separate prompts would.
+    ``x_start`` is the noise at the fixed schedule's first sigma; a host ``scheduler`` starting
+    elsewhere (ddim_uniform) gets the noise at its own first sigma, as KSampler scales an empty
+    latent (model_sampling.noise_scaling without max_denoise's sqrt(1 + sigma^2), which would
+    move every row off the reference's starting point)."""
     fn, options = prepared(name, options)
-    sigmas = sigmas_for(name, kind, steps_for_nfe(name, nfe))
+    sigmas = sigmas_for(name, kind, steps_for_nfe(name, nfe, scheduler, kind), scheduler)
+    if scheduler is not None:
+        x_start = x_start * (float(sigmas[0]) / SIGMA_START[kind])
     outs, calls = [], set()
     for index, part in enumerate(torch.split(x_start, chunk_rows(x_start))):
         host = field.HostModel(model, flow=kind == "flow")
@@ -178,26 +206,29 @@ def exact_problems(names, samples, ref_steps, seed, log=print):
             yield mixture, problem
 
 
-def _row(problem, label, nfe, calls):
+def _row(problem, label, nfe, calls, scheduler=None):
+    """``scheduler``: None for the problem's fixed schedule, else the host scheduler's name."""
     return {"data": problem.name, "schedule": problem.kind, "sampler": label,
-            "nfe_budget": nfe, "nfe": calls}
+            "scheduler": scheduler, "nfe_budget": nfe, "nfe": calls}
 
 
-def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
+def evaluate(problem, samplers, nfes, extra_metrics=None, log=print, scheduler=None):
     """Deterministic rows {sampler, nfe_budget, nfe, rms, median, ...} for every sampler spec and
     NFE budget; ``median`` is the median over samples of the per-sample RMS error (at high NFE
-    a few samples that flip mode dominate ``rms``).  ``samplers``: {label: (name, options)}."""
+    a few samples that flip mode dominate ``rms``).  ``samplers``: {label: (name, options)};
+    ``scheduler``: a host scheduler for all of them (None: the problem's fixed schedule)."""
     rows = []
     for label, (name, options) in samplers.items():
         t0 = time.time()
         for nfe in nfes:
             x, calls = run_sampler(problem.model, problem.x_start, problem.kind, name, nfe,
-                                   options)
+                                   options, scheduler=scheduler)
             if not torch.isfinite(x).all():
                 raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
             per_sample = ((x.double() - problem.reference.double()) ** 2).reshape(
                 x.shape[0], -1).mean(1).sqrt()
-            row = {**_row(problem, label, nfe, calls), "rms": rms(x, problem.reference),
+            row = {**_row(problem, label, nfe, calls, scheduler),
+                   "rms": rms(x, problem.reference),
                    "median": float(per_sample.median())}
             if extra_metrics is not None:
                 row.update(extra_metrics(x))
@@ -207,7 +238,7 @@ def evaluate(problem, samplers, nfes, extra_metrics=None, log=print):
     return rows
 
 
-def evaluate_stochastic(problem, samplers, nfes, seeds, log=print):
+def evaluate_stochastic(problem, samplers, nfes, seeds, log=print, scheduler=None):
     """Stochastic rows: per sampler and NFE budget, the distribution metrics (median over
     ``seeds`` of the sampler's noise, and their spread) against ``problem.truth``.  A
     non-finite sample is counted and left out of the metrics."""
@@ -218,11 +249,12 @@ def evaluate_stochastic(problem, samplers, nfes, seeds, log=print):
             per_seed, calls, bad = [], None, 0
             for seed in seeds:
                 x, calls = run_sampler(problem.model, problem.x_start, problem.kind, name, nfe,
-                                       options, seed=seed)
+                                       options, seed=seed, scheduler=scheduler)
                 finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
                 bad += int((~finite).sum())
                 per_seed.append(problem.distribution_metrics(x[finite]))
-            row = {**_row(problem, label, nfe, calls), "seeds": len(seeds), "non_finite": bad}
+            row = {**_row(problem, label, nfe, calls, scheduler), "seeds": len(seeds),
+                   "non_finite": bad}
             for metric in per_seed[0]:
                 values = sorted(m[metric] for m in per_seed)
                 row[metric] = values[len(values) // 2] if len(values) % 2 else (

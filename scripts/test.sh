@@ -15,7 +15,8 @@ cd "$ROOT"
 source scripts/host_lib.sh
 HOST="${LML_HOST_DIR:-$ROOT/.host}"
 # On an extra host: everything that imports or serves ComfyUI, and the benchmark's field (the
-# host's samplers placed, counted and run), not its studies (the same math on any host).
+# host's samplers and schedulers placed, counted and run), not its studies (the same math on any
+# host).
 BENCH=tests/bench/test_bench.py
 HOST_TESTS=(tests/nodes tests/integration tests/web
             "$BENCH::test_baselines_are_the_hosts_own_functions"
@@ -23,7 +24,8 @@ HOST_TESTS=(tests/nodes tests/integration tests/web
             "$BENCH::test_host_model_carries_real_model_sampling"
             "$BENCH::test_nfe_is_counted_and_schedules_follow_ksampler"
             "$BENCH::test_deterministic_samplers_count_nfe_honestly_and_converge"
-            "$BENCH::test_stochastic_samplers_are_seeded_per_slice")
+            "$BENCH::test_stochastic_samplers_are_seeded_per_slice"
+            tests/bench/test_pairs.py)
 start=$(date +%s)
 
 # One thread per process, like the test server: on 2 busy cores OpenMP's spinning threads

@@ -163,6 +163,15 @@ def test_quick_benchmark_writes_its_table(tmp_path):
     assert {"euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "er_sde",
             "lml_euler_ancestral"} <= stochastic
     assert all(r["rms"] >= 0 and r["nfe"] <= r["nfe_budget"] for r in data["deterministic"])
+    # the best built-in is the best (sampler, scheduler) pair, chosen at the smoke run's first
+    # budget; every host scheduler is placed on both model_samplings
+    best_line = next(line for line in text.splitlines() if line.startswith("| *best pair"))
+    assert any(f" {name} + {scheduler} " in best_line for name in field.DETERMINISTIC
+               for scheduler in comfy.samplers.SCHEDULER_NAMES), best_line
+    for rows in (data["deterministic"], data["stochastic"]):
+        assert {r["nfe_budget"] for r in rows if r["scheduler"]} == {rows[0]["nfe_budget"]}
+    assert set(data["meta"]["host_schedulers"]["flow"]) == set(comfy.samplers.SCHEDULER_NAMES)
+    assert data["pair_selection"]["stochastic"][0]["pairs"] > 100
     assert all(r["sw2"] > 0 and r["sw2_min"] <= r["sw2"] <= r["sw2_max"]
                for r in data["stochastic"])
 

@@ -33,8 +33,9 @@ def test_zero_corrections_reproduce_the_hosts_sampler(kind, steps, base):
 
 def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
     """bench.calibrated fits on its own noise (CALIBRATION_SEED) and scores the benchmark's
-    noise against the same reference as the field; the comparison names the best built-in."""
-    from bench import calibrated
+    noise against the same reference as the field; the comparison names the best (sampler,
+    scheduler) pair and keeps the ratio to the best sampler on the fixed schedule."""
+    from bench import calibrated, pairs
     from bench.suite import Problem, evaluate
 
     model = MixtureModel(mixture_64d(), False)
@@ -42,11 +43,19 @@ def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
     problem = Problem("mix64d", "karras", model, noise, ref_steps=24, log=lambda _: None)
     rows = evaluate(problem, {"euler": ("euler", {}), "ipndm_v": ("ipndm_v", {})}, [5],
                     log=lambda _: None)
+    rows += pairs.best_pairs(problem, ("euler", "ipndm_v"), [5], 16, log=lambda _: None)[0]
     rows += calibrated.calibrated_rows(problem, [5], 16, {"iterations": 3}, lambda _: None)
     (point,) = calibrated.comparison(rows)
-    assert point["best"] in ("euler", "ipndm_v") and point["nfe"] == 5
+    pair_rows = [r for r in rows if r.get("scheduler")]
+    best = min(pair_rows, key=lambda r: r["rms"])
+    assert point["best"] == f"{best['sampler']} + {best['scheduler']}" and point["nfe"] == 5
+    assert (point["best_sampler"], point["best_scheduler"]) == (best["sampler"],
+                                                                best["scheduler"])
+    assert point["best_default"] in ("euler", "ipndm_v")
     cal = rows[-1]
     assert cal["nfe"] == 5  # one model call per step, counted on the sampling run
     assert cal["cost"]["evaluations"] > cal["cost"]["model_calls"] > 0
-    assert point["ratio"] == pytest.approx(cal["rms"] / point["best_rms"])
-    assert cal["rms"] < [r for r in rows if r["sampler"] == point["best"]][0]["rms"]
+    assert point["ratio"] == pytest.approx(cal["rms"] / best["rms"])
+    default = [r for r in rows if r["sampler"] == point["best_default"] and not r["scheduler"]]
+    assert point["ratio_default"] == pytest.approx(cal["rms"] / default[0]["rms"])
+    assert cal["rms"] < default[0]["rms"]
