@@ -46,8 +46,8 @@ LABEL = "lml_calibrated"
 def calibration_field(problem, nfe):
     """What calibrate measures at ``nfe`` on ``problem``, as LML Calibrate gives it in ComfyUI:
     (every host scheduler's sigmas that start where the problem's noise is, the host's
-    one-call-per-step deterministic samplers, their own sigmas where KSampler's discard rule
-    gives them other ones)."""
+    deterministic samplers, their own sigmas where KSampler gives them other ones: its discard
+    rule, fewer steps at the same model calls)."""
     start = float(sigmas_for("euler", problem.kind, nfe)[0])
     schedules = {}
     for scheduler in field.scheduler_names():
@@ -58,11 +58,11 @@ def calibration_field(problem, nfe):
         if (len(sigmas) == nfe + 1 and torch.isfinite(sigmas).all()
                 and abs(float(sigmas[0]) - start) <= 1e-4 * start):
             schedules[scheduler] = sigmas
-    samplers = {name: field.host_function(name) for name in field.DETERMINISTIC
-                if steps_for_nfe(name, nfe) == nfe}
-    own = {name: {s: field.host_sigmas(name, s, problem.flow, nfe).to(torch.float32)
+    samplers = {name: field.host_function(name) for name in field.DETERMINISTIC}
+    steps = {name: steps_for_nfe(name, nfe) for name in samplers}
+    own = {name: {s: field.host_sigmas(name, s, problem.flow, steps[name]).to(torch.float32)
                   for s in schedules}
-           for name in samplers if field.discards_penultimate(name)}
+           for name in samplers if field.discards_penultimate(name) or steps[name] != nfe}
     return schedules, samplers, own
 
 

@@ -167,11 +167,14 @@ class Setup:
         return out
 
     def checked_own(self, sampler, schedule, values) -> list[float]:
+        """A sampler's own sigmas: from the noise's sigma, at most N steps (a sampler of
+        several model calls per step gets fewer steps at the same calls)."""
         values = checked_schedule(values)
-        if len(values) != len(self.sigmas) or not math.isclose(values[0], self.sigmas[0],
-                                                                rel_tol=1e-4):
+        if len(values) > len(self.sigmas) or not math.isclose(values[0], self.sigmas[0],
+                                                               rel_tol=1e-4):
             raise ValueError(f"calibrate: sampler_schedules[{sampler!r}][{schedule!r}] must "
-                             f"have {self.steps} steps from sigma {self.sigmas[0]:.6g}")
+                             f"have at most {self.steps} steps from sigma "
+                             f"{self.sigmas[0]:.6g}")
         return values
 
     def evaluations(self) -> int:
@@ -248,9 +251,10 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2); the last ``heldout``
     share is held out to choose.  ``schedules``: {name: sigmas} of N steps to start from (the
     host's schedulers; default: ``sigmas`` alone); ``samplers``: {name: k-diffusion function}
-    of built-in one-call-per-step samplers to measure and fit (default: none);
-    ``sampler_schedules``: {sampler: {schedule: sigmas}} where a sampler gets other sigmas
-    from a scheduler than ``schedules`` says (KSampler's discard rule).  Measured on the
+    of built-in samplers to measure and fit (default: none), each at most N model calls per
+    sample (one that makes more is left out); ``sampler_schedules``: {sampler: {schedule:
+    sigmas}} where a sampler gets other sigmas from a scheduler than ``schedules`` says
+    (KSampler's discard rule; fewer steps for a sampler of several calls per step).  Measured on the
     fitting noise, the best start (base x schedule) gets the LML fit (corrections and every
     timestep), the best ``sigma_fits`` samplers get timestep-only fits, and the best pair is a
     candidate unchanged; the candidate with the lowest robust loss on the held-out noise wins.

@@ -232,8 +232,8 @@ def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disa
                              f"which this host does not have (samplers given: "
                              f"{sorted(samplers or {})})")
         own = torch.tensor(calibration.sigmas, dtype=sigmas.dtype, device=sigmas.device)
-        out = function(model, x, own, extra_args=extra_args, callback=callback,
-                       disable=disable)
+        out = function(model, x, own, extra_args={} if extra_args is None else extra_args,
+                       callback=callback, disable=disable)
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"lml_calibrated: {calibration.sampler} produced NaN or "
                                      "inf values")

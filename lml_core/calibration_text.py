@@ -180,7 +180,11 @@ def checked_fields(form, base, sigmas, corrections, fitted_on, report, sampler=L
     sig = schedule(sigmas, "sigmas")
     steps = len(sig) - 1
     rows = [] if builtin else correction_rows(corrections, steps)
-    fit = fitted_schedule(fitted_on, steps, form)
+    # A built-in sampler of several model calls per step runs fewer steps of its own than the
+    # schedule it was fitted for has (the same model calls).
+    own_steps = fitted_on.get("steps") if builtin and isinstance(fitted_on, dict) else None
+    fit = fitted_schedule(fitted_on, own_steps if isinstance(own_steps, int) and not
+                          isinstance(own_steps, bool) and own_steps >= steps else steps, form)
     first = fit["sigmas"][0] if "sigmas" in fit else fit["sigma_max"]
     if not close(sig[0], first):  # the fit moves s_1 .. s_{N-1} only
         fail(f"sigmas[0] ({sig[0]:.6g}) must be the first sigma it was fitted on ({first:.6g})")

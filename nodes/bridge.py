@@ -91,13 +91,18 @@ def host_sampler_function(name: str):
 
 
 def calibration_samplers(steps: int) -> dict:
-    """{name: host function} of the host's deterministic samplers that make one model call
-    per step: the field LML Calibrate measures and may run (lml_core stays comfy-free)."""
+    """{name: (host function, its steps)} of the host's deterministic samplers at ``steps``
+    model calls: the field LML Calibrate measures and may run (lml_core stays comfy-free); a
+    sampler of several calls per step gets the most steps within them."""
     import comfy.samplers
 
-    return {name: host_sampler_function(name)
-            for name in samplers_of_kind("deterministic", comfy.samplers.KSampler.SAMPLERS)
-            if expected_nfe(name, steps) == steps}
+    out = {}
+    for name in samplers_of_kind("deterministic", comfy.samplers.KSampler.SAMPLERS):
+        own = max((n for n in range(1, steps + 1) if expected_nfe(name, n) <= steps),
+                  default=None)
+        if own is not None:
+            out[name] = (host_sampler_function(name), own)
+    return out
 
 
 def deterministic_counterpart(name: str):

@@ -135,11 +135,12 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         except ValueError:  # this scheduler cannot give these steps: not in the field
             continue
     field = calibration_samplers(steps)
-    functions = {name: field[name] for name in (samplers or []) if name in field}
-    # KSampler's sigmas for the samplers it gives other ones (its discard-penultimate rule).
+    functions = {name: field[name][0] for name in (samplers or []) if name in field}
+    # KSampler's sigmas where a sampler gets other ones: its discard-penultimate rule, and
+    # fewer steps for a sampler of several model calls per step (the same calls).
     discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-    own = {name: {s: ksampler_sigmas(model, steps, name, s) for s in schedules}
-           for name in functions if name in discard}
+    own = {name: {s: ksampler_sigmas(model, field[name][1], name, s) for s in schedules}
+           for name in functions if name in discard or field[name][1] != steps}
     # format 2: calibrations record the whole schedule, the latent shape, the scheduler.
     settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,

@@ -188,3 +188,24 @@ def test_a_sampler_that_cannot_run_is_left_out_with_its_reason():
     assert any("broken + karras: cannot run here (both inputs should have same dtype)" in line
                for line in said)
     assert not any(label.startswith("broken") for label in calibration.report["candidates"])
+
+
+def test_a_sampler_of_two_calls_per_step_competes_on_fewer_steps():
+    """heun at 3 model calls is 2 steps (its last step one call): with its own 2-step sigmas
+    it joins a 3-step field; a calibration of it keeps its own step count and round-trips."""
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas = karras_sigmas(3).double()
+    two = karras_sigmas(2).double()
+    calibration = calibrate(model, noise(8, 1), sigmas, schedules={"karras": sigmas},
+                            samplers={"heun": plain_heun},
+                            sampler_schedules={"heun": {"karras": two}}, iterations=1,
+                            reference_steps=8, base="euler")
+    assert "heun + karras" in calibration.report["fitted_from"]["sigmas"]
+    # A calibration of heun on its own 2 steps, valid for the 3-step schedule.
+    own = Calibration(sampler="heun", base="", sigmas=two.tolist(), corrections=[],
+                      fitted_on=calibration.fitted_on)
+    assert Calibration.from_json(own.to_json()) == own
+    x = noise(3, 5)
+    assert torch.equal(sample_lml_calibrated(model, x, sigmas, calibration=own,
+                                             samplers={"heun": plain_heun}),
+                       plain_heun(model, x, two))
