@@ -502,6 +502,18 @@ def listen(server, prompt, node, on_first_progress=None, timeout=240):
     return prompt_id, messages, server.wait(prompt_id, timeout=30, check=False)
 
 
+def prompt_head(positive="a red house", negative="blurry", size=64) -> dict:
+    """API nodes "1"-"4" of a test prompt: the test checkpoint, its two prompts encoded, an
+    empty latent of ``size`` px."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": size, "height": size, "batch_size": 1}},
+    }
+
+
 def output_files(entry: dict, kind="images"):
     """All output file descriptors of one kind ("images", "latents") in a /history entry."""
     return [item for node_output in entry.get("outputs", {}).values()

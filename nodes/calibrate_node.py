@@ -43,36 +43,89 @@ from .sampler_nodes import ksampler_category, samplers_category
 DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
 
 
-def calibration_inputs() -> list[io.Input]:
-    """The fit's settings (lml_core.CALIBRATE_DEFAULTS), all advanced."""
+# The fit's settings LML Calibrate exposes (the rest of CALIBRATE_DEFAULTS keep their defaults).
+NODE_OPTIONS = ("base", "history", "move_timesteps", "heldout", "iterations", "regularization",
+                "trajectory", "reference_steps")
+
+
+def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
+    """The fit's settings ``names`` (defaults from lml_core.CALIBRATE_DEFAULTS), all advanced."""
     d = CALIBRATE_DEFAULTS
-    inputs = [
-        io.Combo.Input("base", options=["auto", *CALIBRATION_BASES], default=d["base"],
-                       tooltip="The analytic solver the corrections start from (zero "
-                               "corrections = that solver): auto picks the best of euler, ipndm "
-                               "and ipndm_v on the calibration noise."),
-        io.Int.Input("history", default=d["history"], min=1, max=4,
-                     tooltip="Previous step directions each step's correction may combine."),
-        io.Boolean.Input("move_timesteps", default=d["move_timesteps"],
-                         tooltip="Also fit the timesteps (the first sigma stays)."),
-        io.Float.Input("heldout", default=d["heldout"], min=0.05, max=0.9, step=0.05,
-                       tooltip="Share of the calibration noises held out to decide what is "
-                               "kept (early stopping)."),
-        io.Int.Input("iterations", default=d["iterations"], min=0, max=200,
-                     tooltip="Levenberg-Marquardt steps at most."),
-        io.Float.Input("regularization", default=d["regularization"], min=0.0, max=100.0,
-                       step=0.0001, round=False,
-                       tooltip="How strongly the fit is pulled toward the base (the weight of "
-                               "the corrections' and timestep shifts' squares)."),
-        io.Float.Input("trajectory", default=d["trajectory"], min=0.0, max=100.0, step=0.1,
-                       tooltip="Weight of the states on the way in the objective (0: the final "
-                               "sample only; keeps the fit from compositions that drift)."),
-        io.Int.Input("reference_steps", default=d["reference_steps"], min=4, max=1000,
-                     tooltip="RK4 steps of the converged reference (4 model calls each)."),
+    inputs = {
+        "base": lambda: io.Combo.Input(
+            "base", options=["auto", *CALIBRATION_BASES], default=d["base"],
+            tooltip="The analytic solver the corrections start from (zero corrections = that "
+                    "solver): auto picks the best of euler, ipndm and ipndm_v on the "
+                    "calibration noise."),
+        "history": lambda: io.Int.Input(
+            "history", default=d["history"], min=1, max=4,
+            tooltip="Previous step directions each step's correction may combine."),
+        "move_timesteps": lambda: io.Boolean.Input(
+            "move_timesteps", default=d["move_timesteps"],
+            tooltip="Also fit the timesteps (the first sigma stays)."),
+        "heldout": lambda: io.Float.Input(
+            "heldout", default=d["heldout"], min=0.05, max=0.9, step=0.05,
+            tooltip="Share of the calibration noises held out to decide what is kept (early "
+                    "stopping, the choice among the candidates)."),
+        "iterations": lambda: io.Int.Input(
+            "iterations", default=d["iterations"], min=0, max=200,
+            tooltip="Levenberg-Marquardt steps at most."),
+        "regularization": lambda: io.Float.Input(
+            "regularization", default=d["regularization"], min=0.0, max=100.0, step=0.0001,
+            round=False, tooltip="How strongly the fit is pulled toward its start (the weight "
+                                 "of the corrections' and timestep shifts' squares)."),
+        "trajectory": lambda: io.Float.Input(
+            "trajectory", default=d["trajectory"], min=0.0, max=100.0, step=0.1,
+            tooltip="Weight of the states on the way in the objective (0: the final sample "
+                    "only; keeps the fit from compositions that drift)."),
+        "reference_steps": lambda: io.Int.Input(
+            "reference_steps", default=d["reference_steps"], min=4, max=1000,
+            tooltip="RK4 steps of the converged reference (4 model calls each)."),
+    }
+    return [advanced(inputs[name]()) for name in names]
+
+
+def fit_head_inputs() -> list[io.Input]:
+    """What every calibrating node fits for: model, conditioning, latent size, seed, cfg."""
+    return [
+        io.Model.Input("model"),
+        io.Conditioning.Input("positive"),
+        io.Conditioning.Input("negative"),
+        io.Latent.Input("latent_image", tooltip="Sets the latent size of the calibration "
+                                                "noises."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                     control_after_generate=False,
+                     tooltip="Seed of the calibration noises (pick another seed for the "
+                             "images you judge it by)."),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
     ]
-    for inp in inputs:
-        advanced(inp)
-    return inputs
+
+
+def text_outputs(for_node: str, report: str) -> list[io.Output]:
+    """The calibration (JSON, for ``for_node``) and the report outputs."""
+    return [io.String.Output(display_name="calibration",
+                             tooltip=f"The calibration as JSON, for {for_node}."),
+            io.String.Output(display_name="report", tooltip=report)]
+
+
+def check_calibration_text(calibration) -> bool | str:
+    """validate_inputs of the nodes that read a saved calibration: True, or lml_core's message
+    naming the field (None: linked, checked when it runs)."""
+    if calibration is None:
+        return True
+    try:
+        Calibration.from_json(calibration)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
+def fitted_outputs(first, calibration: Calibration, scheduler, cfg, cache_note):
+    """A calibrating node's outputs: ``first``, the calibration text and the report (also
+    shown on the node and kept in the prompt's history)."""
+    text = calibration.to_json()
+    report = calibration_report(calibration, scheduler, cfg, cache_note)
+    return io.NodeOutput(first, text, report, ui={"lml_calibration": [text], "text": [report]})
 
 
 def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
@@ -199,16 +252,7 @@ class LMLCalibrate(io.ComfyNode):
                 "SamplerCustom / SamplerCustomAdvanced (use the same scheduler and steps) and "
                 "the calibration as text for Sampler LML Calibrated."),
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image", tooltip="Sets the latent size of the "
-                                                        "calibration noises."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             control_after_generate=False,
-                             tooltip="Seed of the calibration noises (pick another seed for "
-                                     "the images you judge it by)."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                *fit_head_inputs(),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
                                default="karras"),
                 io.Int.Input("steps", default=8, min=1, max=100,
@@ -221,11 +265,9 @@ class LMLCalibrate(io.ComfyNode):
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
-                io.String.Output(display_name="calibration",
-                                 tooltip="The calibration as JSON, for Sampler LML Calibrated."),
-                io.String.Output(display_name="report",
-                                 tooltip="Held-out error against the base and the built-ins "
-                                         "tried, and the model calls spent."),
+                *text_outputs("Sampler LML Calibrated",
+                              "The candidate chosen, its held-out error against the unchanged "
+                              "starts, and the model calls spent."),
             ],
         )
 
@@ -247,10 +289,8 @@ class LMLCalibrate(io.ComfyNode):
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
             options, schedulers=comfy.samplers.KSampler.SCHEDULERS,
             samplers=list(calibration_samplers(steps)))
-        text = calibration.to_json()
-        report = calibration_report(calibration, scheduler, cfg, cached)
-        return io.NodeOutput(calibrated_sampler(calibration), text, report,
-                             ui={"lml_calibration": [text], "text": [report]})
+        return fitted_outputs(calibrated_sampler(calibration), calibration, scheduler, cfg,
+                              cached)
 
 
 class SamplerLMLCalibrated(io.ComfyNode):
@@ -273,13 +313,7 @@ class SamplerLMLCalibrated(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, calibration=None):
-        if calibration is None:  # linked: checked when it runs
-            return True
-        try:
-            Calibration.from_json(calibration)
-        except ValueError as error:
-            return str(error)
-        return True
+        return check_calibration_text(calibration)
 
     @classmethod
     def execute(cls, calibration) -> io.NodeOutput:

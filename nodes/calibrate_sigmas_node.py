@@ -17,32 +17,21 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..lml_core import CALIBRATE_DEFAULTS, Calibration
-from .calibrate_node import DEFAULT_SAMPLES, calibration_report, run_calibration
-from .lm_settings import advanced, check_number, validate
+from ..lml_core import Calibration
+from .calibrate_node import (
+    DEFAULT_SAMPLES,
+    calibration_inputs,
+    check_calibration_text,
+    fit_head_inputs,
+    fitted_outputs,
+    run_calibration,
+    text_outputs,
+)
+from .lm_settings import check_number, validate
 from .sampler_nodes import ksampler_category, samplers_category
 
 # The fit options that apply to a timestep-only fit.
 SIGMA_OPTIONS = ("heldout", "iterations", "regularization", "reference_steps")
-
-
-def sigma_fit_inputs() -> list[io.Input]:
-    d = CALIBRATE_DEFAULTS
-    inputs = [
-        io.Float.Input("heldout", default=d["heldout"], min=0.05, max=0.9, step=0.05,
-                       tooltip="Share of the calibration noises held out to decide what is "
-                               "kept (early stopping)."),
-        io.Int.Input("iterations", default=d["iterations"], min=0, max=200,
-                     tooltip="Levenberg-Marquardt steps at most."),
-        io.Float.Input("regularization", default=d["regularization"], min=0.0, max=100.0,
-                       step=0.0001, round=False,
-                       tooltip="How strongly the timesteps are pulled toward the scheduler's."),
-        io.Int.Input("reference_steps", default=d["reference_steps"], min=4, max=1000,
-                     tooltip="RK4 steps of the converged reference (4 model calls each)."),
-    ]
-    for inp in inputs:
-        advanced(inp)
-    return inputs
 
 
 def model_sampling_of_patcher(model):
@@ -89,15 +78,7 @@ class LMLCalibrateSigmas(io.ComfyNode):
                 "SIGMAS for SamplerCustom / SamplerCustomAdvanced (with that sampler) and the "
                 "calibration as text for Sigmas LML Calibrated."),
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image", tooltip="Sets the latent size of the "
-                                                        "calibration noises."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             control_after_generate=False,
-                             tooltip="Seed of the calibration noises."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                *fit_head_inputs(),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS,
                                default="dpmpp_2m",
                                tooltip="The sampler the sigmas are fitted for (an ancestral / "
@@ -109,15 +90,13 @@ class LMLCalibrateSigmas(io.ComfyNode):
                 io.Int.Input("steps", default=8, min=1, max=100),
                 io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
                              tooltip="Calibration noises (a share is held out)."),
-                *sigma_fit_inputs(),
+                *calibration_inputs(SIGMA_OPTIONS),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS"),
-                io.String.Output(display_name="calibration",
-                                 tooltip="The calibration as JSON, for Sigmas LML Calibrated."),
-                io.String.Output(display_name="report",
-                                 tooltip="Held-out error against the scheduler's sigmas, and "
-                                         "the model calls spent."),
+                *text_outputs("Sigmas LML Calibrated",
+                              "Held-out error against the best scheduler's sigmas, and the "
+                              "model calls spent."),
             ],
         )
 
@@ -138,11 +117,8 @@ class LMLCalibrateSigmas(io.ComfyNode):
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
             {k: options[k] for k in SIGMA_OPTIONS}, sigmas_for=sampler_name,
             schedulers=comfy.samplers.KSampler.SCHEDULERS)
-        text = calibration.to_json()
-        report = calibration_report(calibration, scheduler, cfg, cached)
         sigmas = torch.tensor(calibration.sigmas, dtype=torch.float32)
-        return io.NodeOutput(sigmas, text, report,
-                             ui={"lml_calibration": [text], "text": [report]})
+        return fitted_outputs(sigmas, calibration, scheduler, cfg, cached)
 
 
 class SigmasLMLCalibrated(io.ComfyNode):
@@ -166,13 +142,7 @@ class SigmasLMLCalibrated(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, calibration=None):
-        if calibration is None:  # linked: checked when it runs
-            return True
-        try:
-            Calibration.from_json(calibration)
-        except ValueError as error:
-            return str(error)
-        return True
+        return check_calibration_text(calibration)
 
     @classmethod
     def execute(cls, model, calibration) -> io.NodeOutput:

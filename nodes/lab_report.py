@@ -37,17 +37,24 @@ def _tokens(text) -> list[str]:
     return [t.strip() for t in re.split(r"[,\s]+", str(text or "")) if t.strip()]
 
 
-def parse_samplers(text, known: Iterable[str]) -> list[str]:
-    """``"euler, lml_euler,heun"`` -> ``["euler", "lml_euler", "heun"]`` (order kept,
-    duplicates dropped).  Raises ValueError naming the first unknown name."""
+def parse_names(text, known: Iterable[str], field: str, kind: str) -> list[str]:
+    """Comma list of names from ``known``, order kept and duplicates dropped; a ValueError
+    names ``field`` and the first unknown name (ComfyUI's ``kind`` list)."""
     known = list(known)
     names = []
     for name in _tokens(text):
         if name not in known:
-            raise ValueError(f"samplers: unknown sampler {name!r}; use names from ComfyUI's "
-                             f"sampler list: {', '.join(known)}")
+            raise ValueError(f"{field}: unknown {kind} {name!r}; use names from ComfyUI's "
+                             f"{kind} list: {', '.join(known)}")
         if name not in names:
             names.append(name)
+    return names
+
+
+def parse_samplers(text, known: Iterable[str]) -> list[str]:
+    """``"euler, lml_euler,heun"`` -> ``["euler", "lml_euler", "heun"]`` (order kept,
+    duplicates dropped).  Raises ValueError naming the first unknown name."""
+    names = parse_names(text, known, "samplers", "sampler")
     if not names:
         raise ValueError("samplers: give at least one sampler name, e.g. 'euler,lml_euler'")
     return names
@@ -57,15 +64,7 @@ def parse_schedulers(text, known: Iterable[str]) -> list[str]:
     """``"karras, exponential"`` -> ``["karras", "exponential"]`` (order kept, duplicates
     dropped); empty -> ``[]`` (the study then runs on the node's ``scheduler`` alone).  Raises
     ValueError naming ``schedulers`` and the first unknown name."""
-    known = list(known)
-    names = []
-    for name in _tokens(text):
-        if name not in known:
-            raise ValueError(f"schedulers: unknown scheduler {name!r}; use names from "
-                             f"ComfyUI's scheduler list: {', '.join(known)}")
-        if name not in names:
-            names.append(name)
-    return names
+    return parse_names(text, known, "schedulers", "scheduler")
 
 
 def row_label(sampler: str, scheduler: str | None = None) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, output_files
+from harness.comfy_host import PromptRejected, output_files, prompt_head
 
 FIT, SIGMAS = "5", "6"
 FAST = {"heldout": 0.25, "iterations": 1, "regularization": 0.001, "reference_steps": 4}
@@ -19,11 +19,7 @@ def prompt(seed, sigmas_node):
     """Checkpoint -> (LML Calibrate Sigmas | Sigmas LML Calibrated) -> SamplerCustom (dpmpp_2m)
     -> PNG."""
     return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        **prompt_head(),
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
         "8": {"class_type": "SamplerCustom", "inputs": {
             "model": ["1", 0], "add_noise": True, "noise_seed": seed, "cfg": 5.0,

@@ -105,3 +105,15 @@ def sample_custom(sd15, conds):
                                           disable_pbar=True, seed=seed)
 
     return sample
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    """ComfyUI's user folder (where LML Calibrate caches) in a fresh folder per test module."""
+    import folder_paths
+
+    path = tmp_path_factory.mktemp("user")
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(path))
+    yield path
+    folder_paths.set_user_directory(old)

@@ -8,7 +8,6 @@ import math
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
-import folder_paths
 import pytest
 import torch
 
@@ -19,15 +18,6 @@ from lml_core.calibration_text import SIGMA_RTOL
 # tests and the benchmark measure that).
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
         "iterations": 1, "regularization": 1e-3, "trajectory": 1.0, "reference_steps": 4}
-
-
-@pytest.fixture(scope="module")
-def user_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("user")
-    old = folder_paths.get_user_directory()
-    folder_paths.set_user_directory(str(path))
-    yield path
-    folder_paths.set_user_directory(old)
 
 
 @pytest.fixture(scope="module")

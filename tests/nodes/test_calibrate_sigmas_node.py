@@ -4,22 +4,12 @@ path, the saved text giving the same SIGMAS, and a calibration for another model
 
 import json
 
-import folder_paths
 import pytest
 import torch
 
 from lml_core import Calibration
 
 FAST = {"heldout": 0.25, "iterations": 1, "regularization": 1e-3, "reference_steps": 4}
-
-
-@pytest.fixture(scope="module")
-def user_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("user")
-    old = folder_paths.get_user_directory()
-    folder_paths.set_user_directory(str(path))
-    yield path
-    folder_paths.set_user_directory(old)
 
 
 def node(pack, name):
