@@ -37,7 +37,9 @@ def _header(meta):
             f"{k} {v}" for k, v in meta["pair_samples"].items()) + " samples of the same noise "
         "(the stochastic pairs on one seed), at NFE " + ", ".join(
             str(n) for n in meta["pair_nfes"]) + " (stochastic: " + ", ".join(
-            str(n) for n in meta["pair_stochastic_nfes"]) + "), and the "
+            str(n) for n in meta["pair_stochastic_nfes"]) + "; a scheduler matters most at "
+        "few steps, where the calibrated sampler competes too, and every pair at every NFE "
+        "would take this run past 20 minutes on 2 cores), and the "
         f"{meta['finalists']} best pairs of each NFE then run on all samples (every seed) beside "
         "the other rows; the lowest of them is the best pair. The subset only chooses the "
         "finalists: every number below is on all samples. Pairs within a few percent of each "

@@ -1,0 +1,89 @@
+"""Is the two-stage choice of the best pair (bench.pairs: every pair on a subset, the finalists
+on all samples) the best pair?  python -m bench.pair_check -> docs/bench/pair_check.md.
+
+Runs every (sampler, scheduler) pair on all the samples of a few problems and compares the
+best of them with the pair the default benchmark's two stages choose (its PAIR_SAMPLES subset,
+FINALISTS finalists), from the same noise in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from . import field, report
+from .pairs import FINALISTS, best_pairs
+from .run import PAIR_SAMPLES, SAMPLES, log, prepare
+from .suite import NOISE_SEED, SCHEDULES, Problem, evaluate, exact_problems
+
+
+def digits_problem(cfg, kind, samples, ref_steps):
+    from .digits import CFGDigitsModel, load_or_train
+
+    net, _ = load_or_train(log)
+    noise = torch.randn(samples, 64, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(77))  # bench.run's noise
+    return Problem(f"digits cfg {cfg:g}", kind, CFGDigitsModel(net, kind == "flow", cfg), noise,
+                   ref_steps, log=log)
+
+
+def check(problem, nfes, subset):
+    """(every pair on all samples, the two stages' final rows)."""
+    everything = []
+    for scheduler in field.scheduler_names():
+        specs = {name: (name, {}) for name in field.DETERMINISTIC}
+        everything += evaluate(problem, specs, nfes, log=lambda _: None, scheduler=scheduler)
+    chosen, _, _ = best_pairs(problem, field.DETERMINISTIC, nfes, subset, log=log)
+    return everything, chosen
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--nfes", nargs="*", type=int, default=[4, 5, 6, 8, 10])
+    parser.add_argument("--data", nargs="*", default=["mix64d"])
+    parser.add_argument("--cfg", nargs="*", type=float, default=[3.0])
+    args = parser.parse_args(argv)
+    out = prepare(args)
+    started = time.time()
+    problems = [p for _, p in exact_problems(args.data, lambda n: SAMPLES[n], args.ref_steps,
+                                             lambda _: NOISE_SEED, log)]
+    problems += [digits_problem(cfg, kind, SAMPLES["digits"], args.ref_steps)
+                 for cfg in args.cfg for kind in SCHEDULES]
+    lines = ["# Does the two-stage choice find the best pair?", "",
+             "`python -m bench.pair_check`: every deterministic (sampler, scheduler) pair of the "
+             "host on all the samples, against the pair the benchmark's two stages choose "
+             f"(every pair on the first {PAIR_SAMPLES} samples, the {FINALISTS} best per NFE on "
+             "all), from the same noise in one run. Ratio: the chosen pair's RMS over the best "
+             "of all pairs' (1: the same pair, or one as good).", "",
+             "| data / schedule | NFE | best of all pairs | its RMS | chosen pair | its RMS | "
+             "ratio | rank of the chosen pair among all |", "|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for problem in problems:
+        data = "digits" if problem.name.startswith("digits") else problem.name
+        everything, chosen = check(problem, args.nfes, PAIR_SAMPLES[data])
+        for nfe in args.nfes:
+            at = [r for r in everything if r["nfe_budget"] == nfe]
+            ranked = sorted(at, key=lambda r: r["rms"])
+            top = ranked[0]
+            pick = report.best([r for r in chosen if r["nfe_budget"] == nfe], "pair", "rms")
+            rank = 1 + next(i for i, r in enumerate(ranked) if report.label(r) == report.label(
+                pick))
+            ratios.append(pick["rms"] / top["rms"])
+            lines.append(f"| {problem.name} / {problem.kind} | {nfe} | {report.label(top)} | "
+                         f"{top['rms']:.4f} | {report.label(pick)} | {pick['rms']:.4f} | "
+                         f"{ratios[-1]:.3f} | {rank} of {len(ranked)} |")
+    lines += ["", f"Worst ratio {max(ratios):.3f}; the chosen pair is the best of all at "
+              f"{sum(r == 1.0 for r in ratios)} of {len(ratios)} points. Run time "
+              f"{time.time() - started:.0f} s, {args.threads} threads (a shared machine)."]
+    Path(out / "pair_check.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
