@@ -41,6 +41,9 @@ from .lm_settings import advanced, check_number, validate
 from .sampler_nodes import ksampler_category, samplers_category
 
 DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
+# LML Calibrate's field: every host scheduler x deterministic sampler (the default), or the
+# LML bases on the node's scheduler alone (cheaper: no built-in pair is measured or kept).
+FIELDS = ("all pairs", "this scheduler")
 
 
 # The fit's settings LML Calibrate exposes (the rest of CALIBRATE_DEFAULTS keep their defaults).
@@ -157,10 +160,10 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     return "\n".join(lines)
 
 
-def scheduler_sigmas(model, scheduler: str, steps: int) -> list[float]:
-    """KSampler's sigmas for ``scheduler`` and ``steps``, or a ValueError naming the scheduler
-    where they cannot be calibrated (kl_optimal at 1 step gives NaN)."""
-    sigmas = [float(s) for s in ksampler_sigmas(model, steps, "euler", scheduler)]
+def scheduler_sigmas(model, scheduler: str, steps: int, sampler="euler") -> list[float]:
+    """KSampler's sigmas for ``sampler``, ``scheduler`` and ``steps``, or a ValueError naming
+    the scheduler where they cannot be calibrated (kl_optimal at 1 step gives NaN)."""
+    sigmas = [float(s) for s in ksampler_sigmas(model, steps, sampler, scheduler)]
     if len(sigmas) < 2 or sigmas[-1] != 0 or not all(math.isfinite(s) for s in sigmas) or any(
             a <= b for a, b in zip(sigmas[:-1], sigmas[1:])):
         shown = ", ".join(f"{s:.6g}" for s in sigmas[:12]) + (", ..." if len(sigmas) > 12 else "")
@@ -192,8 +195,15 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
     # KSampler's sigmas where a sampler gets other ones: its discard-penultimate rule, and
     # fewer steps for a sampler of several model calls per step (the same calls).
     discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-    own = {name: {s: ksampler_sigmas(model, field[name][1], name, s) for s in schedules}
-           for name in functions if name in discard or field[name][1] != steps}
+    own = {}
+    for name in functions:
+        if name in discard or field[name][1] != steps:
+            own[name] = {}
+            for s in schedules:
+                try:
+                    own[name][s] = scheduler_sigmas(model, s, field[name][1], name)
+                except ValueError:  # no usable schedule at its steps: off this scheduler
+                    continue
     # format 2: calibrations record the whole schedule, the latent shape, the scheduler.
     settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
                 "scheduler": scheduler, "steps": steps, "samples": samples,
@@ -262,6 +272,11 @@ class LMLCalibrate(io.ComfyNode):
                              tooltip="Calibration noises (a share is held out); the cost grows "
                                      "with it."),
                 *calibration_inputs(),
+                advanced(io.Combo.Input(  # optional: API prompts saved before it still run
+                    "field", options=list(FIELDS), default=FIELDS[0], optional=True,
+                    tooltip="all pairs: measure every sampler x scheduler and return the best "
+                            "of the LML fit, a fitted built-in and the best pair; this "
+                            "scheduler: only the LML fit on your scheduler (cheaper).")),
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
@@ -272,23 +287,25 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, scheduler=None, base=None, cfg=None):
+    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
         return check_number(cls, "cfg", cfg) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
-             "base": (base, ("auto", *CALIBRATION_BASES))})
+             "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
-        message = cls.validate_inputs(scheduler, options.get("base"), cfg)
+        field = options.pop("field", FIELDS[0])
+        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
-        # The field: every host scheduler and one-call-per-step deterministic sampler.
+        # The field: every host scheduler and deterministic sampler at the same model calls.
+        every = field == FIELDS[0]
         calibration, cached = run_calibration(
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
-            options, schedulers=comfy.samplers.KSampler.SCHEDULERS,
-            samplers=list(calibration_samplers(steps)))
+            options, schedulers=comfy.samplers.KSampler.SCHEDULERS if every else None,
+            samplers=list(calibration_samplers(steps)) if every else None)
         return fitted_outputs(calibrated_sampler(calibration), calibration, scheduler, cfg,
                               cached)
 

@@ -18,7 +18,8 @@ from harness.comfy_host import CHECKPOINT_NAME, PromptRejected, listen, output_f
 CALIBRATE, SAMPLER = "5", "6"
 FORMAT_1 = Path(__file__).parents[1] / "lml_core" / "calibration_format_1.json"
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
-        "iterations": 1, "regularization": 0.001, "trajectory": 1.0, "reference_steps": 4}
+        "iterations": 1, "regularization": 0.001, "trajectory": 1.0, "reference_steps": 4,
+        "field": "this scheduler"}  # the LML fit alone: the field has its own test
 
 
 def prompt(seed, sampler, steps=3, **calibrate_inputs):

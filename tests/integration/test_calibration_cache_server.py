@@ -10,7 +10,8 @@ CALIBRATE = "6"
 LORAS = {"a": 1, "b": 2}  # file suffix -> seed of harness.loras
 SEED = 9_200_001  # the same calibration noises in every run: only the LoRA differs
 # A cheap fit: the test is about which calibration comes back, not its quality.
-CHEAP = {"base": "euler", "history": 1, "iterations": 0, "reference_steps": 4}
+CHEAP = {"base": "euler", "history": 1, "iterations": 0, "reference_steps": 4,
+         "field": "this scheduler"}
 
 
 def lora_name(which):

@@ -17,7 +17,8 @@ from lml_core.calibration_text import SIGMA_RTOL
 # A small fit (seconds on the CPU): the node's plumbing, not the fit's quality (lml_core's
 # tests and the benchmark measure that).
 FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
-        "iterations": 1, "regularization": 1e-3, "trajectory": 1.0, "reference_steps": 4}
+        "iterations": 1, "regularization": 1e-3, "trajectory": 1.0, "reference_steps": 4,
+        "field": "this scheduler"}  # the LML fit alone: the field has its own test
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,17 @@ def test_lab_measures_the_calibrated_sampler_like_any_other_row(pack, sd15, cond
     assert calibrated["nfe"] == 3 and calibrated["error"] > 0
     assert calibrated["calibration_evaluations"] > 0
     assert "calibration_evaluations" not in rows["euler"]
+
+
+def test_the_default_field_measures_every_pair_and_runs_what_won(pack, sd15, conds,
+                                                                 sample_custom, user_dir):
+    """field 'all pairs' (the default): the host's schedulers and deterministic samplers are
+    measured, the best pair competes unchanged, and the SAMPLER runs whatever won."""
+    sampler, text, report = calibrate_node(pack, sd15, conds, seed=31, steps=2,
+                                           iterations=0, field="all pairs").result
+    calibration = Calibration.from_json(text)
+    candidates = calibration.report["candidates"]
+    assert any(" + " in label and not label.startswith(("lml(", "calibrated"))
+               for label in candidates), candidates
+    assert calibration.report["chosen"] in candidates and "chosen:" in report
+    assert torch.isfinite(sample_custom(sampler, 2)).all()

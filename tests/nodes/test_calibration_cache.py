@@ -27,7 +27,8 @@ from lml_core import Calibration
 LATENT = torch.zeros([1, 4, 4, 4])
 SETTINGS = {"seed": 1, "steps": 2}  # what the node adds; the key only needs it stable
 # A cheap fit (several seconds on a busy CPU): these tests are about which file is used.
-CHEAP = {"base": "euler", "history": 1, "iterations": 0, "reference_steps": 4}
+CHEAP = {"base": "euler", "history": 1, "iterations": 0, "reference_steps": 4,
+         "field": "this scheduler"}
 
 
 @pytest.fixture

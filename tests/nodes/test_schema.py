@@ -32,7 +32,7 @@ NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent
                                 "fade"},
              "LMLSamplerLab": set(),
              "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
-                              "regularization", "trajectory", "reference_steps"},
+                              "regularization", "trajectory", "reference_steps", "field"},
              "SamplerLMLCalibrated": set(),
              "LMLCalibrateSigmas": {"heldout", "iterations", "regularization",
                                     "reference_steps"},
