@@ -19,8 +19,8 @@ from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import MAX_HISTORY, SAMPLER_NAME
 from .levenberg import levenberg_marquardt, rms
 from .objective import Fit, robust_loss, robust_weights
-from .reference import Evaluator, Reference, reference_grid
-from .sampling import is_flow_model, model_sampling_of
+from .reference import Evaluator, Reference, reference_floor, reference_grid
+from .sampling import is_flow_model
 from .sigma_fit import CountedModel, SigmaFit
 
 CALIBRATE_DEFAULTS = {
@@ -93,16 +93,6 @@ def planned_evaluations(steps, rows_fit, rows_val, opts, n_bases, size) -> int:
     jacobian = (steps + size * steps // 2) * rows_fit
     per_iteration = jacobian + 2 * steps * rows_fit + steps * rows_val
     return reference + bases + int(opts["iterations"]) * per_iteration + steps * rows_fit
-
-
-def reference_floor(model, schedules, requested) -> float:
-    """Where the reference stops before its denoising step: the model's sigma_min (or the
-    lowest last nonzero sigma of the schedules, if lower or unknown), never above it."""
-    lowest = min(sigmas[-2] for sigmas in schedules)
-    if requested is None:
-        sigma_min = getattr(model_sampling_of(model), "sigma_min", None)
-        requested = min(lowest, float(sigma_min)) if sigma_min is not None else lowest
-    return min(float(requested), lowest)
 
 
 class Setup:

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .adaptive import half_log_snr
-from .sampling import to_d
+from .sampling import model_sampling_of, to_d
 
 
 def sigma_of(t: float, flow: bool) -> float:
@@ -98,3 +98,12 @@ class Reference:
         return (h00 * self.states[k] + (h10 * h) * self.slopes[k] + h01 * self.states[k + 1]
                 + (h11 * h) * self.slopes[k + 1])
 
+
+def reference_floor(model, schedules, requested) -> float:
+    """Where the reference stops before its denoising step: the model's sigma_min (or the
+    lowest last nonzero sigma of the schedules, if lower or unknown), never above it."""
+    lowest = min(sigmas[-2] for sigmas in schedules)
+    if requested is None:
+        sigma_min = getattr(model_sampling_of(model), "sigma_min", None)
+        requested = min(lowest, float(sigma_min)) if sigma_min is not None else lowest
+    return min(float(requested), lowest)

@@ -120,3 +120,8 @@ def test_the_module_map_lists_the_chain_in_order():
     for path in sorted((ROOT / "nodes").glob("*.py")):
         if path.stem != "__init__":
             assert f"`{path.name}`" in readme, f"README's module list misses nodes/{path.name}"
+
+
+def test_no_core_module_is_over_400_lines():
+    long = {p.name: n for p in CORE.glob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
