@@ -71,13 +71,13 @@ def _wrap_widgets():
 
 
 def _calibrate_widgets():
-    """LML Calibrate's settings: lml_core's defaults and 32 noises."""
+    """LML Calibrate's settings: lml_core's defaults, 32 noises and the whole field."""
     from lml_core import CALIBRATE_DEFAULTS
 
     options = {k: v for k, v in CALIBRATE_DEFAULTS.items()
                if k in ("base", "history", "move_timesteps", "heldout", "iterations",
                         "regularization", "trajectory", "reference_steps")}
-    return {"samples": 32, **options}
+    return {"samples": 32, **options, "field": "all pairs"}
 
 
 def _saved_calibration() -> str:
