@@ -138,6 +138,18 @@ def steps_for_budget(pack, sampler: str, nfe: int) -> int:
     return steps
 
 
+def ksampler_steps(pack, model, sampler: str, scheduler: str, nfe: int) -> int:
+    """The most KSampler steps for ``sampler`` and ``scheduler`` whose model calls fit the
+    budget ``nfe``, counted on the sigmas KSampler really gives (ddim_uniform gives one step
+    more than asked at some step counts, e.g. 7 for 6)."""
+    bridge = pack.nodes.bridge
+    steps = steps_for_budget(pack, sampler, nfe)
+    while steps > 1 and pack.lml_core.expected_nfe(
+            sampler, len(bridge.ksampler_sigmas(model, steps, sampler, scheduler)) - 1) > nfe:
+        steps -= 1
+    return steps
+
+
 class Bench:
     """The model (a counting clone), conditioning, cfg and the test noises' latent, and the
     ways of sampling them: KSampler's path with a host scheduler, SamplerCustom with given
@@ -204,14 +216,16 @@ def measure_reference(bench, reference_steps, log):
     return reference, info
 
 
-def field_pairs(pack, nfe, samplers, schedulers):
+def field_pairs(bench, nfe, samplers, schedulers):
     """The runs of budget ``nfe``: (sampler, schedule, steps, sigmas or None for a host
     scheduler) of every sampler with every host scheduler and every node schedule; and
     {label: {steps: sigmas list or the reason it is not available}} of the node schedules."""
     pairs, extra = [], {}
     for name in samplers:
-        steps = steps_for_budget(pack, name, nfe)
-        pairs += [(name, scheduler, steps, None) for scheduler in schedulers]
+        steps = steps_for_budget(bench.pack, name, nfe)
+        pairs += [(name, scheduler, ksampler_steps(bench.pack, bench.model, name, scheduler,
+                                                   nfe), None)
+                  for scheduler in schedulers]
         for label, sigmas in node_schedules(steps).items():
             if isinstance(sigmas, str):
                 extra.setdefault(label, {})[steps] = sigmas
@@ -258,7 +272,7 @@ def measure_field(bench, reference, nfe, samplers, schedulers, log, screen=None)
     """Rows of every sampler x schedule at budget ``nfe`` and the node schedules'
     availability.  ``screen``: (bench, reference, keep) of a screen on the first test noises:
     every pair runs there ("screen_rms"), and only the finalists on all test noises."""
-    pairs, extra = field_pairs(bench.pack, nfe, samplers, schedulers)
+    pairs, extra = field_pairs(bench, nfe, samplers, schedulers)
     if screen is None:
         rows = run_pairs(bench, reference, pairs, nfe, log)
     else:
@@ -482,8 +496,9 @@ def markdown(result, command="python -m harness.digits_field") -> str:
         "discard-penultimate rule), plus the sigmas of the host's AlignYourStepsScheduler "
         "(model_type SD1) and GITSScheduler (default coeff) nodes with every sampler through "
         f"the host's SamplerCustom node: {pairs} pairs per step count. Each pair makes at most "
-        "the step count's model calls (heun, dpm_2 and heunpp2 take fewer steps); the calls "
-        "were counted."
+        "the step count's model calls (heun, dpm_2 and heunpp2 take fewer steps, and so does "
+        "ddim_uniform where KSampler's sigmas have one step more than asked); the calls were "
+        "counted."
         + ("" if not s.get("screen") else
            f" Every pair ran on the first {s['screen']['noises']} test noises (a screen); the "
            f"{s['screen']['keep']} best pairs of each step count, and the 3 best on karras and "
@@ -533,6 +548,25 @@ def markdown(result, command="python -m harness.digits_field") -> str:
     return "\n".join(lines)
 
 
+def readme_table(result) -> str:
+    """The table README.md quotes ("Calibrate LML on your model"), made from the result so
+    that it is never typed by hand (tests/harness checks README.md against the .json)."""
+    lines = ["| steps (NFE) | best pair of the field | best AYS / GITS pair | best karras pair | "
+             "LML Calibrate | calibrated / best pair | calibration cost |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(best):
+        return "-" if best is None else f"{best['pair']} {best['rms']:.3g}"
+
+    for nfe, line in result["steps"].items():
+        c = line["calibrated"]
+        lines.append(f"| {nfe} | {cell(line['best_pair'])} | "
+                     f"{cell(line['best_node_schedule_pair'])} | {cell(line['best_karras'])} | "
+                     f"{c['rms']:.3g} | **{line['ratio']:.2f}** | "
+                     f"{c['model_evaluations']:,} evaluations, {c['seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
 def write(result, out: Path, command: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
@@ -573,6 +607,7 @@ def main(argv=None) -> int:
     if args.report_only:
         result = json.loads(args.out.with_suffix(".json").read_text())
         args.out.with_suffix(".md").write_text(markdown(result, result.get("command", command)))
+        print(readme_table(result))
         return 0
     pack = load_pack()
     import comfy.utils
@@ -616,6 +651,7 @@ def main(argv=None) -> int:
     save(result)
     log(f"wrote {args.out.with_suffix('.md')} ({result['seconds'] / 60:.1f} min)")
     print(markdown(result, command))
+    print(readme_table(result))
     return 0
 
 

@@ -82,6 +82,23 @@ def test_ays_and_gits_sigmas_are_the_host_nodes_own(measured):
     assert len(used) == screen + finalists
 
 
+def test_steps_fit_the_budget_on_the_sigmas_ksampler_gives(pack, digits_sd15):
+    model = digits_sd15[0]
+    sigmas = pack.nodes.bridge.ksampler_sigmas
+    assert len(sigmas(model, 6, "euler", "ddim_uniform")) == 8  # 7 steps for 6
+    assert digits_field.ksampler_steps(pack, model, "euler", "ddim_uniform", 6) == 5
+    assert digits_field.ksampler_steps(pack, model, "euler", "karras", 6) == 6
+    assert digits_field.ksampler_steps(pack, model, "heun", "karras", 6) == 3
+    for name in ("euler", "uni_pc", "dpm_2", "heunpp2"):
+        for nfe in (4, 5, 6, 8, 10):
+            steps = digits_field.ksampler_steps(pack, model, name, "ddim_uniform", nfe)
+            calls = pack.lml_core.expected_nfe(name, len(sigmas(model, steps, name,
+                                                                "ddim_uniform")) - 1)
+            more = pack.lml_core.expected_nfe(name, len(sigmas(model, steps + 1, name,
+                                                               "ddim_uniform")) - 1)
+            assert calls <= nfe < more, (name, nfe, steps)
+
+
 def test_the_report_quotes_the_result(measured):
     result, _ = measured
     line = result["steps"][str(NFE)]
