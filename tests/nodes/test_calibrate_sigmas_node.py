@@ -65,7 +65,8 @@ def test_a_calibration_for_another_model_is_refused(pack, sd15, fitted):
         node(pack, "SigmasLMLCalibrated").execute(model=sd15[0], calibration=flow)
     scaled = [s * 0.5 for s in text["sigmas"]]
     other = json.dumps({**text, "sigmas": scaled,
-                        "fitted_on": {**text["fitted_on"], "sigma_max": scaled[0]}})
+                        "fitted_on": {**text["fitted_on"], "sigma_max": scaled[0],
+                                      "sigma_min": scaled[-2], "sigmas": scaled}})
     with pytest.raises(ValueError, match="^calibration: made for sigmas 7.3"):
         node(pack, "SigmasLMLCalibrated").execute(model=sd15[0], calibration=other)
     assert "calibration" in node(pack, "SigmasLMLCalibrated").validate_inputs(calibration="{}")
