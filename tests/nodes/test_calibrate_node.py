@@ -197,7 +197,8 @@ def test_lab_measures_the_calibrated_sampler_like_any_other_row(pack, sd15, cond
     seed, then counted and scored like every row; its fitting cost is in the row."""
     lab_node = pack.nodes.lab_node
     monkeypatch.setattr(lab_node, "CALIBRATION_SAMPLES", 4)
-    monkeypatch.setattr(lab_node, "CALIBRATION_OPTIONS", FAST)
+    monkeypatch.setattr(lab_node, "CALIBRATION_OPTIONS",
+                        {k: v for k, v in FAST.items() if k != "field"})
     lab = pack.nodes.NODES_BY_ID["LMLSamplerLab"]
     assert lab.validate_inputs(samplers="euler,lml_calibrated", steps="3") is True
     out = lab.execute(sd15[0], conds[0], conds[1], {"samples": torch.zeros([1, 4, 8, 8])},

@@ -289,7 +289,9 @@ def test_load_refuses_bytes_and_calibrations_lml_core_refuses(cache, tmp_path, c
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(cache, tmp_path, monkeypatch):
     calibration = Calibration(base="euler", sigmas=[2.0, 1.0, 0.0], corrections=[[0.0], [0.0]],
-                              fitted_on={"steps": 2})
+                              fitted_on={"steps": 2, "sigma_max": 2.0, "sigma_min": 1.0,
+                                         "model_kind": "eps", "sigmas": [2.0, 1.0, 0.0],
+                                         "latent_shape": [4, 8, 8]})
     path = tmp_path / "lml_calibrations" / "key.json"
     assert cache.save(path, calibration) is None
     assert Calibration.from_json(path.read_text()) == calibration
