@@ -1,11 +1,10 @@
 """LML Calibrate's fit: ``calibrate`` fits a ``Calibration`` (lml_core.calibration) to one model,
 schedule and guidance.
 
-The objective is the whole rollout: the final sample's distance to a converged reference from
-the same noise (lml_core.reference), plus the states on the way (lml_core.objective).  It is
-minimised by Levenberg-Marquardt with finite-difference Jacobians and a ``regularization *
-|theta|^2`` pull toward the base.  A held-out part of the noise decides which iterate is kept
-(early stopping); a fit that does not beat the base on it returns the base.
+The objective is the whole rollout: the final sample's distance to a converged reference
+(lml_core.reference), plus the states on the way (lml_core.objective), minimised by
+Levenberg-Marquardt (lml_core.levenberg).  A held-out part of the noise selects; a test part
+only scores.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import torch
 
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import MAX_HISTORY, SAMPLER_NAME
+from .field import measured_starts, planned_evaluations
 from .levenberg import levenberg_marquardt, rms
 from .objective import Fit, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_floor, reference_grid
@@ -27,8 +27,12 @@ CALIBRATE_DEFAULTS = {
     "base": "auto",            # "auto": the best of CALIBRATION_BASES on the noise, or one of them
     "history": 3,              # directions per step the correction may combine
     "move_timesteps": True,    # fit s_1 .. s_{N-1} too (s_0 fixed)
-    "heldout": 0.25,           # share of the noise kept for validation
+    "heldout": 0.25,           # share of the noise that selects (the iterate, the candidate)
+    "test": 0.25,              # share that only scores the result (the report's test error)
     "iterations": 20,          # Levenberg-Marquardt steps (Jacobians)
+    "jacobian_rows": 4,        # fitting noises each Jacobian is taken on (rotating); 0: all
+    "screen_rows": 4,          # fitting noises the whole field is first ranked on; 0: all
+    "finalists": 4,            # starts of each kind (LML, built-in) kept after that ranking
     "patience": 6,             # accepted steps without a held-out gain before stopping
     "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
@@ -51,7 +55,7 @@ def fit_options(options: dict) -> dict:
         raise ValueError(f"base must be 'auto' or one of {CALIBRATION_BASES}, "
                          f"got {opts['base']!r}")
     whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1,
-             "sigma_fits": 0}
+             "sigma_fits": 0, "jacobian_rows": 0, "screen_rows": 0, "finalists": 1}
     if opts["batch_size"] is not None:
         whole["batch_size"] = 1
     for name, low in whole.items():
@@ -62,6 +66,9 @@ def fit_options(options: dict) -> dict:
                          f"1-{MAX_HISTORY} directions), got {opts['history']}")
     if not 0 < float(opts["heldout"]) < 1:
         raise ValueError(f"heldout must be between 0 and 1, got {opts['heldout']}")
+    if not 0 <= float(opts["test"]) < 1 or float(opts["heldout"]) + float(opts["test"]) >= 1:
+        raise ValueError(f"test must be between 0 and 1 - heldout ({1 - float(opts['heldout'])}"
+                         f"), got {opts['test']}")
     for name in ("regularization", "trajectory"):
         if not (math.isfinite(float(opts[name])) and float(opts[name]) >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {opts[name]}")
@@ -85,16 +92,6 @@ def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
         min(i + 1, history) for i in range(steps))
 
 
-def planned_evaluations(steps, rows_fit, rows_val, opts, n_bases, size) -> int:
-    """About how many per-row model evaluations calibrate makes (for a progress bar; the
-    fit may stop early)."""
-    reference = (4 * (int(opts["reference_steps"]) + 4) + 1) * (rows_fit + rows_val)
-    bases = n_bases * steps * (rows_fit + rows_val)
-    jacobian = (steps + size * steps // 2) * rows_fit
-    per_iteration = jacobian + 2 * steps * rows_fit + steps * rows_val
-    return reference + bases + int(opts["iterations"]) * per_iteration + steps * rows_fit
-
-
 class Setup:
     """What both fits share: the checked options and schedules, the noise split into its
     fitting and held-out parts, the counted model (batched calls through ``denoise``, whole
@@ -116,9 +113,15 @@ class Setup:
         self.eps = opts["fd_step"] or (1e-4 if self.dtype == torch.float64 else 1e-2)
         self.say = log or (lambda text: None)
         self.extra_args = extra_args or {}
+        # Fit, select, test: the fitting noise fits, the selection ("held-out") noise chooses
+        # the iterate and the candidate, and the test noise only scores what was chosen.
         x = noise.to(self.dtype)
-        n_val = max(1, min(x.shape[0] - 1, round(x.shape[0] * float(opts["heldout"]))))
-        self.x_fit, self.x_val = x[:-n_val], x[-n_val:]
+        total = x.shape[0]
+        n_val = max(1, min(total - 1, round(total * float(opts["heldout"]))))
+        n_test = max(0, min(total - n_val - 1, round(total * float(opts["test"]))))
+        n_fit = total - n_val - n_test
+        parts = (slice(0, n_fit), slice(n_fit, n_fit + n_val), slice(n_fit + n_val, total))
+        self.x_fit, self.x_val, self.x_test = (x[part] for part in parts)
         self.planned = 1
 
         def on_call(*_):
@@ -131,8 +134,9 @@ class Setup:
         self.floor = reference_floor(model, self.schedules.values(), opts["reference_floor"])
         grid = reference_grid(self.sigmas[0], self.floor, int(opts["reference_steps"]),
                               self.flow)
-        self.ref_fit = Reference(self.denoise, self.x_fit, grid)
-        self.ref_val = Reference(self.denoise, self.x_val, grid)
+        reference = Reference(self.denoise, x, grid)
+        self.ref_fit, self.ref_val, self.ref_test = (reference.subset(p, own_scale=True)
+                                                     for p in parts)
         self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
         self.typical = None  # the robust scale: the best start's typical error
 
@@ -167,6 +171,13 @@ class Setup:
                              f"{self.sigmas[0]:.6g}")
         return values
 
+    def test_rms(self, fit, theta):
+        """RMS error of ``fit`` at ``theta`` on the test noise (None without any): it chooses
+        nothing, so it is what the user can expect on new noise."""
+        if self.x_test.shape[0] == 0:
+            return None
+        return rms(fit.final_errors(theta, self.x_test, self.ref_test))
+
     def evaluations(self) -> int:
         return self.denoise.rows + self.counted.rows
 
@@ -182,23 +193,29 @@ class Setup:
             lambda theta: robust_loss(fit.final_errors(theta, self.x_val, self.ref_val),
                                       self.typical),
             float(opts["regularization"]), self.eps, int(opts["iterations"]),
-            int(opts["patience"]), self.say)
+            int(opts["patience"]), self.say, int(opts["jacobian_rows"]))
 
-    def report(self, chosen: dict, candidates: dict, starts: dict) -> dict:
+    def report(self, chosen: dict, candidates: dict, starts: dict, test_starts: dict) -> dict:
         """The report of the chosen candidate among ``candidates`` ({label: scores}), with
-        the held-out RMS of the unchanged ``starts`` ({label: RMS})."""
+        the held-out and test RMS of the unchanged starts (``starts``, ``test_starts``:
+        {label: RMS}).  "heldout" is the selection noise (it chose); "test" chose nothing."""
         opts = self.opts
+        test_start = None if self.x_test.shape[0] == 0 else self.test_rms(
+            chosen["fit"], torch.zeros(chosen["fit"].size, dtype=torch.float64))
         return {
             "chosen": chosen["label"], "start": chosen["start"],
             "fit_rms": chosen["fit_rms"], "fit_rms_base": chosen["fit_rms_start"],
             "heldout_rms": chosen["heldout_rms"],
             "heldout_rms_base": chosen["heldout_rms_start"],
             "heldout_rms_bases": starts,
+            "test_rms": chosen["test_rms"], "test_rms_base": test_start,
+            "test_rms_bases": test_starts,
             "candidates": {label: {k: c[k] for k in ("fit_rms", "heldout_rms", "heldout_score",
-                                                      "iterations")}
+                                                      "test_rms", "iterations")}
                            for label, c in candidates.items()},
             "heldout_loss": chosen["heldout_loss"],
-            "samples": {"fit": int(self.x_fit.shape[0]), "heldout": int(self.x_val.shape[0])},
+            "samples": {"fit": int(self.x_fit.shape[0]), "heldout": int(self.x_val.shape[0]),
+                        "test": int(self.x_test.shape[0])},
             "iterations": chosen["iterations"], "trace": chosen["trace"],
             "model_calls": self.denoise.calls, "model_evaluations": self.evaluations(),
             "seconds": round(time.perf_counter() - self.started, 3),
@@ -215,7 +232,8 @@ class Setup:
 
 
 def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
-    """Fit and held-out RMS of ``fit`` at ``theta`` and at its start (theta = 0)."""
+    """Fit, held-out (selection) and test RMS of ``fit`` at ``theta`` and at its start
+    (theta = 0); the test RMS is None without test noise."""
     zero = torch.zeros(fit.size, dtype=torch.float64)
     heldout_loss, iterations, trace = result if result is not None else (1.0, 0, [])
     return {"label": label, "start": start, "fit": fit, "theta": theta,
@@ -223,6 +241,7 @@ def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
             "fit_rms_start": rms(fit.final_errors(zero, setup.x_fit, setup.ref_fit)),
             "heldout_rms": rms(fit.final_errors(theta, setup.x_val, setup.ref_val)),
             "heldout_rms_start": rms(fit.final_errors(zero, setup.x_val, setup.ref_val)),
+            "test_rms": setup.test_rms(fit, theta),
             "heldout_loss": heldout_loss, "iterations": iterations, "trace": trace}
 
 
@@ -238,25 +257,26 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
               sampler_schedules=None, progress=None, log=None, **options) -> Calibration:
     """Fit a calibrated sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
 
-    ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2); the last ``heldout``
-    share is held out to choose.  ``schedules``: {name: sigmas} of N steps to start from (the
-    host's schedulers; default: ``sigmas`` alone); ``samplers``: {name: k-diffusion function}
-    of built-in samplers to measure and fit (default: none), each at most N model calls per
-    sample (one that makes more is left out); ``sampler_schedules``: {sampler: {schedule:
-    sigmas}} where a sampler gets other sigmas from a scheduler than ``schedules`` says
-    (KSampler's discard rule; fewer steps for a sampler of several calls per step).  Measured on the
-    fitting noise, the best start (base x schedule) gets the LML fit (corrections and every
-    timestep), the best ``sigma_fits`` samplers get timestep-only fits, and the best pair is a
-    candidate unchanged; the candidate with the lowest robust loss on the held-out noise wins.
-    The calibration's ``fitted_on`` records ``sigmas`` and one sample's ``latent_shape`` (the
-    sampler refuses another schedule and warns at another size).
+    ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2): a ``heldout`` share
+    chooses, the last ``test`` share only scores (report["test_rms"]), the rest fits.
+    ``schedules``: {name: N-step sigmas} to start from (default: ``sigmas``); ``samplers``:
+    {name: k-diffusion function} to measure and fit (one of more than N model calls per
+    sample is left out); ``sampler_schedules``: {sampler: {schedule: sigmas}} where KSampler
+    gives a sampler other sigmas (its discard rule; fewer steps at several calls per step).
+    The best LML start gets the LML fit (corrections and every timestep), the best
+    ``sigma_fits`` samplers timestep-only fits, the best pair stays a candidate unchanged; the
+    lowest robust loss on the held-out noise wins.  ``fitted_on`` records ``sigmas`` and
+    one sample's ``latent_shape`` (the sampler refuses another schedule, warns at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
     to cancel); ``log(text)`` gets one line per stage.  Options (``CALIBRATE_DEFAULTS``):
 
     - base: "auto" (the best of euler, ipndm, ipndm_v) or one of them;
     - history: directions per step the correction combines (1-4);
     - move_timesteps: fit s_1..s_{N-1} in log-SNR too;
-    - heldout: the held-out share; iterations, patience: LM steps and early stopping;
+    - heldout, test: the selection and test shares; iterations, patience: LM steps and
+      early stopping; jacobian_rows: fitting noises per Jacobian (in turn; 0: all);
+    - screen_rows, finalists: the field ranked on that many noises, then that many of each
+      kind (LML, built-in) on all;
     - regularization: weight of |theta|^2 that pulls the fit toward the start;
     - trajectory: weight of the states on the way in the objective (0: final sample only);
     - reference_steps, reference_floor: the RK4 reference (to the model's sigma_min by default);
@@ -277,12 +297,9 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     opts, steps = setup.opts, setup.steps
     move = bool(opts["move_timesteps"]) and steps >= 2
     size = parameter_count(steps, int(opts["history"]), move)
-    rows = setup.x_fit.shape[0]
-    setup.planned = (planned_evaluations(steps, rows, setup.x_val.shape[0], opts,
-                                         len(bases) * len(setup.schedules), size)
-                     if bases else 0) + (
-        len(samplers) * len(setup.schedules) * steps * rows
-        + min(len(samplers), sigma_fits) * int(opts["iterations"]) * steps * steps * rows)
+    setup.planned = planned_evaluations(setup, len(bases) * len(setup.schedules),
+                                        len(samplers) * len(setup.schedules), size,
+                                        min(len(samplers), sigma_fits))
 
     # 1. Every start on the fitting noise: the LML bases and the built-in samplers on every
     # schedule.
@@ -298,20 +315,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
             starts[f"{name} + {schedule}"] = SigmaFit(
                 function, setup.counted, own, setup.flow, setup.floor, setup.extra_args,
                 move, opts["batch_size"])
-    errors = {}
-    for label, fit in starts.items():
-        before = setup.counted.rows
-        try:
-            errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64),
-                                             setup.x_fit, setup.ref_fit)
-        except (RuntimeError, ValueError, ZeroDivisionError) as error:
-            if isinstance(fit, Fit):  # lml_core's own sampler: a real error
-                raise
-            setup.say(f"{label}: cannot run here ({error}); left out")
-            continue
-        if one_call and setup.counted.rows - before > steps * rows:
-            setup.say(f"{label}: more than one model call per step; left out")
-            del errors[label]
+    errors = measured_starts(setup, starts, steps, one_call)
     if not errors:
         raise ValueError("calibrate: no sampler could run on the calibration noise")
     # The robust scale: the typical (median) error of the best start.
@@ -351,9 +355,10 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     compared = [label for label in shortlist.values() if label.startswith("lml(")] + [
         label for label in shortlist.values() if not label.startswith("lml(")][
         :len(fitted_samplers) + 1]
-    heldout_starts = {label: rms(starts[label].final_errors(
-        torch.zeros(starts[label].size, dtype=torch.float64), setup.x_val, setup.ref_val))
-        for label in compared}
+    zero = {label: torch.zeros(starts[label].size, dtype=torch.float64) for label in compared}
+    heldout_starts = {k: rms(starts[k].final_errors(zero[k], setup.x_val, setup.ref_val))
+                      for k in compared}
+    test_starts = {k: setup.test_rms(starts[k], zero[k]) for k in compared}
 
     # 3. The winner on the held-out noise.
     for c in candidates.values():
@@ -363,7 +368,9 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     setup.say("candidates on the held-out noise (RMS): " + ", ".join(
         f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())
         + f"; chosen {chosen['label']}")
-    report = setup.report(chosen, candidates, heldout_starts)
+    report = setup.report(chosen, candidates, heldout_starts, test_starts)
+    best_pair = candidates.get(best_pairs[0]) if best_pairs else None
+    report["test_rms_best_pair"] = None if best_pair is None else best_pair["test_rms"]
     report["fitted_from"] = {"lml": best_lml,
                              "sigmas": [f"{name} + {schedule}" for name, schedule in
                                         fitted_samplers]}

@@ -11,12 +11,25 @@ def rms(errors) -> float:
     return float(errors.pow(2).mean().sqrt())
 
 
+def jacobian_rows_at(iteration: int, rows: int, count: int):
+    """The fitting rows iteration ``iteration``'s Jacobian is taken on: ``count`` of the
+    ``rows``, the next ones in turn each iteration (all of them when count is 0 or >= rows)."""
+    if not 0 < count < rows:
+        return slice(None)
+    return torch.arange(iteration * count, (iteration + 1) * count) % rows
+
+
 def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
-                        iterations, patience, say):
+                        iterations, patience, say, jacobian_rows=0):
     """Levenberg-Marquardt on ``fit``'s objective (relative to the base's) + ``regularization
     * |theta|^2`` from theta = 0; ``heldout(theta)`` scores each accepted iterate and the best
     one is returned, with the number of accepted steps and the trace of (objective, held-out)
-    ratios to the base's."""
+    ratios to the base's.
+
+    The Jacobian (the fit's cost: a forked rollout per parameter) is taken on ``jacobian_rows``
+    of the fitting rows, other ones each iteration, and scaled to all of them; every trial step
+    is still judged on all the fitting rows, so the objective never rises.  Its memory is that
+    of ``jacobian_rows`` rows."""
     theta = torch.zeros(fit.size, dtype=torch.float64)
     base_objective = fit.loss(fit.plan(theta), x, reference)
     rows = x.numel()
@@ -30,9 +43,13 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     current, mu, stale, accepted, trace = base_objective, 1e-2, 0, 0, []
     identity = torch.eye(fit.size, dtype=torch.float64)
     for iteration in range(iterations):
-        residual, jac = fit.jacobian(theta, x, reference, eps)
-        jtj = jac.T @ jac / scale
-        gradient = jac.T @ residual / scale + regularization * theta
+        part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
+        x_part = x[part]
+        residual, jac = fit.jacobian(theta, x_part, reference.subset(part), eps)
+        share = rows / x_part.numel()  # the part's sums, scaled to all the fitting rows
+        jtj = share * (jac.T @ jac) / scale
+        gradient = share * (jac.T @ residual) / scale + regularization * theta
+        del jac, residual
         diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)
         improved = False
         for _trial in range(10):  # raise mu until a step lowers the objective

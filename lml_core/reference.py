@@ -82,6 +82,20 @@ class Reference:
         self.scale = float(self.final.std())  # the data's scale, for the state weights
         self.weights = None  # per-sample weights of the fit (robust_weights), or None
 
+    def subset(self, index, own_scale=False) -> Reference:
+        """The same trajectory for the rows ``index`` (a slice or index tensor) of its noise:
+        one reference serves the fitting, selection and test parts and any row subset.
+        ``own_scale``: the data scale from these rows alone (so that the other rows, test
+        noise among them, do not weigh the fit); else the whole reference's."""
+        part = object.__new__(Reference)
+        part.grid = self.grid
+        part.states = [state[index] for state in self.states]
+        part.slopes = [slope[index] for slope in self.slopes]
+        part.final = self.final[index]
+        part.scale = float(part.final.std()) if own_scale and part.final.shape[0] else self.scale
+        part.weights = None if self.weights is None else self.weights[index]
+        return part
+
     def weigh(self, rows):
         """[B, ...] rows times the per-sample weights."""
         if self.weights is None:

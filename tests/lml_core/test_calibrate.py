@@ -119,9 +119,28 @@ def test_report_counts_the_model_calls(fitted):
     model, sigmas, calibration = fitted
     report = calibration.report
     assert report["model_calls"] > 0 and report["model_evaluations"] >= report["model_calls"]
-    assert report["samples"] == {"fit": 24, "heldout": 8}
+    assert report["samples"] == {"fit": 16, "heldout": 8, "test": 8}
     assert set(report["heldout_rms_bases"]) == {f"lml({base}) + given"
                                                 for base in ("euler", "ipndm", "ipndm_v")}
+    assert set(report["test_rms_bases"]) == set(report["heldout_rms_bases"])
+
+
+def test_test_noise_chooses_nothing_and_scores_the_result(fitted):
+    """The last quarter of the noise is the test part: other test noise gives the same
+    calibration, and the report's test RMS is the calibrated sampler's error on those noises
+    against a reference computed here."""
+    model, sigmas, calibration = fitted
+    x = noise(32, 1)
+    x[24:] = noise(8, 55)
+    again = calibrate(model, x, sigmas)
+    assert again.sigmas == calibration.sigmas and again.corrections == calibration.corrections
+    assert again.report["test_rms"] != calibration.report["test_rms"]
+    grid = reference_grid(float(sigmas[0]), 0.002, CALIBRATE_DEFAULTS["reference_steps"], False)
+    reference = Reference(Evaluator(model, {}, torch.float64), x, grid).final[24:]
+    out = sample_lml_calibrated(model, x[24:], sigmas, calibration=again)
+    errors = (out - reference).pow(2).mean(1).sqrt()
+    assert math.isclose(again.report["test_rms"], float(errors.pow(2).mean().sqrt()),
+                        rel_tol=1e-9)
 
 
 def test_json_round_trip_is_exact(fitted):

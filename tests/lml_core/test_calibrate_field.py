@@ -209,3 +209,26 @@ def test_a_sampler_of_two_calls_per_step_competes_on_fewer_steps():
     assert torch.equal(sample_lml_calibrated(model, x, sigmas, calibration=own,
                                              samplers={"heun": plain_heun}),
                        plain_heun(model, x, two))
+
+
+def test_the_field_is_ranked_on_screen_rows_and_the_finalists_finish():
+    """With screen_rows the whole field runs on that many fitting noises and only the
+    ``finalists`` best of each kind on the rest: fewer evaluations, and a pair far ahead (the
+    best pair) is still the one chosen as the unchanged candidate."""
+    model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
+    schedules = {"karras": karras_sigmas(6).double(), "exponential": exponential_sigmas(6),
+                 "uniform": uniform_sigmas(6)}
+    opts = {"iterations": 0, "reference_steps": 16, "sigma_fits": 0}
+    logs = []
+    screened = calibrate(model, noise(24, 4), schedules["karras"], schedules=schedules,
+                         samplers=SAMPLERS, screen_rows=3, finalists=1, log=logs.append,
+                         **opts)
+    whole = calibrate(model, noise(24, 4), schedules["karras"], schedules=schedules,
+                      samplers=SAMPLERS, screen_rows=0, **opts)
+    assert screened.report["model_evaluations"] < whole.report["model_evaluations"]
+    line = next(text for text in logs if text.startswith("field:"))
+    assert "ranked on 3 noises" in line
+    pairs = lambda c: [k for k in c.report["candidates"] if not k.startswith(("calibrated",
+                                                                                "lml("))]
+    assert pairs(screened) == pairs(whole) and len(pairs(whole)) == 1
+    assert len(screened.report["heldout_rms_bases"]) == 2  # one finalist of each kind

@@ -35,6 +35,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
     tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
                "fd_step", "batch_size"}
     tested |= {"sigma_fits"}  # test_calibrate_field
+    tested |= {"test", "jacobian_rows", "screen_rows", "finalists"}
     assert set(CALIBRATE_DEFAULTS) == tested
 
 
@@ -51,7 +52,7 @@ def test_batch_size_splits_the_model_calls_without_changing_the_fit(model):
     # Equal up to the order of float64 sums in the model (the last step's tiny corrections).
     assert fitted_values(split) == pytest.approx(fitted_values(whole), rel=1e-9, abs=1e-9)
     assert split.report["model_evaluations"] == whole.report["model_evaluations"]
-    assert split.report["model_calls"] > 2 * whole.report["model_calls"]
+    assert split.report["model_calls"] > whole.report["model_calls"]
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         calibrate(model, noise(), SIGMAS, batch_size=0)
 
@@ -113,3 +114,32 @@ def test_reference_steps_sets_the_reference_cost(model):
     a = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=8)
     b = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=16)
     assert b.report["model_evaluations"] - a.report["model_evaluations"] == 32 * 12
+
+
+def test_test_share_sets_the_noise_that_only_scores(model):
+    """test=0: no test part (the fit has those noises; no test score); a test share that leaves
+    no fitting noise is refused, naming test."""
+    none = calibrate(model, noise(), SIGMAS, test=0, **SMALL)
+    assert none.report["samples"] == {"fit": 9, "heldout": 3, "test": 0}
+    assert none.report["test_rms"] is None and none.report["test_rms_base"] is None
+    some = calibrate(model, noise(), SIGMAS, test=0.25, **SMALL)
+    assert some.report["samples"] == {"fit": 6, "heldout": 3, "test": 3}
+    assert some.report["test_rms"] > 0 and some.report["test_rms_base"] > 0
+    with pytest.raises(ValueError, match="test must be between 0 and 1 - heldout"):
+        calibrate(model, noise(), SIGMAS, heldout=0.5, test=0.5)
+
+
+def test_jacobian_rows_takes_each_jacobian_on_that_many_noises(model):
+    """Fewer Jacobian rows cost fewer evaluations; the objective still falls at every accepted
+    step (each trial is judged on all the fitting noises); as many rows as the fitting part
+    is the whole Jacobian, the same fit as 0."""
+    opts = {"iterations": 3, "reference_steps": 8, "test": 0, "patience": 10}
+    whole = calibrate(model, noise(), SIGMAS, jacobian_rows=0, base="ipndm", **opts)
+    same = calibrate(model, noise(), SIGMAS, jacobian_rows=9, base="ipndm", **opts)
+    assert fitted_values(same) == fitted_values(whole)
+    part = calibrate(model, noise(), SIGMAS, jacobian_rows=2, base="ipndm", **opts)
+    assert part.report["model_evaluations"] < whole.report["model_evaluations"]
+    objective = [o for o, _val in part.report["trace"]]
+    assert objective and all(b < a for a, b in zip([1.0, *objective], objective))
+    with pytest.raises(ValueError, match="jacobian_rows must be a whole number >= 0"):
+        calibrate(model, noise(), SIGMAS, jacobian_rows=-1)
