@@ -31,9 +31,10 @@ CALIBRATE_DEFAULTS = {
     "test": 0.25,              # share that only scores the result (the report's test error)
     "iterations": 20,          # Levenberg-Marquardt steps (Jacobians)
     "jacobian_rows": 4,        # fitting noises each Jacobian is taken on (rotating); 0: all
-    "screen_rows": 4,          # fitting noises the whole field is first ranked on; 0: all
+    "screen_rows": 8,          # fitting noises the field is ranked on (halved midway); 0: all
     "finalists": 4,            # starts of each kind (LML, built-in) kept after that ranking
     "patience": 6,             # accepted steps without a held-out gain before stopping
+    "tolerance": 1e-3,         # converged after 2 steps in a row that gain less (relative)
     "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
     "reference_steps": 32,     # RK4 steps of the converged reference (4 model calls each)
@@ -69,7 +70,7 @@ def fit_options(options: dict) -> dict:
     if not 0 <= float(opts["test"]) < 1 or float(opts["heldout"]) + float(opts["test"]) >= 1:
         raise ValueError(f"test must be between 0 and 1 - heldout ({1 - float(opts['heldout'])}"
                          f"), got {opts['test']}")
-    for name in ("regularization", "trajectory"):
+    for name in ("regularization", "trajectory", "tolerance"):
         if not (math.isfinite(float(opts[name])) and float(opts[name]) >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {opts[name]}")
     for name in ("fd_step", "reference_floor"):
@@ -85,11 +86,6 @@ def checked_schedule(sigmas) -> list[float]:
             a <= b for a, b in zip(values[:-1], values[1:])):
         raise ValueError(f"calibrate: sigmas must decrease strictly to 0, got {values}")
     return values
-
-
-def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
-    return (steps - 1 if move_timesteps and steps >= 2 else 0) + sum(
-        min(i + 1, history) for i in range(steps))
 
 
 class Setup:
@@ -193,7 +189,8 @@ class Setup:
             lambda theta: robust_loss(fit.final_errors(theta, self.x_val, self.ref_val),
                                       self.typical),
             float(opts["regularization"]), self.eps, int(opts["iterations"]),
-            int(opts["patience"]), self.say, int(opts["jacobian_rows"]))
+            int(opts["patience"]), self.say, int(opts["jacobian_rows"]),
+            float(opts["tolerance"]))
 
     def report(self, chosen: dict, candidates: dict, starts: dict, test_starts: dict) -> dict:
         """The report of the chosen candidate among ``candidates`` ({label: scores}), with
@@ -274,7 +271,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - history: directions per step the correction combines (1-4);
     - move_timesteps: fit s_1..s_{N-1} in log-SNR too;
     - heldout, test: the selection and test shares; iterations, patience: LM steps and
-      early stopping; jacobian_rows: fitting noises per Jacobian (in turn; 0: all);
+      early stopping; tolerance: converged below this relative gain (twice in a row);
+      jacobian_rows: fitting noises per Jacobian (in turn; 0: all);
     - screen_rows, finalists: the field ranked on that many noises, then that many of each
       kind (LML, built-in) on all;
     - regularization: weight of |theta|^2 that pulls the fit toward the start;
@@ -296,9 +294,8 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     leave out samplers that make more than one model call per step (equal model calls)."""
     opts, steps = setup.opts, setup.steps
     move = bool(opts["move_timesteps"]) and steps >= 2
-    size = parameter_count(steps, int(opts["history"]), move)
     setup.planned = planned_evaluations(setup, len(bases) * len(setup.schedules),
-                                        len(samplers) * len(setup.schedules), size,
+                                        len(samplers) * len(setup.schedules), move,
                                         min(len(samplers), sigma_fits))
 
     # 1. Every start on the fitting noise: the LML bases and the built-in samplers on every

@@ -9,17 +9,24 @@ import torch
 from .objective import Fit, robust_loss
 
 
-def planned_evaluations(setup, n_lml, n_builtin, size, sigma_fits) -> int:
+def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
+    return (steps - 1 if move_timesteps and steps >= 2 else 0) + sum(
+        min(i + 1, history) for i in range(steps))
+
+
+def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits) -> int:
     """About how many per-row model evaluations the fit makes (for a progress bar; it may
     stop early): the reference, the field (``n_lml`` LML and ``n_builtin`` built-in starts),
-    the LML fit of ``size`` parameters (if any LML start) and ``sigma_fits`` timestep fits."""
+    the LML fit (if any LML start) and ``sigma_fits`` timestep fits."""
     opts, steps = setup.opts, setup.steps
+    size = parameter_count(steps, int(opts["history"]), move_timesteps)
     fit, val = setup.x_fit.shape[0], setup.x_val.shape[0]
     total = fit + val + setup.x_test.shape[0]
     screen = int(opts["screen_rows"]) if 0 < int(opts["screen_rows"]) < fit else fit
     jac = int(opts["jacobian_rows"]) if 0 < int(opts["jacobian_rows"]) < fit else fit
-    field = (n_lml + n_builtin) * steps * screen + 2 * int(opts["finalists"]) * steps * (
-        fit - screen)
+    keep = int(opts["finalists"])
+    field = (n_lml + n_builtin) * steps * screen // 2 + 8 * keep * steps * screen // 2 + (
+        2 * keep * steps * (fit - screen))
     judged = 2 * steps * fit + steps * val  # per iteration: trial steps and the held-out part
     lml = (steps + size * steps // 2) * jac + judged if n_lml else 0
     timesteps = sigma_fits * ((steps - 1) * steps * jac + judged)
@@ -47,31 +54,42 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool) 
     return errors
 
 
+def best_of_each_kind(errors: dict, keep: int) -> list:
+    """The ``keep`` best LML starts and the ``keep`` best built-in pairs of ``errors`` ({label:
+    per-sample errors}) by robust loss (scaled by the best start's median error)."""
+    typical = min(float(e.median()) for e in errors.values())
+    ranked = sorted(errors, key=lambda label: robust_loss(errors[label], typical))
+    return ([label for label in ranked if label.startswith("lml(")][:keep]
+            + [label for label in ranked if not label.startswith("lml(")][:keep])
+
+
 def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
-    """{label: per-sample error on the fitting noise} of the starts worth fitting: the whole
-    field is ranked on the first ``screen_rows`` fitting noises (a pair far behind there is
-    not worth the rest), and the ``finalists`` best of each kind (LML start, built-in pair)
-    are measured on the rest too."""
+    """{label: per-sample error on the fitting noise} of the starts worth fitting, by
+    successive halving: the whole field runs on the first half of ``screen_rows`` fitting
+    noises, the best 4 x ``finalists`` of each kind (LML start, built-in pair) on the second
+    half, and the ``finalists`` best of each kind on the rest of the fitting noise (a start
+    far behind on a few noises is not worth the rest)."""
     rows = setup.x_fit.shape[0]
     screen = int(setup.opts["screen_rows"])
     if not 0 < screen < rows:
         return start_errors(setup, starts, setup.x_fit, setup.ref_fit, steps, one_call)
-    head, rest = slice(0, screen), slice(screen, rows)
-    errors = start_errors(setup, starts, setup.x_fit[head], setup.ref_fit.subset(head), steps,
-                          one_call)
-    if not errors:
-        return errors
-    typical = min(float(e.median()) for e in errors.values())
-    ranked = sorted(errors, key=lambda label: robust_loss(errors[label], typical))
     keep = int(setup.opts["finalists"])
-    finalists = ([label for label in ranked if label.startswith("lml(")][:keep]
-                 + [label for label in ranked if not label.startswith("lml(")][:keep])
-    setup.say(f"field: {len(errors)} starts ranked on {screen} noises; finalists "
-              + ", ".join(finalists))
-    x_rest, ref_rest = setup.x_fit[rest], setup.ref_fit.subset(rest)
-    out = {}
-    for label in finalists:
-        more = start_errors(setup, {label: starts[label]}, x_rest, ref_rest, steps, one_call)
-        if label in more:
-            out[label] = torch.cat([errors[label], more[label]])
-    return out
+    stages = [(0, max(1, screen // 2), 4 * keep), (max(1, screen // 2), screen, keep),
+              (screen, rows, None)]
+    errors, alive = {}, list(starts)
+    for first, last, survivors in stages:
+        if last <= first:
+            continue
+        part = slice(first, last)
+        more = start_errors(setup, {label: starts[label] for label in alive},
+                            setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
+        errors = {label: more[label] if label not in errors else torch.cat(
+            [errors[label], more[label]]) for label in alive if label in more}
+        if not errors:
+            return errors
+        if survivors is not None:
+            alive = best_of_each_kind(errors, survivors)
+            if survivors == keep:
+                setup.say(f"field: {len(starts)} starts ranked on {last} noises (halved after "
+                          f"{first}); finalists " + ", ".join(alive))
+    return errors

@@ -20,7 +20,7 @@ def jacobian_rows_at(iteration: int, rows: int, count: int):
 
 
 def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
-                        iterations, patience, say, jacobian_rows=0):
+                        iterations, patience, say, jacobian_rows=0, tolerance=0.0):
     """Levenberg-Marquardt on ``fit``'s objective (relative to the base's) + ``regularization
     * |theta|^2`` from theta = 0; ``heldout(theta)`` scores each accepted iterate and the best
     one is returned, with the number of accepted steps and the trace of (objective, held-out)
@@ -29,7 +29,8 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     The Jacobian (the fit's cost: a forked rollout per parameter) is taken on ``jacobian_rows``
     of the fitting rows, other ones each iteration, and scaled to all of them; every trial step
     is still judged on all the fitting rows, so the objective never rises.  Its memory is that
-    of ``jacobian_rows`` rows."""
+    of ``jacobian_rows`` rows.  The fit has converged, and stops, after two accepted steps in a
+    row that each lower the objective by less than ``tolerance`` (relative)."""
     theta = torch.zeros(fit.size, dtype=torch.float64)
     base_objective = fit.loss(fit.plan(theta), x, reference)
     rows = x.numel()
@@ -41,6 +42,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     val_base = heldout(theta)
     best_val, best_theta = val_base, theta.clone()
     current, mu, stale, accepted, trace = base_objective, 1e-2, 0, 0, []
+    flat = 0  # accepted steps in a row that lowered the objective by less than tolerance
     identity = torch.eye(fit.size, dtype=torch.float64)
     for iteration in range(iterations):
         part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
@@ -64,7 +66,10 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
                 mu *= 4
                 continue
             value = fit.loss(plan, x, reference)
-            if objective(value, theta + delta) < objective(current, theta):
+            before = objective(current, theta)
+            after = objective(value, theta + delta)
+            if after < before:
+                flat = flat + 1 if before - after < tolerance * before else 0
                 theta, current, mu, improved = theta + delta, value, max(mu / 3, 1e-7), True
                 break
             mu *= 4
@@ -83,4 +88,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
             if stale >= patience:
                 say(f"held-out error has not improved for {stale} steps; stopping")
                 break
+        if flat >= 2:
+            say(f"the objective fell by less than {tolerance:g} twice in a row; converged")
+            break
     return best_theta, best_val / val_base, accepted, trace

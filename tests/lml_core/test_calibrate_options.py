@@ -35,7 +35,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
     tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
                "fd_step", "batch_size"}
     tested |= {"sigma_fits"}  # test_calibrate_field
-    tested |= {"test", "jacobian_rows", "screen_rows", "finalists"}
+    tested |= {"test", "jacobian_rows", "screen_rows", "finalists", "tolerance"}
     assert set(CALIBRATE_DEFAULTS) == tested
 
 
@@ -143,3 +143,17 @@ def test_jacobian_rows_takes_each_jacobian_on_that_many_noises(model):
     assert objective and all(b < a for a, b in zip([1.0, *objective], objective))
     with pytest.raises(ValueError, match="jacobian_rows must be a whole number >= 0"):
         calibrate(model, noise(), SIGMAS, jacobian_rows=-1)
+
+
+def test_tolerance_stops_a_converged_fit(model):
+    """With a huge tolerance every accepted step counts as converged: the fit stops after 2;
+    with 0 it runs until patience or the iteration cap."""
+    opts = {"iterations": 12, "reference_steps": 8, "patience": 20, "base": "ipndm"}
+    logs = []
+    quick = calibrate(model, noise(), SIGMAS, tolerance=1.0, log=logs.append, **opts)
+    assert len(quick.report["trace"]) == 2 or quick.report["iterations"] == 0
+    assert any("converged" in text for text in logs)
+    full = calibrate(model, noise(), SIGMAS, tolerance=0, **opts)
+    assert len(full.report["trace"]) > 2
+    with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
+        calibrate(model, noise(), SIGMAS, tolerance=-1)
