@@ -139,11 +139,14 @@ class CFGDigitsModel:
 
     @torch.no_grad()
     def __call__(self, x, sigma, model_options=None, **extra_args):
+        return self.guided(x, sigma, torch.arange(x.shape[0]) % CLASSES, model_options)
+
+    def guided(self, x, sigma, labels, model_options=None):
+        """The guided denoiser for rows of the given class ``labels``."""
         model_options = model_options or {}
         s = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         a = 1 - s if self.flow else torch.ones_like(s)
         x32 = x.to(torch.float32)
-        labels = torch.arange(x.shape[0]) % CLASSES
         cond = self.net(x32, s, a, labels)
         uncond = None
         if self.cfg != 1.0 or model_options.get("disable_cfg1_optimization", False):
@@ -154,6 +157,34 @@ class CFGDigitsModel:
                       "model": self, "uncond_denoised": uncond, "cond_denoised": cond,
                       "sigma": sigma, "model_options": model_options, "input": x32})
         return out.to(x.dtype)
+
+
+class RowLabelledDigitsModel:
+    """The guided digits model for a calibration, which runs any subset of its noise rows
+    (the field on a few rows, Jacobians on others, row chunks): each row carries its class in
+    one extra, last coordinate, so the class follows the row and not its place in a batch (as
+    in ComfyUI, where one prompt conditions every row).  The model returns that coordinate
+    unchanged, so every deterministic sampler's direction there is 0 and it stays put (to
+    rounding).  The class is stored as class / 1000: small beside the data, so the reference's
+    scale and the error norms barely see it."""
+
+    LABEL_SCALE = 1e-3
+
+    def __init__(self, model: CFGDigitsModel):
+        self.model, self.flow = model, model.flow
+
+    def __call__(self, x, sigma, model_options=None, **extra_args):
+        labels = (x[:, -1] / self.LABEL_SCALE).round().long()
+        out = self.model.guided(x[:, :-1], sigma, labels, model_options)
+        return torch.cat([out, x[:, -1:]], 1)
+
+
+def with_labels(noise):
+    """``noise`` [B, 64] with the benchmark's class of each row (row i: digit i mod 10) as a
+    last coordinate, for RowLabelledDigitsModel."""
+    labels = (torch.arange(noise.shape[0]) % CLASSES).to(noise.dtype)
+    labels = labels * RowLabelledDigitsModel.LABEL_SCALE
+    return torch.cat([noise, labels[:, None]], 1)
 
 
 class FeatureDistance:
