@@ -2,13 +2,22 @@
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
 gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds ->
-calibration_text -> calibration -> reference -> objective -> sigma_fit -> levenberg -> calibrate.
+calibration_text -> calibration -> reference -> objective -> sigma_fit -> levenberg -> calibrate
+-> calibrate_steps.
 See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
 from .calibrate import CALIBRATE_DEFAULTS, calibrate, calibrate_sigmas
-from .calibration import CALIBRATION_BASES, Calibration, sample_lml_calibrated
+from .calibrate_steps import calibrate_steps
+from .calibration import (
+    CALIBRATION_BASES,
+    Calibration,
+    calibrations_from_json,
+    calibrations_to_json,
+    pick_calibration,
+    sample_lml_calibrated,
+)
 from .options import (
     ANCESTRAL_DEFAULTS,
     DAMPING_MODES,
@@ -50,6 +59,9 @@ __all__ = [
     "auto_omega",
     "calibrate",
     "calibrate_sigmas",
+    "calibrate_steps",
+    "calibrations_from_json",
+    "calibrations_to_json",
     "classify",
     "expected_nfe",
     "half_log_snr",
@@ -58,6 +70,7 @@ __all__ = [
     "lm_precondition",
     "lml_wrap",
     "omega_widget",
+    "pick_calibration",
     "sample_lml_calibrated",
     "sample_lml_dpmpp_2m",
     "sample_lml_euler",

@@ -93,7 +93,8 @@ class Setup:
     fitting and held-out parts, the counted model (batched calls through ``denoise``, whole
     sampler runs through ``counted``), the reference of both parts and the robust scale."""
 
-    def __init__(self, model, noise, sigmas, extra_args, schedules, progress, log, options):
+    def __init__(self, model, noise, sigmas, extra_args, schedules, progress, log, options,
+                 references=None):
         self.opts = opts = fit_options(options)
         self.started = time.perf_counter()
         self.sigmas = checked_schedule(sigmas)
@@ -130,7 +131,7 @@ class Setup:
         self.floor = reference_floor(model, self.schedules.values(), opts["reference_floor"])
         grid = reference_grid(self.sigmas[0], self.floor, int(opts["reference_steps"]),
                               self.flow)
-        reference = Reference(self.denoise, x, grid)
+        reference = (references or Reference)(self.denoise, x, grid)  # calibrate_steps' cache
         self.ref_fit, self.ref_val, self.ref_test = (reference.subset(p, own_scale=True)
                                                      for p in parts)
         self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
@@ -251,7 +252,8 @@ def fitted(setup: Setup, label, start, fit, start_errors) -> dict:
 
 @torch.no_grad()
 def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=None,
-              sampler_schedules=None, progress=None, log=None, **options) -> Calibration:
+              sampler_schedules=None, progress=None, log=None, references=None,
+              **options) -> Calibration:
     """Fit a calibrated sampler for ``model`` on ``sigmas`` (N + 1 values ending in 0).
 
     ``noise``: [B, ...] initial latents already at sigmas[0] (B >= 2): a ``heldout`` share
@@ -265,7 +267,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     lowest robust loss on the held-out noise wins.  ``fitted_on`` records ``sigmas`` and
     one sample's ``latent_shape`` (the sampler refuses another schedule, warns at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
-    to cancel); ``log(text)`` gets one line per stage.  Options (``CALIBRATE_DEFAULTS``):
+    to cancel); ``log(text)`` gets one line per stage; ``references``: calibrate_steps' shared
+    reference cache (default: computed here).  Options (``CALIBRATE_DEFAULTS``):
 
     - base: "auto" (the best of euler, ipndm, ipndm_v) or one of them;
     - history: directions per step the correction combines (1-4);
@@ -281,7 +284,7 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - fd_step: the finite-difference step; batch_size: rows per model call;
     - sigma_fits: how many of ``samplers`` get timestep-only fits.
     """
-    setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options)
+    setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options, references)
     bases = CALIBRATION_BASES if setup.opts["base"] == "auto" else (setup.opts["base"],)
     return field_calibration(setup, model, bases, dict(samplers or {}), sampler_schedules,
                              int(setup.opts["sigma_fits"]), one_call=True)

@@ -26,9 +26,13 @@ from .calibration_text import (
     CALIBRATION_BASES,
     CALIBRATION_FORMAT,
     LML_SAMPLER,
+    SET_FORMAT,
     SIGMA_RTOL,
+    check_step_counts,
     checked_fields,
+    in_entry,
     parse,
+    parse_set,
 )
 from .sampling import checked_sigmas, model_sampling_of, report_step, to_d, trange
 
@@ -203,22 +207,97 @@ class Calibration:
 
 
 # --------------------------------------------------------------------------------------------
+# Several step counts: a set of calibrations, one per step count
+
+
+def calibration_list(calibrations) -> list[Calibration]:
+    """``calibrations`` (a Calibration, or a list or tuple of 1 to MAX_SET of them with
+    distinct step counts) as a list by step count, or a ValueError."""
+    items = [calibrations] if isinstance(calibrations, Calibration) else calibrations
+    if not (isinstance(items, (list, tuple)) and items
+            and all(isinstance(c, Calibration) for c in items)):
+        raise ValueError("calibration must be a Calibration or a list of them (one per step "
+                         f"count), got {type(calibrations).__name__}")
+    check_step_counts([c.fitted_on["steps"] for c in items])
+    return sorted(items, key=lambda c: c.fitted_on["steps"])
+
+
+def step_counts(counts) -> str:
+    """[4, 6, 8] -> "4, 6 and 8"."""
+    names = [str(n) for n in counts]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def calibrations_from_json(text) -> list[Calibration]:
+    """Every calibration of ``text``: a set's (SET_FORMAT: one per step count, by step count),
+    or the one calibration of a format-1 / format-2 text as a list of one; else a ValueError
+    that starts with "calibration:" and names the field (and a set's entry,
+    ``calibrations[k]``)."""
+    is_set, entries = parse_set(text)
+    if not is_set:
+        return [Calibration.from_json(text)]
+    out = []
+    for k, data in enumerate(entries):
+        try:
+            out.append(Calibration(**data))
+        except ValueError as error:
+            raise in_entry(k, error) from None
+        except (TypeError, KeyError, AttributeError) as error:  # a check missed: still named
+            raise ValueError(f"calibration: calibrations[{k}]: malformed ({error})") from None
+    return calibration_list(out)
+
+
+def calibrations_to_json(calibrations) -> str:
+    """One calibration: its own text (``to_json``, format 2); several: a set (SET_FORMAT) by
+    step count.  ``calibrations_from_json`` reads both back exactly."""
+    items = calibration_list(calibrations)
+    if len(items) == 1:
+        return items[0].to_json()
+    return json.dumps({"format": SET_FORMAT, "calibrations": [asdict(c) for c in items]},
+                      indent=1)
+
+
+def pick_calibration(calibrations, sigmas) -> Calibration:
+    """The calibration of ``calibrations`` (one, or a list: calibration_list) fitted on the
+    schedule ``sigmas``: the one of its step count, checked as ``check_schedule`` does; a
+    ValueError naming the step counts there are when none has its step count."""
+    items = calibration_list(calibrations)
+    given = [float(s) for s in sigmas]
+    steps = len(given) - 1
+    match = next((c for c in items if c.fitted_on["steps"] == steps), None)
+    if match is None and len(items) > 1:
+        schedulers = {c.fitted_on.get("scheduler") for c in items}
+        scheduler = schedulers.pop() if len(schedulers) == 1 else None
+        shown = describe_schedule(given) if len(given) >= 2 else str(given)
+        raise ValueError(
+            f"calibration: fitted for {step_counts([c.fitted_on['steps'] for c in items])} steps"
+            f"{f' of the {scheduler} schedule' if scheduler else ''}, got {steps} steps "
+            f"({shown}). Sample with one of those step counts (the same scheduler and "
+            f"denoise), or calibrate again with {steps} among LML Calibrate's steps")
+    match = match or items[0]  # a single calibration names both schedules itself
+    match.check_schedule(given)
+    return match
+
+
+# --------------------------------------------------------------------------------------------
 # The sampler
 
 
 @torch.no_grad()
 def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disable=None,
                           calibration=None, samplers=None):
-    """The calibrated sampler (k-diffusion signature).  ``sigmas`` must be the schedule the
+    """The calibrated sampler (k-diffusion signature).  ``calibration``: a Calibration, or a
+    list of them (one per step count: the one of ``sigmas``' step count runs, a ValueError
+    names the step counts there are when none has it).  ``sigmas`` must be the schedule the
     calibration was fitted on (a ValueError names both otherwise); the sampler then steps on
     the calibration's own timesteps: the LML multistep sampler, or the built-in sampler it
     names, taken from ``samplers`` ({name: k-diffusion function}; a ValueError names a missing
     one).  A latent of another size than the fitted one is sampled with a logged warning."""
-    if not isinstance(calibration, Calibration):
-        raise ValueError("sample_lml_calibrated: calibration must be a Calibration, got "
-                         f"{type(calibration).__name__}")
+    if not isinstance(calibration, (Calibration, list, tuple)):
+        raise ValueError("sample_lml_calibrated: calibration must be a Calibration (or a list "
+                         f"of them, one per step count), got {type(calibration).__name__}")
     given = checked_sigmas("lml_calibrated", x, sigmas)
-    calibration.check_schedule(given)
+    calibration = pick_calibration(calibration, given)
     fitted_shape = calibration.fitted_on.get("latent_shape")
     if fitted_shape is not None and list(x.shape[1:]) != fitted_shape:
         # Another size is a different problem the fit never saw; it may still do well there.

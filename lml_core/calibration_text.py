@@ -2,6 +2,10 @@
 ``checked_fields`` on every construction and ``parse`` reads its JSON, so whatever a user pastes
 is either a calibration the sampler can run or a ValueError that starts with "calibration:" and
 names the field; nothing else escapes (no KeyError at sampling time, no RecursionError).
+
+A text may also hold a set: one calibration per step count (``SET_FORMAT``, what LML Calibrate
+writes for several step counts); ``parse_set`` reads either kind, naming a wrong entry as
+``calibrations[k]``.
 """
 
 from __future__ import annotations
@@ -37,9 +41,14 @@ MAX_HISTORY = 4
 # below 2 in magnitude.  A correction of 1e3 scales a step 1000-fold and throws the sample off
 # the data, so nothing beyond it is a calibration; the fit refuses such steps too (objective).
 MAX_CORRECTION = 1e3
-# A calibration's text is under 8 KB (100 steps: ~40 KB); refusing more before parsing keeps a
-# pasted file or junk from costing the server time and memory.
-MAX_TEXT_CHARS = 256 * 1024
+# Several calibrations in one text, one per step count: {"format": SET_FORMAT, "calibrations":
+# [format-2 calibration, ...]}, at most MAX_SET of them (LML Calibrate's steps takes 16 counts).
+SET_FORMAT = "lml-calibration-set/1"
+SET_FIELDS = ("format", "calibrations")
+MAX_SET = 16
+# A calibration's text is under 8 KB (100 steps: ~40 KB; a set of 16 such: ~700 KB); refusing
+# more before parsing keeps a pasted file or junk from costing the server time and memory.
+MAX_TEXT_CHARS = 1024 * 1024
 
 
 def fail(message: str):
@@ -193,16 +202,15 @@ def checked_fields(form, base, sigmas, corrections, fitted_on, report, sampler=L
     return sig, rows, fit
 
 
-def parse(text) -> dict:
-    """The JSON object of a calibration's text, its fields present and known (their values are
-    checked by ``checked_fields``)."""
+def json_object(text) -> dict:
+    """The JSON object of a calibration's text (size and JSON checked), its fields unchecked."""
     if not isinstance(text, str):
         fail(f"the text must be a string, got {shown(text)}")
     if not text.strip():
         fail("the text is empty: paste LML Calibrate's calibration output")
     if len(text) > MAX_TEXT_CHARS:
         fail(f"the text is {len(text):,} characters, over the {MAX_TEXT_CHARS:,} a calibration "
-             "can have (LML Calibrate's are under 8 KB)")
+             "can have (LML Calibrate's are under 8 KB a step count)")
     try:
         data = json.loads(text)
     except RecursionError:
@@ -211,10 +219,72 @@ def parse(text) -> dict:
         fail(f"not valid JSON ({error})")
     if not isinstance(data, dict):
         fail(f"expected a JSON object (LML Calibrate's output), got {shown(data)}")
-    missing = [name for name in FIELDS if name not in OPTIONAL and name not in data]
+    return data
+
+
+def present(data: dict, fields=FIELDS, optional=OPTIONAL) -> dict:
+    """``data`` with every required field of ``fields`` and no other."""
+    missing = [name for name in fields if name not in optional and name not in data]
     if missing:
         fail(f"missing field(s) {missing}")
-    unknown = sorted(str(k) for k in set(data) - set(FIELDS))
+    unknown = sorted(str(k) for k in set(data) - set(fields))
     if unknown:
         fail(f"unknown field(s) {unknown}")
     return data
+
+
+def parse(text) -> dict:
+    """The JSON object of a calibration's text, its fields present and known (their values are
+    checked by ``checked_fields``).  A set (several step counts) is refused: ``parse_set``."""
+    data = json_object(text)
+    if data.get("format") == SET_FORMAT:
+        fail(f"the text holds calibrations for several step counts ({SET_FORMAT}), not one: "
+             "Sampler LML Calibrated reads it")
+    return present(data)
+
+
+def in_entry(k: int, error: ValueError) -> ValueError:
+    """``error`` (a "calibration: ..." message) as the error of a set's entry ``k``."""
+    return ValueError(f"calibration: calibrations[{k}]: "
+                      f"{str(error).removeprefix('calibration: ')}")
+
+
+def parse_set(text) -> tuple[bool, list[dict]]:
+    """(is a set, the JSON objects of its calibrations): a set's entries (1 to MAX_SET
+    objects, each of format 2 with its fields present and known), or one calibration as a list
+    of one.  The values are checked by ``checked_fields``; distinct step counts by
+    ``check_step_counts``."""
+    data = json_object(text)
+    if data.get("format") != SET_FORMAT:
+        return False, [present(data)]
+    present(data, SET_FIELDS, ())
+    entries = listed(data["calibrations"], "calibrations")
+    if not 1 <= len(entries) <= MAX_SET:
+        fail(f"calibrations must hold 1 to {MAX_SET} calibrations (one per step count), got "
+             f"{len(entries)}")
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            fail(f"calibrations[{k}] must be an object (a calibration), got {shown(entry)}")
+        try:
+            present(entry)
+            if entry["format"] != CALIBRATION_FORMAT:
+                named = repr(entry["format"][:40]) if isinstance(entry["format"], str) else shown(
+                    entry["format"])
+                fail(f"format must be {CALIBRATION_FORMAT!r} in a set, got {named}")
+        except ValueError as error:
+            raise in_entry(k, error) from None
+    return True, entries
+
+
+def check_step_counts(counts) -> None:
+    """A set holds one calibration per step count: a ValueError names the entry that repeats
+    one, and a set of more than MAX_SET."""
+    if len(counts) > MAX_SET:
+        fail(f"a set holds at most {MAX_SET} calibrations (one per step count), got "
+             f"{len(counts)}")
+    first = {}
+    for k, steps in enumerate(counts):
+        if steps in first:
+            fail(f"calibrations[{k}] is fitted for {steps} steps, as calibrations[{first[steps]}] "
+                 "is: a set holds one calibration per step count")
+        first[steps] = k

@@ -28,6 +28,7 @@ from ..lml_core import (
     sample_lml_calibrated,
     samplers_of_kind,
 )
+from ..lml_core.calibration import calibration_list
 
 
 def _keep_unmasked(model, samples, sigmas, extra_args):
@@ -122,13 +123,15 @@ def deterministic_counterpart(name: str):
 
 def calibrated_sampler(calibration):
     """A KSAMPLER running ``lml_core.sample_lml_calibrated`` with ``calibration`` (the LML
-    sampler, or the host sampler it names, on its own timesteps); a masked run gets its kept
-    region back as with the other LML samplers."""
+    sampler, or the host sampler it names, on its own timesteps; a list: one per step count,
+    the one of the schedule given runs); a masked run gets its kept region back as with the
+    other LML samplers."""
     import comfy.samplers
 
     samplers = {}
-    if calibration.sampler in comfy.samplers.KSampler.SAMPLERS:
-        samplers[calibration.sampler] = host_sampler_function(calibration.sampler)
+    for each in calibration_list(calibration):
+        if each.sampler in comfy.samplers.KSampler.SAMPLERS:
+            samplers[each.sampler] = host_sampler_function(each.sampler)
 
     @torch.no_grad()
     def sample_lml_calibrated_run(model, x, sigmas, extra_args=None, callback=None,

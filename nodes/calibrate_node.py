@@ -9,11 +9,16 @@ ComfyUI's user folder (calibration_cache: keyed by the model with its patches an
 conditioning and every setting), so a restart does not refit.  Sampler LML Calibrated turns
 a saved calibration (its JSON text) back into a SAMPLER, so a shared workflow runs without
 calibrating.
+
+``steps`` takes several step counts ("4,6,8"): one fit each from the same noises, sharing the
+converged reference (lml_core.calibrate_steps); the text then holds one calibration per step
+count and the SAMPLER runs the one of the schedule it is given.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import comfy.model_management
@@ -25,9 +30,13 @@ from ..lml_core import (
     CALIBRATE_DEFAULTS,
     CALIBRATION_BASES,
     Calibration,
-    calibrate,
     calibrate_sigmas,
+    calibrate_steps,
+    calibrations_from_json,
+    calibrations_to_json,
 )
+from ..lml_core.calibration import calibration_list, step_counts
+from ..lml_core.calibration_text import MAX_SET
 from . import calibration_cache
 from .bridge import (
     calibrated_sampler,
@@ -44,6 +53,48 @@ DEFAULT_SAMPLES = 32  # the noises the benchmark's targets were measured with
 # LML Calibrate's field: every host scheduler x deterministic sampler (the default), or the
 # LML bases on the node's scheduler alone (cheaper: no built-in pair is measured or kept).
 FIELDS = ("all pairs", "this scheduler")
+# LML Calibrate's step counts: each from 1 to MAX_STEPS (the widget's max when steps was an INT),
+# at most MAX_SET of them (lml_core's set of calibrations).
+MAX_STEPS = 100
+STEPS_EXAMPLE = "e.g. 8, or 4,6,8"
+
+
+def step_counts_of(steps) -> list[int]:
+    """LML Calibrate's ``steps`` as step counts, ascending: one (an int, as API prompts saved
+    when steps was an INT widget give it, or text "8") or several separated by commas
+    ("4,6,8"), each a whole number from 1 to MAX_STEPS, none twice, at most MAX_SET; else a
+    ValueError naming steps."""
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        tokens = [str(steps)]
+    elif isinstance(steps, str):
+        tokens = steps.split(",")
+    else:
+        raise ValueError(f"steps must be one step count or several separated by commas "
+                         f"({STEPS_EXAMPLE}), got {type(steps).__name__}")
+    if not "".join(tokens).strip():
+        raise ValueError(f"steps is empty: give one step count or several separated by commas "
+                         f"({STEPS_EXAMPLE})")
+    counts = []
+    for token in (t.strip() for t in tokens):
+        if not token:
+            raise ValueError(f"steps has an empty entry in {shorter(steps)}: separate the step "
+                             f"counts by single commas ({STEPS_EXAMPLE})")
+        if not re.fullmatch(r"-?[0-9]+", token):
+            raise ValueError(f"steps: {shorter(token)} is not a whole number ({STEPS_EXAMPLE})")
+        value = int(token)
+        if not 1 <= value <= MAX_STEPS:
+            raise ValueError(f"steps: {shorter(token)} is out of range (1 to {MAX_STEPS})")
+        if value in counts:
+            raise ValueError(f"steps: {value} is given twice (one calibration per step count)")
+        counts.append(value)
+    if len(counts) > MAX_SET:
+        raise ValueError(f"steps: at most {MAX_SET} step counts, got {len(counts)}")
+    return sorted(counts)
+
+
+def shorter(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # The fit's settings LML Calibrate exposes (the rest of CALIBRATE_DEFAULTS keep their defaults).
@@ -111,23 +162,34 @@ def text_outputs(for_node: str, report: str) -> list[io.Output]:
             io.String.Output(display_name="report", tooltip=report)]
 
 
-def check_calibration_text(calibration) -> bool | str:
-    """validate_inputs of the nodes that read a saved calibration: True, or lml_core's message
-    naming the field (None: linked, checked when it runs)."""
+def check_calibration_text(calibration, read=Calibration.from_json) -> bool | str:
+    """validate_inputs of the nodes that read a saved calibration with ``read``: True, or
+    lml_core's message naming the field (None: linked, checked when it runs)."""
     if calibration is None:
         return True
     try:
-        Calibration.from_json(calibration)
+        read(calibration)
     except ValueError as error:
         return str(error)
     return True
 
 
-def fitted_outputs(first, calibration: Calibration, scheduler, cfg, cache_note):
-    """A calibrating node's outputs: ``first``, the calibration text and the report (also
-    shown on the node and kept in the prompt's history)."""
-    text = calibration.to_json()
-    report = calibration_report(calibration, scheduler, cfg, cache_note)
+def fitted_outputs(first, calibrations, scheduler, cfg, cache_note):
+    """A calibrating node's outputs: ``first``, the calibration text (one calibration, or a
+    list: one per step count, lml_core's set) and the report (also shown on the node and kept
+    in the prompt's history)."""
+    items = calibration_list(calibrations)
+    text = calibrations_to_json(items)
+    if len(items) == 1:
+        report = calibration_report(items[0], scheduler, cfg, cache_note)
+    else:
+        counts = step_counts([c.fitted_on["steps"] for c in items])
+        report = "\n\n".join(
+            [f"LML Calibrate: {counts} steps, one calibration each from the same noises (the "
+             "converged reference computed once); Sampler LML Calibrated runs the one of its "
+             "schedule's step count"]
+            + [calibration_report(c, scheduler, cfg, None) for c in items]
+            + ([cache_note] if cache_note else []))
     return io.NodeOutput(first, text, report, ui={"lml_calibration": [text], "text": [report]})
 
 
@@ -155,6 +217,9 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     if not r["calibrated"]:
         lines.append(f"no fit gained on the held-out noise: the sampler is {r.get('chosen')} "
                      "unchanged")
+    if "reference_shared_from" in r:
+        lines.append(f"reference: shared with the {r['reference_shared_from']}-step fit (its "
+                     "model calls are counted there)")
     if cache_note:
         lines.append(cache_note)
     return "\n".join(lines)
@@ -175,45 +240,85 @@ def scheduler_sigmas(model, scheduler: str, steps: int, sampler="euler") -> list
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                     samples, options, schedulers=None, samplers=None, sigmas_for=None):
-    """(Calibration, the report's cache line or None).  ``schedulers``, ``samplers``: host
-    scheduler and one-call-per-step deterministic sampler names the fit measures and may
-    start from (default: ``scheduler`` alone, no built-in sampler).  ``sigmas_for``: a host
-    sampler name: fit only its timesteps (lml_core.calibrate_sigmas) instead.  The fit runs
-    through comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
-    Cancel checked after every model call; the calibration's fitted_on names the scheduler."""
+    """(Calibration, the report's cache line or None) of one step count ``steps``:
+    ``run_calibrations`` with ``[steps]``."""
+    (calibration,), note = run_calibrations(
+        model, positive, negative, latent_image, seed, cfg, scheduler, [steps], samples, options,
+        schedulers, samplers, sigmas_for)
+    return calibration, note
+
+
+class StepField:
+    """The field of one step count: the scheduler's sigmas, the schedules ({name: sigmas}) and
+    built-in samplers ({name: function}) measured, and the samplers' own sigmas where KSampler
+    gives them others (``own``: {sampler: {schedule: sigmas}})."""
+
+    def __init__(self, model, scheduler, steps, schedulers, samplers):
+        self.steps = steps
+        self.sigmas = scheduler_sigmas(model, scheduler, steps)
+        self.schedules = {scheduler: self.sigmas}
+        for name in schedulers or []:
+            try:
+                self.schedules[name] = scheduler_sigmas(model, name, steps)
+            except ValueError:  # this scheduler cannot give these steps: not in the field
+                continue
+        field = calibration_samplers(steps)
+        self.functions = {name: field[name][0] for name in (samplers or []) if name in field}
+        # KSampler's sigmas where a sampler gets other ones: its discard-penultimate rule, and
+        # fewer steps for a sampler of several model calls per step (the same calls).
+        discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+        self.own = {}
+        for name in self.functions:
+            if name in discard or field[name][1] != steps:
+                self.own[name] = {}
+                for s in self.schedules:
+                    try:
+                        self.own[name][s] = scheduler_sigmas(model, s, field[name][1], name)
+                    except ValueError:  # no usable schedule at its steps: off this scheduler
+                        continue
+
+
+def run_calibrations(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
+                     samples, options, schedulers=None, samplers=None, sigmas_for=None):
+    """(one Calibration per step count of ``steps``, ascending; the report's cache line or
+    None).  ``schedulers``, ``samplers``: host scheduler and one-call-per-step deterministic
+    sampler names the fit measures and may start from (default: ``scheduler`` alone, no
+    built-in sampler; at each step count those that run there).  ``sigmas_for``: a host
+    sampler name: fit only its timesteps (lml_core.calibrate_sigmas; one step count) instead.
+    The fit runs through comfy.sample.sample_custom once, from one set of noises for every
+    step count (lml_core.calibrate_steps: one reference), with one progress bar (per-sample
+    model evaluations) and Cancel checked after every model call; each calibration's
+    fitted_on names the scheduler.  One step count is cached under the key it always had."""
+    counts = sorted(steps)
+    if sigmas_for is not None and len(counts) != 1:
+        raise ValueError(f"steps: fitting {sigmas_for}'s sigmas takes one step count, got "
+                         f"{counts}")
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
-    sigmas = scheduler_sigmas(model, scheduler, steps)
-    schedules = {scheduler: sigmas}
-    for name in schedulers or []:
-        try:
-            schedules[name] = scheduler_sigmas(model, name, steps)
-        except ValueError:  # this scheduler cannot give these steps: not in the field
-            continue
-    field = calibration_samplers(steps)
-    functions = {name: field[name][0] for name in (samplers or []) if name in field}
-    # KSampler's sigmas where a sampler gets other ones: its discard-penultimate rule, and
-    # fewer steps for a sampler of several model calls per step (the same calls).
-    discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
-    own = {}
-    for name in functions:
-        if name in discard or field[name][1] != steps:
-            own[name] = {}
-            for s in schedules:
-                try:
-                    own[name][s] = scheduler_sigmas(model, s, field[name][1], name)
-                except ValueError:  # no usable schedule at its steps: off this scheduler
-                    continue
+    fields = [StepField(model, scheduler, n, schedulers, samplers) for n in counts]
+    for field in fields[1:]:  # the noises are drawn at the first sigma: one for every count
+        if not math.isclose(field.sigmas[0], fields[0].sigmas[0], rel_tol=1e-4):
+            raise ValueError(f"steps: the {scheduler} scheduler starts at sigma "
+                             f"{fields[0].sigmas[0]:.6g} for {counts[0]} steps and "
+                             f"{field.sigmas[0]:.6g} for {field.steps}; calibrate those step "
+                             "counts separately")
+    one = len(fields) == 1
+
+    def each(read):
+        return read(fields[0]) if one else [read(f) for f in fields]
+
     # format 2: calibrations record the whole schedule, the latent shape, the scheduler.
     settings = {"format": "lml-calibrate-node/2", "seed": seed, "cfg": cfg,
-                "scheduler": scheduler, "steps": steps, "samples": samples,
-                "latent": list(batch.shape[1:]), "sigmas": sigmas,
-                "schedulers": sorted(schedules), "samplers": sorted(functions),
+                "scheduler": scheduler, "steps": counts[0] if one else counts,
+                "samples": samples, "latent": list(batch.shape[1:]),
+                "sigmas": each(lambda f: f.sigmas),
+                "schedulers": each(lambda f: sorted(f.schedules)),
+                "samplers": each(lambda f: sorted(f.functions)),
                 "sigmas_for": sigmas_for, **options}
     # The latent's values too: sampling starts from latent + noise.
     path, note = calibration_cache.locate(model, positive, negative, latent[:1], settings)
     cached = calibration_cache.load(path) if path is not None else None
-    if cached is not None:
+    if cached is not None and [c.fitted_on["steps"] for c in cached] == counts:
         return cached, f"loaded from the cache: {path}"
 
     pbar = comfy.utils.ProgressBar(1)
@@ -225,24 +330,28 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         if sigmas_for is not None:
-            fitted = calibrate_sigmas(
+            fitted = [calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
-                extra_args=extra_args, sampler_name=sigmas_for, schedules=schedules,
-                progress=progress, **options)
+                extra_args=extra_args, sampler_name=sigmas_for, schedules=fields[0].schedules,
+                progress=progress, **options)]
         else:
-            fitted = calibrate(model_k, x, sigmas, extra_args=extra_args, schedules=schedules,
-                               samplers=functions, sampler_schedules=own, progress=progress,
-                               **options)
-        result["calibration"] = replace(fitted, fitted_on={**fitted.fitted_on,
-                                                           "scheduler": scheduler})
+            given = {counts[0]: sigmas}  # the run's own; the others as KSampler gives them
+            fitted = calibrate_steps(
+                model_k, x, {f.steps: given.get(f.steps, f.sigmas) for f in fields},
+                extra_args=extra_args, progress=progress, per_steps={
+                    f.steps: {"schedules": f.schedules, "samplers": f.functions,
+                              "sampler_schedules": f.own} for f in fields}, **options)
+        result["calibrations"] = [replace(c, fitted_on={**c.fitted_on, "scheduler": scheduler})
+                                  for c in fitted]
         return x
 
-    run_ksampler(model, {"samples": batch}, seed, steps, cfg, comfy.samplers.KSAMPLER(fit),
-                 "euler", scheduler, positive, negative, callback=lambda *_: None)
-    calibration = result["calibration"]
+    run_ksampler(model, {"samples": batch}, seed, counts[0], cfg,
+                 comfy.samplers.KSAMPLER(fit), "euler", scheduler, positive, negative,
+                 callback=lambda *_: None)
+    calibrations = result["calibrations"]
     if path is not None:
-        note = calibration_cache.save(path, calibration)
-    return calibration, note
+        note = calibration_cache.save(path, calibrations)
+    return calibrations, note
 
 
 class LMLCalibrate(io.ComfyNode):
@@ -260,14 +369,17 @@ class LMLCalibrate(io.ComfyNode):
                 "timesteps are fitted by Levenberg-Marquardt so that the sampler's result "
                 "matches a converged solution from the same noise. Outputs a SAMPLER for "
                 "SamplerCustom / SamplerCustomAdvanced (use the same scheduler and steps) and "
-                "the calibration as text for Sampler LML Calibrated."),
+                "the calibration as text for Sampler LML Calibrated. Several step counts "
+                "(steps 4,6,8) are fitted from the same noises, one calibration each."),
             inputs=[
                 *fit_head_inputs(),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
                                default="karras"),
-                io.Int.Input("steps", default=8, min=1, max=100,
-                             tooltip="The step count the sampler is fitted for (4-10 is where "
-                                     "it pays)."),
+                io.String.Input("steps", default="8",
+                                tooltip="The step count the sampler is fitted for (4-10 is "
+                                        "where it pays), or several separated by commas "
+                                        "(4,6,8: one fit each from the same noises; the "
+                                        "sampler runs the one of the steps it is given)."),
                 io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
                              tooltip="Calibration noises (a share is held out); the cost grows "
                                      "with it."),
@@ -287,27 +399,35 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None):
+    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        return check_number(cls, "cfg", cfg) or validate(
+        message = check_number(cls, "cfg", cfg) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
+        if message is True and steps is not None:
+            try:
+                step_counts_of(steps)
+            except ValueError as error:
+                return str(error)
+        return message
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
         field = options.pop("field", FIELDS[0])
-        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field)
+        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, steps)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
-        # The field: every host scheduler and deterministic sampler at the same model calls.
+        counts = step_counts_of(steps)
+        # The field: every host scheduler and deterministic sampler at the same model calls
+        # (at each step count, those that run there).
         every = field == FIELDS[0]
-        calibration, cached = run_calibration(
-            model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
+        calibrations, cached = run_calibrations(
+            model, positive, negative, latent_image, seed, cfg, scheduler, counts, samples,
             options, schedulers=comfy.samplers.KSampler.SCHEDULERS if every else None,
-            samplers=list(calibration_samplers(steps)) if every else None)
-        return fitted_outputs(calibrated_sampler(calibration), calibration, scheduler, cfg,
-                              cached)
+            samplers=list(calibration_samplers(counts[-1])) if every else None)
+        sampler = calibrated_sampler(calibrations[0] if len(calibrations) == 1 else calibrations)
+        return fitted_outputs(sampler, calibrations, scheduler, cfg, cached)
 
 
 class SamplerLMLCalibrated(io.ComfyNode):
@@ -322,7 +442,8 @@ class SamplerLMLCalibrated(io.ComfyNode):
             description=(
                 "The calibrated LML sampler from a saved calibration (the JSON text LML "
                 "Calibrate outputs), for SamplerCustom / SamplerCustomAdvanced with the "
-                "scheduler and steps it was fitted for."),
+                "scheduler and steps it was fitted for (a calibration of several step counts "
+                "runs the one of the steps it is given)."),
             inputs=[io.String.Input("calibration", multiline=True, default="",
                                     tooltip="LML Calibrate's calibration output (JSON).")],
             outputs=[io.Sampler.Output()],
@@ -330,9 +451,11 @@ class SamplerLMLCalibrated(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, calibration=None):
-        return check_calibration_text(calibration)
+        return check_calibration_text(calibration, calibrations_from_json)
 
     @classmethod
     def execute(cls, calibration) -> io.NodeOutput:
-        return io.NodeOutput(calibrated_sampler(Calibration.from_json(calibration)))
+        calibrations = calibrations_from_json(calibration)
+        return io.NodeOutput(calibrated_sampler(
+            calibrations[0] if len(calibrations) == 1 else calibrations))
 

@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..lml_core import Calibration
+from ..lml_core import Calibration, calibrations_from_json, calibrations_to_json
 from ..lml_core.calibration import CALIBRATION_FORMAT
 from .fingerprint import Unfingerprintable, digest
 
@@ -73,11 +73,11 @@ def locate(model, positive, negative, latent, settings: dict) -> tuple[Path | No
     return file, None if file is not None else "not cached: ComfyUI has no user folder"
 
 
-def load(file: Path) -> Calibration | None:
-    """The cached calibration, or None: no file, or one that cannot be read (logged; the fit
-    that follows replaces it)."""
+def load(file: Path) -> list[Calibration] | None:
+    """The cached calibrations (one per step count; one step count: a list of one), or None:
+    no file, or one that cannot be read (logged; the fit that follows replaces it)."""
     try:
-        return Calibration.from_json(file.read_text(encoding="utf-8"))
+        return calibrations_from_json(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -86,15 +86,17 @@ def load(file: Path) -> Calibration | None:
         return None
 
 
-def save(file: Path, calibration: Calibration) -> str | None:
-    """Write ``file`` whole or not at all; None, or the report's "not cached: ..." line."""
+def save(file: Path, calibration) -> str | None:
+    """Write ``calibration`` (one, or a list: one per step count) to ``file`` whole or not at
+    all; None, or the report's "not cached: ..." line."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=file.parent, prefix=f".{file.stem}.",
                                              suffix=".tmp")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(calibration.to_json())
+                out.write(calibrations_to_json(calibration)
+                          if isinstance(calibration, (list, tuple)) else calibration.to_json())
                 out.flush()
                 os.fsync(out.fileno())
             if file.is_dir() and not file.is_symlink():

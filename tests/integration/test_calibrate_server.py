@@ -40,7 +40,7 @@ def prompt(seed, sampler, steps=3, **calibrate_inputs):
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0],
                                                      "filename_prefix": "lml_test/calibrated"}},
     }
-    if sampler == CALIBRATE:
+    if sampler == CALIBRATE:  # steps an int, as API prompts saved before it took a list
         graph[CALIBRATE] = {"class_type": "LMLCalibrate", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
             "latent_image": ["4", 0], "seed": seed + 1, "cfg": 5.0, "scheduler": "karras",
@@ -77,6 +77,44 @@ def test_calibrate_feeds_samplercustom_and_its_text_reproduces_the_image(server,
     assert "held-out error" in report and "model calls" in report
     again = server.run(saved(server, text, seed))
     assert np.array_equal(pixels(server, again), image)
+
+
+def test_one_calibration_of_two_step_counts_samples_at_each_and_refuses_another(server,
+                                                                              fresh_seed):
+    """LML Calibrate with steps "4,8" (one run) -> SamplerCustom at 4 steps; its text in
+    Sampler LML Calibrated samples with BasicScheduler at 4 and at 8 steps (at 4: LML
+    Calibrate's own image) and refuses 6, naming 4 and 8."""
+    seed = fresh_seed()
+    graph = prompt(seed, CALIBRATE, steps=4)
+    graph[CALIBRATE]["inputs"]["steps"] = "4,8"
+    entry = server.run(graph)
+    (text,) = entry["outputs"][CALIBRATE]["lml_calibration"]
+    data = json.loads(text)
+    assert data["format"] == "lml-calibration-set/1"
+    assert [c["fitted_on"]["steps"] for c in data["calibrations"]] == [4, 8]
+    (report,) = entry["outputs"][CALIBRATE]["text"]
+    assert report.startswith("LML Calibrate: 4 and 8 steps")
+    assert "reference: shared with the 4-step fit" in report
+    image = pixels(server, entry)
+    assert np.array_equal(pixels(server, server.run(saved(server, text, seed, steps=4))), image)
+    eight = pixels(server, server.run(saved(server, text, fresh_seed(), steps=8)))
+    assert eight.shape == (64, 64, 3) and eight.std() > 0
+    refused = server.run(saved(server, text, fresh_seed(), steps=6), check=False)
+    assert refused["status"]["status_str"] == "error"
+    message = json.dumps(refused["status"]["messages"])
+    assert "calibration: fitted for 4 and 8 steps of the karras schedule, got 6 steps" in message
+
+
+@pytest.mark.parametrize("steps, message", [("4,,8", "steps has an empty entry"),
+                                            ("4,4", "steps: 4 is given twice"),
+                                            ("101", "steps: '101' is out of range")])
+def test_bad_steps_are_a_validation_error(server, fresh_seed, steps, message):
+    graph = prompt(fresh_seed(), CALIBRATE)
+    graph[CALIBRATE]["inputs"]["steps"] = steps
+    with pytest.raises(PromptRejected) as rejected:
+        server.queue(graph)
+    errors = rejected.value.response["node_errors"][CALIBRATE]["errors"]
+    assert any(message in error["details"] for error in errors), errors
 
 
 def test_another_step_count_is_refused_naming_both(server, calibrated, fresh_seed):

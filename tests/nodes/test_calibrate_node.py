@@ -4,6 +4,7 @@ the on-disk cache and Cancel."""
 
 import json
 import math
+import re
 
 import comfy.model_management
 import comfy.sample
@@ -11,7 +12,7 @@ import comfy.samplers
 import pytest
 import torch
 
-from lml_core import Calibration
+from lml_core import Calibration, calibrations_from_json
 from lml_core.calibration_text import SIGMA_RTOL
 
 # A small fit (seconds on the CPU): the node's plumbing, not the fit's quality (lml_core's
@@ -222,3 +223,88 @@ def test_the_default_field_measures_every_pair_and_runs_what_won(pack, sd15, con
                for label in candidates), candidates
     assert calibration.report["chosen"] in candidates and "chosen:" in report
     assert torch.isfinite(sample_custom(sampler, 2)).all()
+
+
+def test_several_step_counts_in_one_run_share_the_noises_and_the_reference(
+        pack, sd15, conds, user_dir, sample_custom, calibrated):
+    """steps "3,2": one fit per step count from the same noises, the reference computed once;
+    the 3-step fit is the one LML Calibrate makes for 3 steps alone (the ``calibrated``
+    fixture: same seed and settings) with the reference's model calls fewer; the SAMPLER and
+    the text run the fit of the schedule they are given and refuse another step count, naming
+    the ones there are; the same inputs load from the cache."""
+    before = len(list((user_dir / "lml_calibrations").glob("*.json")))
+    sampler, text, report = calibrate_node(pack, sd15, conds, seed=21, steps="3,2").result
+    two, three = calibrations_from_json(text)
+    assert json.loads(text)["format"] == "lml-calibration-set/1"
+    assert (two.steps, three.steps) == (2, 3)
+    assert two.fitted_on["sigmas"] == schedule(sd15, "karras", 2)
+    alone = Calibration.from_json(calibrated.result[1])
+    assert (three.sigmas, three.corrections) == (alone.sigmas, alone.corrections)
+    assert three.report["heldout_rms"] == alone.report["heldout_rms"]
+    reference_calls = 2 * (4 * FAST["reference_steps"] + 1)  # RK4 + denoising, both parts
+    assert three.report["model_calls"] == alone.report["model_calls"] - reference_calls
+    assert three.report["reference_shared_from"] == 2
+    assert "reference_shared_from" not in two.report
+    assert report.startswith("LML Calibrate: 2 and 3 steps, one calibration each")
+    assert "LML Calibrate: 2 steps (karras" in report and "LML Calibrate: 3 steps (karras" in report
+    assert "reference: shared with the 2-step fit" in report
+    # The SAMPLER at each step count: at 3 steps the 3-step fit alone's samples, bit for bit.
+    assert torch.equal(sample_custom(sampler, 3), sample_custom(calibrated.result[0], 3))
+    assert torch.isfinite(sample_custom(sampler, 2)).all()
+    saved = node(pack, "SamplerLMLCalibrated")
+    assert saved.validate_inputs(calibration=text) is True
+    again = saved.execute(calibration=text).result[0]
+    assert torch.equal(sample_custom(again, 2), sample_custom(sampler, 2))
+    for each in (sampler, again):
+        with pytest.raises(ValueError, match=r"^calibration: fitted for 2 and 3 steps of the "
+                                             r"karras schedule, got 5 steps"):
+            sample_custom(each, 5)
+    # A set is refused by a node that reads one calibration, saying what it is.
+    sigmas_node = node(pack, "SigmasLMLCalibrated")
+    assert "several step counts" in sigmas_node.validate_inputs(calibration=text)
+    # One cache file for the run; the same inputs (in another order) load from it.
+    assert len(list((user_dir / "lml_calibrations").glob("*.json"))) == before + 1
+    cached = calibrate_node(pack, sd15, conds, seed=21, steps="2, 3").result
+    assert cached[1] == text and cached[2].endswith("loaded from the cache: " + str(next(
+        p for p in (user_dir / "lml_calibrations").glob("*.json")
+        if p.read_text() == text)))
+
+
+def test_steps_as_an_int_or_text(pack):
+    counts = pack.nodes.calibrate_node.step_counts_of
+    assert counts(8) == counts("8") == counts(" 8 ") == [8]  # an API prompt's int, saved before
+    assert counts("8, 4,6") == [4, 6, 8]
+    assert counts(",".join(str(n) for n in range(1, 17))) == list(range(1, 17))
+    assert counts("100") == [100]
+
+
+@pytest.mark.parametrize("steps, message", [
+    ("", "steps is empty"),
+    (" ", "steps is empty"),
+    ("4,,8", "steps has an empty entry in '4,,8'"),
+    ("4,8,", "steps has an empty entry"),
+    ("0", "steps: '0' is out of range (1 to 100)"),
+    ("-4", "steps: '-4' is out of range (1 to 100)"),
+    ("101", "steps: '101' is out of range (1 to 100)"),
+    ("4,4", "steps: 4 is given twice"),
+    ("abc", "steps: 'abc' is not a whole number"),
+    ("8.0", "steps: '8.0' is not a whole number"),
+    ("4 8", "steps: '4 8' is not a whole number"),
+    (",".join(str(n) for n in range(1, 18)), "steps: at most 16 step counts, got 17"),
+    (0, "steps: '0' is out of range"),
+    (1.5, "steps must be one step count or several separated by commas"),
+])
+def test_bad_steps_are_refused_naming_steps_before_anything_runs(pack, sd15, conds, user_dir,
+                                                                 host_call, steps, message):
+    calibrate = node(pack, "LMLCalibrate")
+    inputs = {"scheduler": "karras", "base": "auto", "cfg": 4.0}
+    assert host_call(calibrate, "validate_inputs", **inputs, steps="4,8") is True
+    assert host_call(calibrate, "validate_inputs", **inputs, steps=steps).startswith(message)
+    model, calls = sd15[0].clone(), []
+    model.set_model_unet_function_wrapper(
+        lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):  # linked: refused at run
+        host_call(calibrate, "execute", model=model, positive=conds[0], negative=conds[1],
+                  latent_image={"samples": torch.zeros([1, 4, 8, 8])}, seed=5, steps=steps,
+                  samples=4, **{**inputs, **FAST})
+    assert calls == []
