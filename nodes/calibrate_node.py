@@ -30,11 +30,13 @@ from ..lml_core import (
 )
 from . import calibration_cache
 from .bridge import (
+    auto_batch_size,
     calibrated_sampler,
     calibration_samplers,
     deterministic_counterpart,
     empty_latent_fixed,
     ksampler_sigmas,
+    latents_per_noise,
     run_ksampler,
 )
 from .lm_settings import advanced, check_number, validate
@@ -86,6 +88,43 @@ def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
             tooltip="RK4 steps of the converged reference (4 model calls each)."),
     }
     return [advanced(inputs[name]()) for name in names]
+
+
+AUTO_BATCH = 0  # batch_size's "auto": noises per model call from ComfyUI's model management
+MAX_SAMPLES = 1024  # the samples widget's maximum (and batch_size's)
+
+
+def batch_size_input() -> io.Input:
+    """The calibrating nodes' batch_size: advanced and optional (the last input: workflows and
+    API prompts saved before it load with auto)."""
+    return advanced(io.Int.Input(
+        "batch_size", default=AUTO_BATCH, min=0, max=MAX_SAMPLES, optional=True,
+        tooltip="Calibration noises per model call. 0 = auto: as many as ComfyUI's model "
+                "management says fit in the free memory (the report says how many); a number: "
+                "that many (lower it if the calibration runs out of memory). The calibration "
+                "is the same either way."))
+
+
+def checked_batch_size(value) -> int:
+    """batch_size as a whole number >= 0 (0: auto), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
+            int(value) != value or not 0 <= value <= MAX_SAMPLES):
+        raise ValueError(f"batch_size must be a whole number from 0 (auto) to {MAX_SAMPLES}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_batch_size(value) -> str | None:
+    """validate_inputs' check of batch_size: None (fine, or linked: checked when it runs), or
+    the message naming it (ComfyUI skips its own bounds check of an input validate_inputs
+    names)."""
+    if value is None:
+        return None
+    try:
+        checked_batch_size(value)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def fit_head_inputs() -> list[io.Input]:
@@ -152,6 +191,10 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
         f"cost {r['model_calls']} model calls ({r['model_evaluations']} per-sample "
         f"evaluations), {r['seconds']:.1f} s",
     ]
+    if "batch" in r:
+        size = r["batch"]["size"]
+        lines.append(f"batch: {size} noise{'s' if size != 1 else ''} per model call "
+                     f"({r['batch']['why']})")
     if not r["calibrated"]:
         lines.append(f"no fit gained on the held-out noise: the sampler is {r.get('chosen')} "
                      "unchanged")
@@ -174,13 +217,18 @@ def scheduler_sigmas(model, scheduler: str, steps: int, sampler="euler") -> list
 
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                    samples, options, schedulers=None, samplers=None, sigmas_for=None):
+                    samples, options, schedulers=None, samplers=None, sigmas_for=None,
+                    batch_size=AUTO_BATCH):
     """(Calibration, the report's cache line or None).  ``schedulers``, ``samplers``: host
     scheduler and one-call-per-step deterministic sampler names the fit measures and may
     start from (default: ``scheduler`` alone, no built-in sampler).  ``sigmas_for``: a host
     sampler name: fit only its timesteps (lml_core.calibrate_sigmas) instead.  The fit runs
     through comfy.sample.sample_custom, with one progress bar (per-sample model evaluations) and
-    Cancel checked after every model call; the calibration's fitted_on names the scheduler."""
+    Cancel checked after every model call; the calibration's fitted_on names the scheduler.
+    ``batch_size``: noises per model call, or 0 (auto: ``bridge.auto_batch_size`` once the model
+    is loaded); the report's ``batch`` says which and why.  It is not in the cache key: the
+    calibration does not depend on it."""
+    batch_size = checked_batch_size(batch_size)
     latent = empty_latent_fixed(model, latent_image)
     batch = latent[:1].repeat((samples,) + (1,) * (latent.ndim - 1))
     sigmas = scheduler_sigmas(model, scheduler, steps)
@@ -224,17 +272,23 @@ def run_calibration(model, positive, negative, latent_image, seed, cfg, schedule
         pbar.update_absolute(min(done, planned), planned)
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        if batch_size == AUTO_BATCH:  # the model is loaded now: what is free is what is left
+            rows, why = auto_batch_size(model.model, x, latents_per_noise(
+                cfg, (extra_args or {}).get("model_options")))
+        else:
+            rows, why = batch_size, "set by batch_size"
         if sigmas_for is not None:
             fitted = calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
                 extra_args=extra_args, sampler_name=sigmas_for, schedules=schedules,
-                progress=progress, **options)
+                progress=progress, batch_size=rows, **options)
         else:
             fitted = calibrate(model_k, x, sigmas, extra_args=extra_args, schedules=schedules,
                                samplers=functions, sampler_schedules=own, progress=progress,
-                               **options)
-        result["calibration"] = replace(fitted, fitted_on={**fitted.fitted_on,
-                                                           "scheduler": scheduler})
+                               batch_size=rows, **options)
+        result["calibration"] = replace(
+            fitted, fitted_on={**fitted.fitted_on, "scheduler": scheduler},
+            report={**fitted.report, "batch": {"size": rows, "why": why}})
         return x
 
     run_ksampler(model, {"samples": batch}, seed, steps, cfg, comfy.samplers.KSAMPLER(fit),
@@ -268,7 +322,7 @@ class LMLCalibrate(io.ComfyNode):
                 io.Int.Input("steps", default=8, min=1, max=100,
                              tooltip="The step count the sampler is fitted for (4-10 is where "
                                      "it pays)."),
-                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
+                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=MAX_SAMPLES,
                              tooltip="Calibration noises (a share is held out); the cost grows "
                                      "with it."),
                 *calibration_inputs(),
@@ -277,6 +331,7 @@ class LMLCalibrate(io.ComfyNode):
                     tooltip="all pairs: measure every sampler x scheduler and return the best "
                             "of the LML fit, a fitted built-in and the best pair; this "
                             "scheduler: only the LML fit on your scheduler (cheaper).")),
+                batch_size_input(),
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
@@ -287,9 +342,9 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None):
+    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, batch_size=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        return check_number(cls, "cfg", cfg) or validate(
+        return check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
 
@@ -297,7 +352,8 @@ class LMLCalibrate(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
         field = options.pop("field", FIELDS[0])
-        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field)
+        batch_size = options.pop("batch_size", AUTO_BATCH)
+        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, batch_size)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
         # The field: every host scheduler and deterministic sampler at the same model calls.
@@ -305,7 +361,8 @@ class LMLCalibrate(io.ComfyNode):
         calibration, cached = run_calibration(
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
             options, schedulers=comfy.samplers.KSampler.SCHEDULERS if every else None,
-            samplers=list(calibration_samplers(steps)) if every else None)
+            samplers=list(calibration_samplers(steps)) if every else None,
+            batch_size=batch_size)
         return fitted_outputs(calibrated_sampler(calibration), calibration, scheduler, cfg,
                               cached)
 
