@@ -18,7 +18,9 @@ from .reference import Reference, sigma_of
 
 
 class CountedModel:
-    """The sampler's model with its per-row evaluations counted and reported to ``on_call``;
+    """The sampler's model with its per-row evaluations counted and reported to ``on_call``,
+    its output in the dtype of the state it was given (a model that computes in float16 must
+    not make a host sampler's arithmetic float16: dpmpp_2m's history is the model's output);
     every other attribute is the model's own (host samplers read ``model.inner_model...``)."""
 
     def __init__(self, model, on_call=None):
@@ -32,7 +34,7 @@ class CountedModel:
         self.rows += x.shape[0]
         if self._on_call is not None:
             self._on_call()
-        return self._model(x, sigma, **extra_args)
+        return self._model(x, sigma, **extra_args).to(x.dtype)
 
 
 def run_sampler(sampler, model, x, sigmas: list[float], extra_args, batch_size=None):

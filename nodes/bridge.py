@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 import torch
 
@@ -143,6 +144,45 @@ def calibrated_sampler(calibration):
 
     return comfy.samplers.KSAMPLER(sample_lml_calibrated_run,
                                    extra_options={"calibration": calibration})
+
+
+# ComfyUI's own margin: calc_cond_batch runs conds in one model call while their
+# memory_required x 1.5 is below the free memory.
+MEMORY_MARGIN = 1.5
+
+
+def latents_per_noise(cfg: float, model_options=None) -> int:
+    """The latents one noise puts in a model call: cond and uncond with guidance; the cond
+    alone at cfg 1, where ComfyUI skips the uncond (unless disable_cfg1_optimization)."""
+    if math.isclose(cfg, 1.0) and not (model_options or {}).get("disable_cfg1_optimization"):
+        return 1
+    return 2
+
+
+def auto_batch_size(base_model, x, per_noise: int) -> tuple[int, str]:
+    """(noises per model call, why) for the calibration noise ``x`` ([noises, ...] on the
+    model's device): the most noises n whose ``base_model.memory_required([n * per_noise,
+    ...])`` x MEMORY_MARGIN is below ComfyUI's free memory on that device (get_free_memory,
+    read once the model is loaded), at least 1 and at most all of them.  ComfyUI's
+    calc_cond_batch can split the conds of a call, not one cond's batch: this is what keeps
+    the calibration's batch within the memory (it reads free RAM on the CPU, as ComfyUI does)."""
+    import comfy.model_management
+
+    free = comfy.model_management.get_free_memory(x.device)
+    rows = int(x.shape[0])
+
+    def fits(n):
+        return base_model.memory_required([n * per_noise, *x.shape[1:]]) * MEMORY_MARGIN < free
+
+    low, high = 1, rows  # the most that fit, by bisection (memory_required grows with rows)
+    if not fits(1):
+        need = base_model.memory_required([per_noise, *x.shape[1:]]) * MEMORY_MARGIN
+        return 1, (f"auto: 1 noise per call ({need / 2**30:.3g} GiB estimated with the margin, "
+                   f"{free / 2**30:.3g} GiB free)")
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low, f"auto: {low} of {rows} noises fit in {free / 2**30:.3g} GiB free"
 
 
 class StepDiagnostics:

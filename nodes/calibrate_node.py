@@ -39,11 +39,13 @@ from ..lml_core.calibration import calibration_list, step_counts
 from ..lml_core.calibration_text import MAX_SET
 from . import calibration_cache
 from .bridge import (
+    auto_batch_size,
     calibrated_sampler,
     calibration_samplers,
     deterministic_counterpart,
     empty_latent_fixed,
     ksampler_sigmas,
+    latents_per_noise,
     run_ksampler,
 )
 from .lm_settings import advanced, check_number, validate
@@ -139,6 +141,43 @@ def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
     return [advanced(inputs[name]()) for name in names]
 
 
+AUTO_BATCH = 0  # batch_size's "auto": noises per model call from ComfyUI's model management
+MAX_SAMPLES = 1024  # the samples widget's maximum (and batch_size's)
+
+
+def batch_size_input() -> io.Input:
+    """The calibrating nodes' batch_size: advanced and optional (the last input: workflows and
+    API prompts saved before it load with auto)."""
+    return advanced(io.Int.Input(
+        "batch_size", default=AUTO_BATCH, min=0, max=MAX_SAMPLES, optional=True,
+        tooltip="Calibration noises per model call. 0 = auto: as many as ComfyUI's model "
+                "management says fit in the free memory (the report says how many); a number: "
+                "that many (lower it if the calibration runs out of memory). The calibration "
+                "is the same either way."))
+
+
+def checked_batch_size(value) -> int:
+    """batch_size as a whole number >= 0 (0: auto), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
+            int(value) != value or not 0 <= value <= MAX_SAMPLES):
+        raise ValueError(f"batch_size must be a whole number from 0 (auto) to {MAX_SAMPLES}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_batch_size(value) -> str | None:
+    """validate_inputs' check of batch_size: None (fine, or linked: checked when it runs), or
+    the message naming it (ComfyUI skips its own bounds check of an input validate_inputs
+    names)."""
+    if value is None:
+        return None
+    try:
+        checked_batch_size(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def fit_head_inputs() -> list[io.Input]:
     """What every calibrating node fits for: model, conditioning, latent size, seed, cfg."""
     return [
@@ -214,6 +253,10 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
         f"cost {r['model_calls']} model calls ({r['model_evaluations']} per-sample "
         f"evaluations), {r['seconds']:.1f} s",
     ]
+    if "batch" in r:
+        size = r["batch"]["size"]
+        lines.append(f"batch: {size} noise{'s' if size != 1 else ''} per model call "
+                     f"({r['batch']['why']})")
     if not r["calibrated"]:
         lines.append(f"no fit gained on the held-out noise: the sampler is {r.get('chosen')} "
                      "unchanged")
@@ -239,12 +282,13 @@ def scheduler_sigmas(model, scheduler: str, steps: int, sampler="euler") -> list
 
 
 def run_calibration(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                    samples, options, schedulers=None, samplers=None, sigmas_for=None):
+                    samples, options, schedulers=None, samplers=None, sigmas_for=None,
+                    batch_size=AUTO_BATCH):
     """(Calibration, the report's cache line or None) of one step count ``steps``:
     ``run_calibrations`` with ``[steps]``."""
     (calibration,), note = run_calibrations(
         model, positive, negative, latent_image, seed, cfg, scheduler, [steps], samples, options,
-        schedulers, samplers, sigmas_for)
+        schedulers, samplers, sigmas_for, batch_size)
     return calibration, note
 
 
@@ -279,7 +323,8 @@ class StepField:
 
 
 def run_calibrations(model, positive, negative, latent_image, seed, cfg, scheduler, steps,
-                     samples, options, schedulers=None, samplers=None, sigmas_for=None):
+                     samples, options, schedulers=None, samplers=None, sigmas_for=None,
+                     batch_size=AUTO_BATCH):
     """(one Calibration per step count of ``steps``, ascending; the report's cache line or
     None).  ``schedulers``, ``samplers``: host scheduler and one-call-per-step deterministic
     sampler names the fit measures and may start from (default: ``scheduler`` alone, no
@@ -288,7 +333,11 @@ def run_calibrations(model, positive, negative, latent_image, seed, cfg, schedul
     The fit runs through comfy.sample.sample_custom once, from one set of noises for every
     step count (lml_core.calibrate_steps: one reference), with one progress bar (per-sample
     model evaluations) and Cancel checked after every model call; each calibration's
-    fitted_on names the scheduler.  One step count is cached under the key it always had."""
+    fitted_on names the scheduler.  One step count is cached under the key it always had.
+    ``batch_size``: noises per model call, or 0 (auto: ``bridge.auto_batch_size`` once the model
+    is loaded); each report's ``batch`` says which and why.  It is not in the cache key: the
+    calibration does not depend on it."""
+    batch_size = checked_batch_size(batch_size)
     counts = sorted(steps)
     if sigmas_for is not None and len(counts) != 1:
         raise ValueError(f"steps: fitting {sigmas_for}'s sigmas takes one step count, got "
@@ -329,20 +378,27 @@ def run_calibrations(model, positive, negative, latent_image, seed, cfg, schedul
         pbar.update_absolute(min(done, planned), planned)
 
     def fit(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        if batch_size == AUTO_BATCH:  # the model is loaded now: what is free is what is left
+            rows, why = auto_batch_size(model.model, x, latents_per_noise(
+                cfg, (extra_args or {}).get("model_options")))
+        else:
+            rows, why = batch_size, "set by batch_size"
         if sigmas_for is not None:
             fitted = [calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
                 extra_args=extra_args, sampler_name=sigmas_for, schedules=fields[0].schedules,
-                progress=progress, **options)]
+                progress=progress, batch_size=rows, **options)]
         else:
             given = {counts[0]: sigmas}  # the run's own; the others as KSampler gives them
             fitted = calibrate_steps(
                 model_k, x, {f.steps: given.get(f.steps, f.sigmas) for f in fields},
                 extra_args=extra_args, progress=progress, per_steps={
                     f.steps: {"schedules": f.schedules, "samplers": f.functions,
-                              "sampler_schedules": f.own} for f in fields}, **options)
-        result["calibrations"] = [replace(c, fitted_on={**c.fitted_on, "scheduler": scheduler})
-                                  for c in fitted]
+                              "sampler_schedules": f.own} for f in fields},
+                batch_size=rows, **options)
+        result["calibrations"] = [
+            replace(c, fitted_on={**c.fitted_on, "scheduler": scheduler},
+                    report={**c.report, "batch": {"size": rows, "why": why}}) for c in fitted]
         return x
 
     run_ksampler(model, {"samples": batch}, seed, counts[0], cfg,
@@ -380,7 +436,7 @@ class LMLCalibrate(io.ComfyNode):
                                         "where it pays), or several separated by commas "
                                         "(4,6,8: one fit each from the same noises; the "
                                         "sampler runs the one of the steps it is given)."),
-                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
+                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=MAX_SAMPLES,
                              tooltip="Calibration noises (a share is held out); the cost grows "
                                      "with it."),
                 *calibration_inputs(),
@@ -389,6 +445,7 @@ class LMLCalibrate(io.ComfyNode):
                     tooltip="all pairs: measure every sampler x scheduler and return the best "
                             "of the LML fit, a fitted built-in and the best pair; this "
                             "scheduler: only the LML fit on your scheduler (cheaper).")),
+                batch_size_input(),
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
@@ -399,9 +456,10 @@ class LMLCalibrate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None):
+    def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None,
+                        batch_size=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        message = check_number(cls, "cfg", cfg) or validate(
+        message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
         if message is True and steps is not None:
@@ -415,7 +473,9 @@ class LMLCalibrate(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, cfg, scheduler, steps,
                 samples, **options) -> io.NodeOutput:
         field = options.pop("field", FIELDS[0])
-        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, steps)
+        batch_size = options.pop("batch_size", AUTO_BATCH)
+        message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, steps,
+                                      batch_size)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
         counts = step_counts_of(steps)
@@ -425,7 +485,8 @@ class LMLCalibrate(io.ComfyNode):
         calibrations, cached = run_calibrations(
             model, positive, negative, latent_image, seed, cfg, scheduler, counts, samples,
             options, schedulers=comfy.samplers.KSampler.SCHEDULERS if every else None,
-            samplers=list(calibration_samplers(counts[-1])) if every else None)
+            samplers=list(calibration_samplers(counts[-1])) if every else None,
+            batch_size=batch_size)
         sampler = calibrated_sampler(calibrations[0] if len(calibrations) == 1 else calibrations)
         return fitted_outputs(sampler, calibrations, scheduler, cfg, cached)
 

@@ -19,8 +19,12 @@ from comfy_api.latest import io
 
 from ..lml_core import Calibration
 from .calibrate_node import (
+    AUTO_BATCH,
     DEFAULT_SAMPLES,
+    MAX_SAMPLES,
+    batch_size_input,
     calibration_inputs,
+    check_batch_size,
     check_calibration_text,
     fit_head_inputs,
     fitted_outputs,
@@ -88,9 +92,10 @@ class LMLCalibrateSigmas(io.ComfyNode):
                                tooltip="A start of the fit: it measures the sampler on every "
                                        "scheduler's sigmas and starts from the best."),
                 io.Int.Input("steps", default=8, min=1, max=100),
-                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=1024,
+                io.Int.Input("samples", default=DEFAULT_SAMPLES, min=4, max=MAX_SAMPLES,
                              tooltip="Calibration noises (a share is held out)."),
                 *calibration_inputs(SIGMA_OPTIONS),
+                batch_size_input(),
             ],
             outputs=[
                 io.Sigmas.Output(display_name="SIGMAS"),
@@ -101,22 +106,23 @@ class LMLCalibrateSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name=None, scheduler=None, cfg=None):
+    def validate_inputs(cls, sampler_name=None, scheduler=None, cfg=None, batch_size=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        return check_number(cls, "cfg", cfg) or validate(
+        return check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or validate(
             {"sampler_name": (sampler_name, comfy.samplers.KSampler.SAMPLERS),
              "scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS)})
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, cfg, sampler_name,
                 scheduler, steps, samples, **options) -> io.NodeOutput:
-        message = cls.validate_inputs(sampler_name, scheduler, cfg)
+        batch_size = options.get("batch_size", AUTO_BATCH)
+        message = cls.validate_inputs(sampler_name, scheduler, cfg, batch_size)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
         calibration, cached = run_calibration(
             model, positive, negative, latent_image, seed, cfg, scheduler, steps, samples,
             {k: options[k] for k in SIGMA_OPTIONS}, sigmas_for=sampler_name,
-            schedulers=comfy.samplers.KSampler.SCHEDULERS)
+            schedulers=comfy.samplers.KSampler.SCHEDULERS, batch_size=batch_size)
         sigmas = torch.tensor(calibration.sigmas, dtype=torch.float32)
         return fitted_outputs(sigmas, calibration, scheduler, cfg, cached)
 

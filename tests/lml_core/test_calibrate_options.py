@@ -1,14 +1,16 @@
 """Each of calibrate's options does what CALIBRATE_DEFAULTS says, measured on small fits of an
 exact-score mixture (3 steps, 12 noises: a fit takes well under a second)."""
 
+import math
+
 import pytest
 import torch
 
-from lml_core import CALIBRATE_DEFAULTS, calibrate
+from lml_core import CALIBRATE_DEFAULTS, calibrate, calibrate_sigmas
 from lml_core.objective import Fit
 from lml_core.reference import Evaluator, Reference, reference_grid
 
-from exact_model import MixtureDenoiser, karras_sigmas
+from exact_model import MixtureDenoiser, karras_sigmas, plain_dpmpp_2m, plain_euler
 
 DIM = 8
 SIGMAS = karras_sigmas(3).double()
@@ -157,3 +159,75 @@ def test_tolerance_stops_a_converged_fit(model):
     assert len(full.report["trace"]) > 2
     with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
         calibrate(model, noise(), SIGMAS, tolerance=-1)
+
+
+class RowCounter:
+    """``model`` recording the rows of every call it gets and the dtype of its input."""
+
+    def __init__(self, model):
+        self.model, self.rows, self.dtypes = model, [], set()
+
+    def __call__(self, x, sigma, **extra_args):
+        self.rows.append(x.shape[0])
+        self.dtypes.add(x.dtype)
+        return self.model(x, sigma, **extra_args)
+
+
+def test_batch_size_bounds_every_model_call_of_every_fit(model):
+    """The reference, the LML rollouts and their Jacobian forks (Evaluator) and the built-in
+    samplers' runs, Jacobians and scores (run_sampler) all call the model with at most
+    batch_size rows, and the fits are the unsplit ones."""
+    samplers = {"euler": plain_euler, "dpmpp_2m": plain_dpmpp_2m}
+    fits = {}
+    for batch_size in (None, 4):
+        counter = RowCounter(model)
+        field = calibrate(counter, noise(), SIGMAS, samplers=samplers, batch_size=batch_size,
+                          **SMALL)
+        sigmas = calibrate_sigmas(counter, noise(), SIGMAS, plain_dpmpp_2m,
+                                  batch_size=batch_size, **SMALL)
+        fits[batch_size] = field, sigmas, counter.rows
+    (whole_field, whole_sigmas, whole_rows), (field, sigmas, rows) = fits[None], fits[4]
+    assert max(whole_rows) == 12 and max(rows) == 4  # 12 noises: the reference on all at once
+    assert sum(rows) == sum(whole_rows) and len(rows) > len(whole_rows)
+    assert field.report["chosen"] == whole_field.report["chosen"]
+    assert "calibrated sigmas" in " ".join(field.report["candidates"])  # a sampler was fitted
+    for split, whole in ((field, whole_field), (sigmas, whole_sigmas)):
+        assert fitted_values(split) == pytest.approx(fitted_values(whole), rel=1e-9, abs=1e-9)
+
+
+class Float16Model:
+    """A stand-in for a float16 checkpoint: the model computes in float16 (its input is
+    rounded to float16) and returns float16, whatever the state's dtype."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, sigma, **extra_args):
+        half = x.to(torch.float16)
+        return self.model(half.to(torch.float64), sigma.to(torch.float64)).to(torch.float16)
+
+
+def test_a_float16_model_is_fitted_in_float32(model):
+    """The fit's states and arithmetic stay float32 with a model that computes in float16 (and
+    float16 noise): the model gets float32 states, a host sampler gets float32 back from the
+    model (its history is not float16), and the calibration is finite."""
+    seen = []
+
+    def euler_watching(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, sigmas[i] * s_in)
+            seen.append((x.dtype, denoised.dtype))
+            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        return x
+
+    counter = RowCounter(Float16Model(model))
+    calibration = calibrate(counter, noise().to(torch.float16), SIGMAS.float(),
+                            samplers={"euler": euler_watching}, **SMALL)
+    assert counter.dtypes == {torch.float32}
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    values = fitted_values(calibration) + [calibration.report["heldout_rms"],
+                                           calibration.report["fit_rms"]]
+    assert all(math.isfinite(v) for v in values)
+    assert calibration.report["heldout_rms"] < calibration.report["heldout_rms_bases"][
+        "euler + given"]  # a fit that gains, in float16 too

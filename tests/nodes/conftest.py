@@ -117,3 +117,56 @@ def user_dir(tmp_path_factory):
     folder_paths.set_user_directory(str(path))
     yield path
     folder_paths.set_user_directory(old)
+
+
+@pytest.fixture
+def counting():
+    """``counting(model)``: (a clone of ``model`` recording the latents of every UNet call, that
+    record)."""
+
+    def clone(model):
+        seen = []
+        counted = model.clone()
+        counted.set_model_unet_function_wrapper(lambda apply, args: seen.append(
+            args["input"].shape[0]) or apply(args["input"], args["timestep"], **args["c"]))
+        return counted, seen
+
+    return clone
+
+
+TiB = 2**40
+
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    """``little_memory(free)``: ComfyUI's model management with memory_required 1 TiB per latent
+    and ``free`` TiB free (get_free_memory).  Units this large leave what else reads the free
+    memory (sub-quadratic attention's slicing, model loading) as it was."""
+    import comfy.model_base
+    import comfy.model_management
+
+    def apply(free):
+        amount = free * TiB
+        monkeypatch.setattr(comfy.model_base.BaseModel, "memory_required",
+                            lambda self, input_shape, cond_shapes=None: input_shape[0] * TiB)
+        monkeypatch.setattr(comfy.model_management, "get_free_memory",
+                            lambda dev=None, torch_free_too=False:
+                            (amount, amount) if torch_free_too else amount)
+
+    return apply
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    """``user_folder(name)``: ComfyUI's user folder (the calibration cache) moved to a fresh
+    folder ``name``; restored after the test."""
+    import folder_paths
+
+    old = folder_paths.get_user_directory()
+
+    def move(name):
+        (tmp_path / name).mkdir(exist_ok=True)
+        folder_paths.set_user_directory(str(tmp_path / name))
+
+    yield move
+    folder_paths.set_user_directory(old)

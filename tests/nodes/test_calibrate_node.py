@@ -22,9 +22,14 @@ FAST = {"base": "auto", "history": 1, "move_timesteps": True, "heldout": 0.25,
         "field": "this scheduler"}  # the LML fit alone: the field has its own test
 
 
+# The module's calibration: a seed whose fit gains on its held-out noise (one LM step kept), so
+# that the fitted numbers tests compare are not the base's.
+SEED = 7
+
+
 @pytest.fixture(scope="module")
 def calibrated(pack, sd15, conds, user_dir):
-    return calibrate_node(pack, sd15, conds, seed=21)
+    return calibrate_node(pack, sd15, conds, seed=SEED)
 
 
 def node(pack, name):
@@ -70,7 +75,7 @@ def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, sample_cu
 def test_same_inputs_load_from_the_disk_cache(pack, sd15, conds, user_dir, calibrated):
     first = calibrated.result
     assert len(list((user_dir / "lml_calibrations").glob("*.json"))) == 1
-    second = calibrate_node(pack, sd15, conds, seed=21).result
+    second = calibrate_node(pack, sd15, conds, seed=SEED).result
     assert second[1] == first[1] and "loaded from the cache" in second[2]
     third = calibrate_node(pack, sd15, conds, seed=22).result  # another seed: another fit
     assert "loaded from the cache" not in third[2]
@@ -308,3 +313,94 @@ def test_bad_steps_are_refused_naming_steps_before_anything_runs(pack, sd15, con
                   latent_image={"samples": torch.zeros([1, 4, 8, 8])}, seed=5, steps=steps,
                   samples=4, **{**inputs, **FAST})
     assert calls == []
+
+
+# --------------------------------------------------------------------------------------------
+# GPU memory: the calibration's model calls are as large as ComfyUI's model management says fit
+
+def fitted_numbers(text):
+    calibration = json.loads(text)
+    return calibration["sigmas"], calibration["corrections"]
+
+
+def test_auto_batch_size_is_the_most_noises_model_management_says_fit(pack, monkeypatch):
+    """memory_required of n noises x the latents per noise, x 1.5 (ComfyUI's calc_cond_batch
+    margin), below get_free_memory on the noise's device: at least 1, at most all."""
+    bridge = pack.nodes.bridge
+    asked = []
+
+    class BaseModel:
+        def memory_required(self, input_shape):
+            asked.append(list(input_shape))
+            return input_shape[0] * 2**30  # 1 GiB per latent
+
+    x = torch.zeros([8, 4, 16, 16])
+    for free, per_noise, rows in ((10, 2, 3), (9, 2, 2), (10, 1, 6), (100, 2, 8), (1, 2, 1)):
+        monkeypatch.setattr(comfy.model_management, "get_free_memory",
+                            lambda dev=None, torch_free_too=False, free=free: free * 2**30)
+        size, why = bridge.auto_batch_size(BaseModel(), x, per_noise)
+        assert size == rows, (free, per_noise)
+        if free > 1:
+            assert why == f"auto: {rows} of 8 noises fit in {free} GiB free"
+    assert why == "auto: 1 noise per call (3 GiB estimated with the margin, 1 GiB free)"
+    assert all(shape[1:] == [4, 16, 16] and shape[0] % 2 == 0 for shape in asked[-4:])
+    assert bridge.latents_per_noise(4.0) == 2 and bridge.latents_per_noise(1.0) == 1
+    assert bridge.latents_per_noise(1.0, {"disable_cfg1_optimization": True}) == 2
+
+
+def test_model_calls_fit_the_free_memory_and_the_calibration_is_the_same(
+        pack, sd15, conds, little_memory, user_folder, counting, calibrated):
+    """The module's calibration (4 noises: 3 fitted on, 1 held out; cfg 4) again where model
+    management says 2 noises fit (2 x 2 latents x 1.5 = 6 < 7 TiB free < 9): no UNet call gets
+    more than 4 latents (the whole fit's got 6), the same evaluations are made, and the fitted
+    sigmas and corrections are the same to float32 rounding: the UNet's float32 output for a
+    noise changes by ~3e-6 relative with the batch it is in (the CPU kernels differ by batch
+    size; measured on this checkpoint at 3 vs 2 + 1 rows), which the fit's finite differences
+    (step 1e-2) and its LM step turn into ~1e-4 in the fitted numbers.  Rows mixed up or lost
+    would move the reference and the rollouts by whole units."""
+    _, whole, whole_report = calibrated.result
+    assert json.loads(whole)["report"]["calibrated"]  # fitted numbers, not the base's
+    assert "batch: 4 noises per model call (auto: 4 of 4 noises fit in" in whole_report
+    # The cache does not key on batch_size: the calibration does not depend on it.
+    again = calibrate_node(pack, sd15, conds, seed=SEED, batch_size=1).result
+    assert "loaded from the cache" in again[2] and again[1] == whole
+
+    little_memory(7)
+    user_folder("chunked")
+    model, seen = counting(sd15[0])
+    _, text, report = calibrate_node(pack, (model, *sd15[1:]), conds, seed=SEED).result
+    assert "loaded from the cache" not in report
+    fit = json.loads(text)["report"]
+    assert max(seen) == 4 and sum(seen) == 2 * fit["model_evaluations"]
+    assert fit["model_evaluations"] == json.loads(whole)["report"]["model_evaluations"]
+    assert fit["model_calls"] > json.loads(whole)["report"]["model_calls"]
+    assert fit["batch"] == {"size": 2, "why": "auto: 2 of 4 noises fit in 7.17e+03 GiB free"}
+    assert "batch: 2 noises per model call (auto: 2 of 4 noises fit in 7.17e+03 GiB free)" in (
+        report)
+    (sigmas, corrections), (whole_sigmas, whole_corrections) = (fitted_numbers(text),
+                                                                fitted_numbers(whole))
+    assert sigmas == pytest.approx(whole_sigmas, rel=1e-3)
+    assert sum(corrections, []) == pytest.approx(sum(whole_corrections, []), rel=1e-3, abs=1e-4)
+    assert fit["heldout_rms"] == pytest.approx(json.loads(whole)["report"]["heldout_rms"],
+                                               rel=1e-3)
+
+
+@pytest.mark.parametrize("node_id", ["LMLCalibrate", "LMLCalibrateSigmas"])
+@pytest.mark.parametrize("value", [-1, 2.5, 1025, float("nan")])
+def test_a_bad_batch_size_is_refused_naming_it(pack, sd15, conds, host_call, counting, node_id,
+                                              value):
+    calibrating = node(pack, node_id)
+    inputs = {"scheduler": "karras", "cfg": 4.0}
+    assert host_call(calibrating, "validate_inputs", **inputs, batch_size=0) is True
+    assert host_call(calibrating, "validate_inputs", **inputs, batch_size=1024) is True
+    message = host_call(calibrating, "validate_inputs", **inputs, batch_size=value)
+    assert message.startswith("batch_size must be a whole number from 0 (auto) to 1024, got ")
+    model, seen = counting(sd15[0])
+    settings = FAST if node_id == "LMLCalibrate" else {
+        k: FAST[k] for k in ("heldout", "iterations", "regularization", "reference_steps")}
+    names = {"sampler_name": "dpmpp_2m"} if node_id == "LMLCalibrateSigmas" else {}
+    with pytest.raises(ValueError, match="^batch_size must be a whole number"):  # linked
+        host_call(calibrating, "execute", model=model, positive=conds[0], negative=conds[1],
+                  latent_image={"samples": torch.zeros([1, 4, 8, 8])}, seed=5, steps=3,
+                  samples=4, **inputs, **names, **settings, batch_size=value)
+    assert seen == []

@@ -51,6 +51,27 @@ def test_the_sigmas_drive_the_sampler_and_the_text_gives_them_back(pack, sd15, c
     assert torch.isfinite(out).all()
 
 
+def test_batch_size_sets_the_noises_per_model_call(pack, sd15, conds, fitted, user_folder,
+                                                   counting):
+    """The module's fit again at batch_size 1: every run of the sampler (its starts, Jacobian
+    columns and scores) and of the reference takes one noise per model call (cond and uncond:
+    2 latents), the same evaluations in all, and the same sigmas to float32 rounding (the
+    UNet's output for a noise changes by ~3e-6 relative with the batch it is in; the fit's
+    finite differences make that ~1e-4)."""
+    _, whole, _ = fitted.result
+    user_folder("one_by_one")
+    model, seen = counting(sd15[0])
+    sigmas, text, report = calibrate_sigmas(pack, (model, *sd15[1:]), conds,
+                                            batch_size=1).result
+    fit = json.loads(text)["report"]
+    assert set(seen) == {2} and len(seen) == fit["model_evaluations"]
+    assert fit["model_evaluations"] == json.loads(whole)["report"]["model_evaluations"]
+    assert fit["batch"] == {"size": 1, "why": "set by batch_size"}
+    assert "batch: 1 noise per model call (set by batch_size)" in report
+    assert json.loads(whole)["report"]["calibrated"]  # fitted sigmas, not the schedule's
+    assert sigmas.tolist() == pytest.approx(json.loads(whole)["sigmas"], rel=1e-3)
+
+
 def test_a_stochastic_sampler_is_fitted_without_its_noise(pack, sd15, conds, user_dir):
     sigmas, text, _ = calibrate_sigmas(pack, sd15, conds, sampler_name="euler_ancestral",
                                        iterations=0).result

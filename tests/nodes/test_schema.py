@@ -32,10 +32,11 @@ NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent
                                 "fade"},
              "LMLSamplerLab": set(),
              "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
-                              "regularization", "trajectory", "reference_steps", "field"},
+                              "regularization", "trajectory", "reference_steps", "field",
+                              "batch_size"},
              "SamplerLMLCalibrated": set(),
              "LMLCalibrateSigmas": {"heldout", "iterations", "regularization",
-                                    "reference_steps"},
+                                    "reference_steps", "batch_size"},
              "SigmasLMLCalibrated": set()}
 WRAP_INPUTS = ["sampler", "rank", "damping", "fade", "kappa", "damping_mode", "omega",
                "start_percent", "end_percent"]  # since the node was added: never reorder
@@ -71,6 +72,20 @@ def test_every_node_is_a_v3_node_under_its_pre_port_id(pack):
                                            "optional": APPENDED_INPUTS}, node_id
         if node_id == "SamplerLMLWrap":
             assert info["input_order"] == {"required": WRAP_INPUTS}
+
+
+# The calibrating nodes' optional inputs, appended after their widgets (in this order: saved
+# workflows store widget values by position, and one saved without them loads with defaults).
+CALIBRATING_OPTIONAL = {"LMLCalibrate": ["field", "batch_size"],
+                        "LMLCalibrateSigmas": ["batch_size"]}
+
+
+def test_the_calibrating_nodes_optional_inputs_come_last(pack):
+    for node_id, optional in CALIBRATING_OPTIONAL.items():
+        info = pack.nodes.NODES_BY_ID[node_id].GET_NODE_INFO_V1()
+        assert info["input_order"]["optional"] == optional, node_id
+        assert not set(optional) & set(info["input_order"]["required"])
+        assert info["input"]["optional"]["batch_size"][1]["default"] == 0  # auto
 
 
 def test_every_lm_node_takes_every_user_settable_lm_option(pack):

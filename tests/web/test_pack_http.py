@@ -133,9 +133,11 @@ def test_lml_compare_returns_one_image_labelled_above_its_enlarged_panels(server
 
 
 @pytest.mark.parametrize("node, words", [
-    ("LMLCalibrate", ("samples", "held out", "Cancel", "lml_calibrations", "Cost")),
+    ("LMLCalibrate", ("samples", "held out", "Cancel", "lml_calibrations", "Cost",
+                      "batch_size", "Memory")),
     ("SamplerLMLCalibrated", ("calibration", "refused", "bit for bit")),
-    ("LMLCalibrateSigmas", ("SIGMAS", "held out", "Cancel", "sampler_name", "Cost")),
+    ("LMLCalibrateSigmas", ("SIGMAS", "held out", "Cancel", "sampler_name", "Cost",
+                            "batch_size")),
     ("SigmasLMLCalibrated", ("calibration", "refused", "bit for bit")),
 ])
 def test_calibration_help_pages_are_served(server, node, words):
