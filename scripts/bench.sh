@@ -5,7 +5,8 @@
 #   bash scripts/bench.sh study      # the parameter study instead (longer)
 #   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
 #   bash scripts/bench.sh wrap       # lml_wrap around the field -> docs/bench/wrap_study.md
-#   bash scripts/bench.sh calibrated # calibrated LML vs the field -> docs/bench/calibrated.md
+#   bash scripts/bench.sh calibrated # calibrated LML vs the field, 5 calibration seeds a point
+#                                    # -> docs/bench/calibrated.md (--seeds, --quick)
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
