@@ -8,6 +8,7 @@
 #   bash scripts/bench.sh calibrated # calibrated LML vs the field, 5 calibration seeds a point
 #                                    # -> docs/bench/calibrated.md (--seeds, --quick)
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
+#   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,6 +21,7 @@ case "${1:-}" in
   wrap) module=bench.wrap_study; shift ;;
   calibrated) module=bench.calibrated; shift ;;
   sigmas) module=bench.calibrated_sigmas; shift ;;
+  memory) module=bench.memory; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"

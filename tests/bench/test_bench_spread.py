@@ -1,5 +1,5 @@
 """bench.calibrated's spread over calibration seeds (median and worst ratio, cost ranges, the
-summary), and bench.rss's measurement (a known allocation)."""
+summary), and bench.rss / bench.memory's measurements (a known allocation, a tiny case)."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import calibrated
+from bench import calibrated, memory
 from bench.rss import MB, PeakRSS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +149,26 @@ def test_max_rss_in_a_fresh_process_sees_a_200_mb_allocation():
     result = json.loads(out.stdout)
     assert 190 <= result["peak_rss_above_start_mb"] <= 240
     assert result["max_rss_above_start_mb"] is None
+
+
+def test_memory_case_measures_the_reference_and_the_cost():
+    result = memory.run_case("default", shape=(2, 8, 8), samples=6, steps=3,
+                             options={"iterations": 1, "reference_steps": 4})
+    # One Reference per part of the noise (fitting, held-out, ...): all 6 noises in all.
+    assert result["references"] >= 2
+    assert result["reference_bytes"] == memory.expected_reference_bytes(6, 2 * 8 * 8, 4)
+    assert result["evaluations"] > result["model_calls"] > 0
+    for key in ("seconds", "peak_rss_above_start_mb", "max_rss_above_start_mb",
+                "rss_samples", "chosen", "iterations"):
+        assert key in result
+    assert result["peak_rss_above_start_mb"] >= 0
+
+
+def test_latent_gaussian_denoiser_limits():
+    model = memory.LatentGaussian((2, 8, 8))
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    near_data = model(x, torch.full((3,), 1e-4))
+    assert torch.allclose(near_data, x, atol=1e-3)
+    far = model(1e4 * x, torch.full((3,), 1e4))
+    assert torch.allclose(far, model.mean.expand_as(far), atol=1e-2)
+    assert (model.spectrum > 0).all()
