@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ SHAPE = (4, 128, 128)
 SAMPLES = 32
 STEPS = 10
 NOISE_SEED = 2024
+REPEATS = 3  # runs per case: with glibc's default allocator the peak varies between them
 
 
 class LatentGaussian:
@@ -171,15 +173,34 @@ def run_case(case, shape=SHAPE, samples=SAMPLES, steps=STEPS, options=None,
 
 
 def child(case, args) -> dict:
-    """``run_case`` in a fresh process (its own ru_maxrss)."""
+    """``run_case`` in a fresh process (its own ru_maxrss; with ``--mmap-threshold``, glibc's
+    fixed there)."""
     command = [sys.executable, "-m", "bench.memory", "--case", case, "--threads",
                str(args.threads), "--samples", str(args.samples), "--steps", str(args.steps),
                "--shape", *map(str, args.shape), "--options", json.dumps(options_of(args))]
-    done = subprocess.run(command, capture_output=True, text=True,
+    env = dict(os.environ)
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    done = subprocess.run(command, capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parent.parent)
     if done.returncode != 0:
         raise RuntimeError(f"bench.memory --case {case} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def repeated(runs) -> dict:
+    """A case over its repeats: the first run's fields, each measurement's median, min and
+    max (``peak_rss_above_start_mb``, ``..._min``, ``..._max``; the same for ru_maxrss and
+    seconds), and every run (``runs``)."""
+    out = dict(runs[0])
+    for key in ("peak_rss_above_start_mb", "max_rss_above_start_mb", "seconds"):
+        values = [r[key] for r in runs if r[key] is not None]
+        if values:
+            out[key] = statistics.median(values)
+            out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
+    out["repeats"] = len(runs)
+    out["runs"] = runs
+    return out
 
 
 def options_of(args) -> dict:
@@ -193,7 +214,19 @@ def mib(value) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def spread_of(r, key) -> str:
+    """"median (min-max)" of a repeated measurement, the value alone for one run."""
+    if r.get(key) is None:
+        return "n/a"
+    if r.get("repeats", 1) == 1 or f"{key}_min" not in r:
+        return mib(r[key])
+    return f"{mib(r[key])} ({mib(r[f'{key}_min'])}-{mib(r[f'{key}_max'])})"
+
+
 def write_markdown(out: Path, results, meta):
+    allocator = ("glibc's default allocator" if meta.get("mmap_threshold") is None else
+                 f"glibc with MALLOC_MMAP_THRESHOLD_={meta['mmap_threshold']} (every larger "
+                 "block its own mapping, returned when freed: the peak of live memory; slower)")
     lines = [
         "# Memory of a calibration at SDXL's latent size",
         "",
@@ -202,19 +235,19 @@ def write_markdown(out: Path, results, meta):
         f"{meta['steps']} steps (Karras 0.002-80), with a stand-in model (the exact denoiser "
         "of a stationary Gaussian latent: two FFTs per call; the calibration's tensors have "
         "the latent's size whatever the model, and a real model's weights and activations "
-        "come on top). Each case runs in a "
-        "child process of its own. Peak RSS above start: the anonymous resident memory (RSS "
-        "less file-backed and shared pages) above its value when the calibration starts "
-        "(after the model and the noise exist), read from /proc/self/statm every 10 ms by a "
-        "thread (bench.rss); ru_maxrss above start: the kernel's exact peak RSS of the "
-        "process less the whole RSS at the start (n/a where the process had a higher peak "
-        "before the calibration). Reference trajectory: the "
-        "tensors of the Reference objects the calibration builds (states and slopes at "
-        "every node of its RK4 grid, and the final samples). MiB and GiB are 2^20 and 2^30 "
-        "bytes.",
+        "come on top). Each run is a child process of its own; each case runs "
+        f"{meta.get('repeats', 1)} time(s) (median, and min-max where more than one). Peak RSS "
+        "above start: the anonymous resident memory (RSS less file-backed and shared pages) "
+        "above its value when the calibration starts (after the model and the noise exist), "
+        "read from /proc/self/statm every 10 ms by a thread (bench.rss); ru_maxrss above "
+        "start: the kernel's exact peak RSS of the process less the whole RSS at the start "
+        "(n/a where the process had a higher peak before the calibration). Reference "
+        "trajectory: the tensors of the Reference objects the calibration builds (states and "
+        "slopes at every node of its RK4 grid, and the final samples). MiB and GiB are 2^20 "
+        "and 2^30 bytes.",
         "",
         f"Options: {meta['options'] or 'the defaults'}; {meta['threads']} thread(s); "
-        f"{meta['machine']}; run took {meta['wall_seconds']:.0f} s.",
+        f"{allocator}; {meta['machine']}; run took {meta['wall_seconds']:.0f} s.",
         "",
         "| case | schedules x samplers | chosen | LM steps | seconds | model calls | "
         "per-sample evaluations | reference trajectory (GiB) | peak RSS above start (MiB) "
@@ -223,9 +256,10 @@ def write_markdown(out: Path, results, meta):
     ]
     for r in results:
         lines.append(f"| {r['case']} | {len(r['schedules'])} x {len(r['samplers'])} | "
-                     f"{r['chosen']} | {r['iterations']} | {r['seconds']:.0f} | "
+                     f"{r['chosen']} | {r['iterations']} | {spread_of(r, 'seconds')} | "
                      f"{r['model_calls']} | {r['evaluations']} | {r['reference_gb']:.3f} | "
-                     f"{r['peak_rss_above_start_mb']:.0f} | {mib(r['max_rss_above_start_mb'])} |")
+                     f"{spread_of(r, 'peak_rss_above_start_mb')} | "
+                     f"{spread_of(r, 'max_rss_above_start_mb')} |")
     if any(r["iterations"] == 0 for r in results):
         lines += ["", "LM steps 0: the Levenberg-Marquardt fit stopped after its first Jacobian "
                   "(no step lowered the fitting objective), so its seconds and evaluations are "
@@ -240,6 +274,12 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
     parser.add_argument("--case", choices=CASES, help="run one case here and print its JSON")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"runs per case (default {REPEATS}): glibc's heap makes the "
+                             "peak vary between identical runs")
+    parser.add_argument("--mmap-threshold", type=int, default=None,
+                        help="glibc's MALLOC_MMAP_THRESHOLD_ in the runs (e.g. 131072: the "
+                             "peak of live memory, reproducible but slower)")
     parser.add_argument("--samples", type=int, default=SAMPLES)
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--shape", nargs=3, type=int, default=list(SHAPE))
@@ -263,15 +303,19 @@ def main(argv=None):
     started = time.time()
     results = []
     for case in args.cases:
-        print(f"  {case} ...", flush=True)
-        results.append(child(case, args))
-        r = results[-1]
-        print(f"  {case}: {r['seconds']:.0f} s, {r['evaluations']} evaluations, reference "
-              f"{r['reference_gb']:.3f} GiB, peak RSS above start "
-              f"{r['peak_rss_above_start_mb']:.0f} MiB (ru_maxrss "
-              f"{mib(r['max_rss_above_start_mb'])} MiB)", flush=True)
+        runs = []
+        for repeat in range(args.repeats):
+            print(f"  {case} {repeat + 1}/{args.repeats} ...", flush=True)
+            runs.append(child(case, args))
+            r = runs[-1]
+            print(f"  {case}: {r['seconds']:.0f} s, {r['evaluations']} evaluations, reference "
+                  f"{r['reference_gb']:.3f} GiB, peak RSS above start "
+                  f"{r['peak_rss_above_start_mb']:.0f} MiB (ru_maxrss "
+                  f"{mib(r['max_rss_above_start_mb'])} MiB)", flush=True)
+        results.append(repeated(runs))
     meta = {"shape": list(args.shape), "samples": args.samples, "steps": args.steps,
-            "options": options, "threads": args.threads,
+            "options": options, "threads": args.threads, "repeats": args.repeats,
+            "mmap_threshold": args.mmap_threshold,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "wall_seconds": time.time() - started}
     (out / "memory.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

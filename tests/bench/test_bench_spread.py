@@ -172,3 +172,30 @@ def test_latent_gaussian_denoiser_limits():
     far = model(1e4 * x, torch.full((3,), 1e4))
     assert torch.allclose(far, model.mean.expand_as(far), atol=1e-2)
     assert (model.spectrum > 0).all()
+
+
+def test_memory_repeats_give_median_and_range():
+    runs = [{"case": "default", "seconds": s, "peak_rss_above_start_mb": peak,
+             "max_rss_above_start_mb": top, "iterations": 0}
+            for s, peak, top in ((30.0, 3650.0, 3655.0), (20.0, 2790.0, None),
+                                 (25.0, 3600.0, 3610.0))]
+    r = memory.repeated(runs)
+    assert (r["peak_rss_above_start_mb"], r["peak_rss_above_start_mb_min"],
+            r["peak_rss_above_start_mb_max"]) == (3600.0, 2790.0, 3650.0)
+    assert r["max_rss_above_start_mb"] == pytest.approx(3632.5)  # n/a runs left out
+    assert (r["seconds"], r["repeats"], r["runs"]) == (25.0, 3, runs)
+    assert memory.spread_of(r, "peak_rss_above_start_mb") == "3600 (2790-3650)"
+    assert memory.spread_of({**runs[1], "repeats": 1}, "max_rss_above_start_mb") == "n/a"
+
+
+def test_memory_bench_end_to_end_on_a_tiny_latent(tmp_path):
+    """Each run in a child process, the JSON and the markdown written."""
+    results = memory.main(["--out", str(tmp_path), "--cases", "default", "--repeats", "1",
+                           "--shape", "2", "8", "8", "--samples", "6", "--steps", "3",
+                           "--iterations", "1"])
+    (r,) = results
+    assert r["shape"] == [2, 8, 8] and r["repeats"] == 1 and len(r["runs"]) == 1
+    assert r["reference_bytes"] == memory.expected_reference_bytes(6, 128, 32)
+    saved = json.loads((tmp_path / "memory.json").read_text())
+    assert saved["results"][0]["evaluations"] == r["evaluations"] > 0
+    assert "| default | 1 x 0 |" in (tmp_path / "memory.md").read_text()
