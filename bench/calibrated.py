@@ -106,6 +106,7 @@ def seed_row(problem, nfe, seed, calibration, memory, sampler_host, x) -> dict:
             "runs": calibration.sampler, "chosen": r["chosen"],
             "calibrated": r["calibrated"], "iterations": r["iterations"],
             "heldout_rms": r.get("heldout_rms"), "heldout_rms_base": r.get("heldout_rms_base"),
+            **{k: v for k, v in r.items() if k.startswith("test")},  # the report's test scores
             "cost": {"seconds": round(memory.seconds, 2), "model_calls": r["model_calls"],
                      "evaluations": r["model_evaluations"],
                      "peak_rss_mb": round(memory.above_start / MB, 1)}}
@@ -157,7 +158,7 @@ def calibrated_rows(problem, nfes, samples, options, log, seeds=1):
             s = records[-1]
             log(f"    {LABEL} {nfe:>2} NFE seed {seed}: rms {s['rms']:.4f} ({s['chosen']}, "
                 f"{s['iterations']} LM steps, {s['cost']['seconds']:.1f}s, "
-                f"{s['cost']['evaluations']} evals, {s['cost']['peak_rss_mb']:.0f} MB)")
+                f"{s['cost']['evaluations']} evals, {s['cost']['peak_rss_mb']:.0f} MiB)")
         rows.append(seeds_row(problem, nfe, records))
     return rows
 
@@ -275,7 +276,7 @@ def write_markdown(out: Path, rows, points, meta):
               "(median) | ratio (worst) | best on default schedule | its RMS | / best on "
               "default schedule | runs (over the seeds) | seconds (median) | per-sample "
               "evaluations: median (min-max) | model calls (median) | peak RSS above start, "
-              "MB: median (max) |",
+              "MiB: median (max) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         c = p["cost"]
