@@ -5,8 +5,10 @@
 #   bash scripts/bench.sh study      # the parameter study instead (longer)
 #   bash scripts/bench.sh rotation   # issue 7's rotation targets vs DPM++ 2M (~7 min)
 #   bash scripts/bench.sh wrap       # lml_wrap around the field -> docs/bench/wrap_study.md
-#   bash scripts/bench.sh calibrated # calibrated LML vs the field -> docs/bench/calibrated.md
+#   bash scripts/bench.sh calibrated # calibrated LML vs the field, 5 calibration seeds a point
+#                                    # -> docs/bench/calibrated.md (--seeds, --quick)
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
+#   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +21,7 @@ case "${1:-}" in
   wrap) module=bench.wrap_study; shift ;;
   calibrated) module=bench.calibrated; shift ;;
   sigmas) module=bench.calibrated_sigmas; shift ;;
+  memory) module=bench.memory; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"
