@@ -29,6 +29,7 @@ from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 
 from . import field, report
 from .common import initial_noise, rms
+from .digits import CFGDigitsModel, RowLabelledDigitsModel, with_labels
 from .exact import EXACT_DATASETS
 from .pairs import FINALISTS, best_pairs
 from .rss import MB, PeakRSS
@@ -90,6 +91,16 @@ def calibration_noise(problem, samples, seed):
                                                    generator=generator)).to(torch.float32)
 
 
+def for_calibration(problem, noise):
+    """(model, noise) a calibration of ``problem`` runs on: the problem's own, except that the
+    digits network's rows carry their class (RowLabelledDigitsModel): calibrate runs subsets of
+    the rows, and the network's class by batch position would follow the subset, not the
+    row."""
+    if isinstance(problem.model, CFGDigitsModel):
+        return RowLabelledDigitsModel(problem.model), with_labels(noise)
+    return problem.model, noise
+
+
 def spread(values) -> dict:
     """{"median", "min", "max"} of ``values``."""
     values = list(values)
@@ -146,7 +157,8 @@ def calibrated_rows(problem, nfes, samples, options, log, seeds=1):
         schedules, samplers, own = calibration_field(problem, nfe)
         records = []
         for seed, noise in enumerate(noises):
-            host = field.HostModel(problem.model, flow=problem.flow)
+            model, noise = for_calibration(problem, noise)
+            host = field.HostModel(model, flow=problem.flow)
             with PeakRSS() as memory:
                 calibration = calibrate(host, noise, sigmas, schedules=schedules,
                                         samplers=samplers, sampler_schedules=own, **options)
@@ -298,7 +310,7 @@ def write_markdown(out: Path, rows, points, meta):
 
 
 def digits_problems(cfgs, samples, ref_steps, log):
-    from .digits import CFGDigitsModel, load_or_train
+    from .digits import load_or_train
 
     net, _ = load_or_train(log)
     for cfg in cfgs:

@@ -27,7 +27,7 @@ import torch
 from lml_core import calibrate_sigmas, is_stochastic
 
 from . import field
-from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, digits_problems
+from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, digits_problems, for_calibration
 from .common import initial_noise, rms
 from .run import log, prepare
 from .suite import NOISE_SEED, exact_problems, geometric_mean, steps_for_nfe
@@ -81,7 +81,8 @@ def point(problem, name, nfe, noise):
     field_scores = {scheduler: score(name, problem, sigmas)
                     for scheduler, sigmas in schedules.items()}
     best = min(field_scores, key=field_scores.get)
-    host = field.HostModel(problem.model, flow=problem.flow)
+    model, noise = for_calibration(problem, noise)
+    host = field.HostModel(model, flow=problem.flow)
     started = time.perf_counter()
     calibration = calibrate_sigmas(host, noise, schedules[best], quiet(name),
                                    sampler_name=name, schedules=schedules)
