@@ -249,6 +249,7 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
         "unchanged starts on the same noise: " + ", ".join(
             f"{k} {v:.4g}" for k, v in starts.items())
         + f"; best {best_name} (calibrated = {heldout / starts[best_name]:.2f}x its error)",
+        *test_lines(r),
         f"fit: {r['iterations']} Levenberg-Marquardt steps on {r['samples']['fit']} noises; "
         f"cost {r['model_calls']} model calls ({r['model_evaluations']} per-sample "
         f"evaluations), {r['seconds']:.1f} s",
@@ -266,6 +267,20 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     if cache_note:
         lines.append(cache_note)
     return "\n".join(lines)
+
+
+def test_lines(r) -> list[str]:
+    """The report's test line: the error on the noises that chose nothing (none in a
+    calibration made before the test split, or with test 0)."""
+    test, pair = r.get("test_rms"), r.get("test_rms_best_pair")
+    if test is None:
+        return []
+    n = r["samples"]["test"]
+    line = (f"test error ({n} noise{'s' if n != 1 else ''} that neither fitted nor chose: what "
+            f"new noise can expect): {test:.4g}")
+    if pair:
+        line += f"; the best pair unchanged {pair:.4g} (calibrated = {test / pair:.2f}x)"
+    return [line]
 
 
 def scheduler_sigmas(model, scheduler: str, steps: int, sampler="euler") -> list[float]:

@@ -61,6 +61,8 @@ def test_calibrate_outputs_a_sampler_its_text_and_a_report(pack, sd15, sample_cu
     assert calibration.fitted_on["latent_shape"] == [4, 8, 8]
     assert out.ui["lml_calibration"] == [text]
     assert "held-out error" in report and "model calls" in report
+    assert "test error (1 noise that neither fitted nor chose" in report
+    assert f"{calibration.report['test_rms']:.4g}" in report
     assert calibration.report["model_calls"] > 0
     first = sample_custom(sampler, 3)
     assert torch.isfinite(first).all()
