@@ -120,9 +120,10 @@ def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
             "move_timesteps", default=d["move_timesteps"],
             tooltip="Also fit the timesteps (the first sigma stays)."),
         "heldout": lambda: io.Float.Input(
-            "heldout", default=d["heldout"], min=0.05, max=0.9, step=0.05,
+            "heldout", default=d["heldout"], min=0.05, max=0.7, step=0.05,
             tooltip="Share of the calibration noises held out to decide what is kept (early "
-                    "stopping, the choice among the candidates)."),
+                    "stopping, the choice among the candidates). Another quarter only tests "
+                    "(the report's test error); the rest fit."),
         "iterations": lambda: io.Int.Input(
             "iterations", default=d["iterations"], min=0, max=200,
             tooltip="Levenberg-Marquardt steps at most."),
