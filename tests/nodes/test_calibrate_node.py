@@ -240,7 +240,7 @@ def test_several_step_counts_in_one_run_share_the_noises_and_the_reference(
     the text run the fit of the schedule they are given and refuse another step count, naming
     the ones there are; the same inputs load from the cache."""
     before = len(list((user_dir / "lml_calibrations").glob("*.json")))
-    sampler, text, report = calibrate_node(pack, sd15, conds, seed=21, steps="3,2").result
+    sampler, text, report = calibrate_node(pack, sd15, conds, seed=SEED, steps="3,2").result
     two, three = calibrations_from_json(text)
     assert json.loads(text)["format"] == "lml-calibration-set/1"
     assert (two.steps, three.steps) == (2, 3)
@@ -271,7 +271,7 @@ def test_several_step_counts_in_one_run_share_the_noises_and_the_reference(
     assert "several step counts" in sigmas_node.validate_inputs(calibration=text)
     # One cache file for the run; the same inputs (in another order) load from it.
     assert len(list((user_dir / "lml_calibrations").glob("*.json"))) == before + 1
-    cached = calibrate_node(pack, sd15, conds, seed=21, steps="2, 3").result
+    cached = calibrate_node(pack, sd15, conds, seed=SEED, steps="2, 3").result
     assert cached[1] == text and cached[2].endswith("loaded from the cache: " + str(next(
         p for p in (user_dir / "lml_calibrations").glob("*.json")
         if p.read_text() == text)))
