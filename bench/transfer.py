@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import statistics
+import sys
 import time
 import types
 
@@ -47,7 +48,7 @@ FIT_CLASS = 7
 CFGS = [1.0, 2.0, 4.5, 6.0]  # where the cfg-3 calibration is scored (b)
 TEST_SAMPLES = 200  # the benchmark's digits test noise (seed 77): its first 200 rows, 20 a class
 TEST_SEED = 77  # bench.calibrated.digits_problems' noise seed
-SEEDS = 2
+SEEDS = 3
 KIND = "karras"
 ALL = "all classes"
 
@@ -211,7 +212,10 @@ def write_markdown(out, data):
         "calls per sample), every pair run on all of those rows. A cell gives the median over "
         f"the {seeds} calibration seeds and, in brackets, the worst (largest).",
         "",
-        f"Run: {meta['wall_seconds']:.0f} s wall on {meta['threads']} torch thread(s), load "
+        "**Overall.** " + overall(data),
+        "",
+        f"Run: `{meta.get('command', 'python -m bench.transfer')}`, "
+        f"{meta['wall_seconds']:.0f} s wall on {meta['threads']} torch thread(s), load "
         f"average {meta['load_start']} at the start and {meta['load_end']} at the end (the "
         "machine's 2 cores shared with another benchmark).",
         "",
@@ -257,6 +261,20 @@ def write_markdown(out, data):
                      f"{', '.join(s['fit_at_3_runs'])} | {fmt(s['fit_at_cfg'])} | "
                      f"{', '.join(s['fit_at_cfg_runs'])} |")
     (out / "transfer.md").write_text("\n".join(lines) + "\n")
+
+
+def overall(data) -> str:
+    """A sentence computed from the records: the largest ratio of the run and where, and how
+    many (calibration, test rows) scores are above 1."""
+    records = [(r["ratio"], f"fitted on {r['fit']} at cfg {r['fit_cfg']:g}, class {r['class']}, "
+                f"NFE {r['nfe']}, seed {r['seed']}") for r in data["classes"]]
+    records += [(r["ratio"], f"fitted on {r['fit']} at cfg {r['fit_cfg']:g}, sampled at cfg "
+                 f"{r['test_cfg']:g}, NFE {r['nfe']}, seed {r['seed']}") for r in data["cfg"]]
+    worst = max(records)
+    above = sum(ratio > 1 for ratio, _ in records)
+    return (f"{len(records)} scores (a calibration seed on a test row set); {above} of them "
+            f"above 1 (worse than the best pair on those rows); the largest ratio "
+            f"{worst[0]:.3f} ({worst[1]}).")
 
 
 def load_average():
@@ -365,6 +383,8 @@ def main(argv=None):
                  "test_seed": TEST_SEED, "ref_steps": ref_steps, "samplers": samplers,
                  "schedulers": schedulers, "options": {**CALIBRATE_DEFAULTS, **options},
                  "options_given": options,
+                 "command": "python -m bench.transfer " + " ".join(argv if argv is not None
+                                                                   else sys.argv[1:]),
                  "threads": args.threads, "load_start": load_start,
                  "load_end": load_average(), "wall_seconds": time.time() - started},
         "fits_a": fits_a,

@@ -59,7 +59,7 @@ def test_the_best_pair_is_the_minimum_over_the_pairs_it_ran():
 
 
 def test_a_quick_run_writes_the_json(tmp_path):
-    data = transfer.main(["--quick", "--out", str(tmp_path), "--test-samples", "10",
+    data = transfer.main(["--quick", "--out", str(tmp_path), "--test-samples", "10", "--seeds", "2",
                           "--cfgs", "6", "--options", '{"iterations": 1}',
                           "--samplers", "euler", "ipndm_v", "--schedulers", "karras"])
     written = json.loads((tmp_path / "transfer.json").read_text())
