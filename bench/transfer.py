@@ -214,7 +214,7 @@ def write_markdown(out, data):
         "",
         "**Overall.** " + overall(data),
         "",
-        f"Run: `{meta.get('command', 'python -m bench.transfer')}`, "
+        f"Run: `{meta.get('command', 'python -m bench.transfer').strip()}`, "
         f"{meta['wall_seconds']:.0f} s wall on {meta['threads']} torch thread(s), load "
         f"average {meta['load_start']} at the start and {meta['load_end']} at the end (the "
         "machine's 2 cores shared with another benchmark).",
@@ -250,7 +250,10 @@ def write_markdown(out, data):
                          f"{best['rms']:.4f} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     lines += ["", f"## (b) cfg: fitted at cfg {FIT_CFG:g} vs fitted at the cfg it samples at",
               "", "All classes (row labels); scored on every test row at that cfg, against "
-              "the best pair at that cfg.", "",
+              "the best pair at that cfg. Runs: what the seeds' calibrations run (the base of "
+              "the LML fit, or a host sampler a calibration kept: Calibration.base, else "
+              ".sampler).",
+              "",
               "| sampled at cfg | NFE | best pair | its RMS | fitted at cfg "
               f"{FIT_CFG:g}: ratio median (worst) | runs | fitted at this cfg: ratio median "
               "(worst) | runs |", "|---|---|---|---|---|---|---|---|"]

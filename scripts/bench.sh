@@ -9,7 +9,7 @@
 #                                    # -> docs/bench/calibrated.md (--seeds, --quick)
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
 #   bash scripts/bench.sh transfer   # a calibration on other classes / other cfg (issue 25 item 7)
-#                                    # -> docs/bench/transfer.md (~15 min on one busy core)
+#                                    # -> docs/bench/transfer.md (~7 min on one busy core)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
