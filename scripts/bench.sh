@@ -8,6 +8,8 @@
 #   bash scripts/bench.sh calibrated # calibrated LML vs the field, 5 calibration seeds a point
 #                                    # -> docs/bench/calibrated.md (--seeds, --quick)
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
+#   bash scripts/bench.sh transfer   # a calibration on other classes / other cfg (issue 25 item 7)
+#                                    # -> docs/bench/transfer.md (~7 min on one busy core)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +24,7 @@ case "${1:-}" in
   calibrated) module=bench.calibrated; shift ;;
   sigmas) module=bench.calibrated_sigmas; shift ;;
   memory) module=bench.memory; shift ;;
+  transfer) module=bench.transfer; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"
