@@ -78,13 +78,12 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
               (screen, rows, None)]
     errors, alive = {}, list(starts)
     for first, last, survivors in stages:
-        if last <= first:
-            continue
-        part = slice(first, last)
-        more = start_errors(setup, {label: starts[label] for label in alive},
-                            setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
-        errors = {label: more[label] if label not in errors else torch.cat(
-            [errors[label], more[label]]) for label in alive if label in more}
+        if last > first:  # (screen_rows 1 has no second half: its cut still applies)
+            part = slice(first, last)
+            more = start_errors(setup, {label: starts[label] for label in alive},
+                                setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
+            errors = {label: more[label] if label not in errors else torch.cat(
+                [errors[label], more[label]]) for label in alive if label in more}
         if not errors:
             return errors
         if survivors is not None:
