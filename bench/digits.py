@@ -139,7 +139,8 @@ class CFGDigitsModel:
 
     @torch.no_grad()
     def __call__(self, x, sigma, model_options=None, **extra_args):
-        return self.guided(x, sigma, torch.arange(x.shape[0]) % CLASSES, model_options)
+        labels = torch.arange(x.shape[0], device=x.device) % CLASSES
+        return self.guided(x, sigma, labels, model_options)
 
     def guided(self, x, sigma, labels, model_options=None):
         """The guided denoiser for rows of the given class ``labels``."""
@@ -182,7 +183,7 @@ class RowLabelledDigitsModel:
 def with_labels(noise):
     """``noise`` [B, 64] with the benchmark's class of each row (row i: digit i mod 10) as a
     last coordinate, for RowLabelledDigitsModel."""
-    labels = (torch.arange(noise.shape[0]) % CLASSES).to(noise.dtype)
+    labels = (torch.arange(noise.shape[0], device=noise.device) % CLASSES).to(noise.dtype)
     labels = labels * RowLabelledDigitsModel.LABEL_SCALE
     return torch.cat([noise, labels[:, None]], 1)
 

@@ -57,6 +57,12 @@ DIGITS_WEIGHTS = ROOT / "harness" / "weights" / "tiny_digits.pt"
 DIGITS_CLIP_SEED = 20250524
 
 PORTS = range(8190, 8261)  # never ComfyUI's default 8188
+# "cpu" (default: the tests' machines have no GPU) or "auto": ComfyUI picks its device and
+# dtypes itself, as on a user's GPU machine (bench.gpu runs so on a lent GPU).
+DEVICE = os.environ.get("LML_HOST_DEVICE", "cpu")
+if DEVICE not in ("cpu", "auto"):
+    raise ValueError(f"LML_HOST_DEVICE must be 'cpu' or 'auto', got {DEVICE!r}")
+CPU_FLAG = ["--cpu"] if DEVICE == "cpu" else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +75,7 @@ def install_host() -> None:
 
 
 def import_comfy() -> None:
-    """Make ComfyUI importable in this process, on the CPU.
+    """Make ComfyUI importable in this process, on the CPU (unless LML_HOST_DEVICE=auto).
 
     The ComfyUI tree goes first on sys.path: its top-level ``nodes`` module must win over this
     repository's ``nodes`` package when the repository root is on sys.path too."""
@@ -79,7 +85,7 @@ def import_comfy() -> None:
     sys.path.insert(0, path)
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = DEVICE == "cpu"
 
 
 def ensure_checkpoint() -> Path:
@@ -335,7 +341,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not start (ports {sorted(tried)}):\n{self.log_tail()}")
 
     def _launch(self) -> bool:
-        cmd = [str(HOST_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1",
+        cmd = [str(HOST_PYTHON), "main.py", *CPU_FLAG, "--listen", "127.0.0.1",
                "--port", str(self.port), "--base-directory", str(self.base_dir),
                "--disable-auto-launch",
                "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
