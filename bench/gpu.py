@@ -293,8 +293,8 @@ def sdxl_part(device, quick):
     return rows
 
 
-PARTS = {"precondition": precondition, "samplers": samplers_part,
-         "calibrate": calibrate_part, "sdxl": sdxl_part}
+PARTS = {"precondition": precondition, "samplers": samplers_part, "sdxl": sdxl_part,
+         "calibrate": calibrate_part}
 
 
 def main(argv=None):
