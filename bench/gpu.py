@@ -318,7 +318,7 @@ def main(argv=None):
             print(results[name]["error"], flush=True)
         meta[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
         print(f"bench.gpu: {name} done in {meta[f'{name}_seconds']}s", flush=True)
-        (args.out / "gpu.json").write_text(json.dumps(results, indent=1))
+        (args.out / "gpu.json").write_text(json.dumps(results, indent=1, default=str))
     return results
 
 

@@ -49,8 +49,9 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
         x_part = x[part]
         residual, jac = fit.jacobian(theta, x_part, reference.subset(part), eps)
         share = rows / x_part.numel()  # the part's sums, scaled to all the fitting rows
-        jtj = share * (jac.T @ jac) / scale
-        gradient = share * (jac.T @ residual) / scale + regularization * theta
+        # The P x P system lives on the CPU with theta; the rows stay on the model's device.
+        jtj = share * (jac.T @ jac).cpu() / scale
+        gradient = share * (jac.T @ residual).cpu() / scale + regularization * theta
         del jac, residual
         diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)
         improved = False

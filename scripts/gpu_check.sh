@@ -33,7 +33,11 @@ run() {
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$GPU"/whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD/$GPU/stubs PYTHONUNBUFFERED=1
     export LML_HOST_DIR=$PWD/$GPU/host LML_HOST_DEVICE=auto
-    mkdir -p "$GPU/host/venv/bin" && ln -sf "$(command -v python3)" "$GPU/host/venv/bin/python"
+    # harness.comfy_host runs $LML_HOST_DIR/venv/bin/python: here, the machine's own python.
+    mkdir -p "$GPU/host/venv/bin"
+    printf '#!/bin/sh\nexec %s "$@"\n' "$(python3 -c 'import sys; print(sys.executable)')" \
+        > "$GPU/host/venv/bin/python"
+    chmod +x "$GPU/host/venv/bin/python"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
     python3 -c 'import torch; print("torch", torch.__version__)' | tee -a "$out/gpu.txt"
     timeout "${BENCH_TIMEOUT:-300}" python3 -m bench.gpu --out "$out" 2>&1 | tee "$out/bench.log" \
