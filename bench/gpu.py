@@ -223,8 +223,8 @@ def calibrate_part(device, quick):
     pairs = pair_rms(model, test, reference, nfe, False, schedules, samplers, own)
     scored = {k: v for k, v in pairs.items() if isinstance(v, float)}
     best = min(scored, key=scored.get)
-    devices = [("cuda", device)] if device.type == "cuda" else []
-    runs = [(d, p) for d in devices for p in PRECISIONS] + [("cpu", "float32")]
+    runs = [("cuda", p) for p in PRECISIONS] if device.type == "cuda" else []
+    runs += [("cpu", p) for p in PRECISIONS]
     for where, precision in runs:
         dev = device if where == "cuda" else torch.device("cpu")
         m = model if where == "cuda" else digits_model(3.0, False, dev)

@@ -86,12 +86,12 @@ def test_two_loras_of_equal_strength_have_two_keys_and_one_lora_one(cache, sd15,
     # Loaded, A's update is in the model's own weights (ComfyUI keeps the originals aside):
     # the keys stay those of the weights on disk plus each model's patches.
     name = next(iter(a.patches))
-    before = model.model.state_dict()[name].clone()
+    before = model.model.state_dict()[name].cpu().clone()  # (on a GPU: loaded there)
     comfy.model_management.load_models_gpu([a])
-    assert not torch.equal(model.model.state_dict()[name], before)
+    assert not torch.equal(model.model.state_dict()[name].cpu(), before)
     assert (key(model), key(a), key(b)) == keys[:3]
     comfy.model_management.unload_all_models()
-    assert torch.equal(model.model.state_dict()[name], before)
+    assert torch.equal(model.model.state_dict()[name].cpu(), before)
     assert (key(model), key(a), key(with_lora(model, 2))) == keys[:3]
 
 
@@ -215,7 +215,8 @@ def test_the_latent_the_pack_version_and_the_format_are_in_the_key(cache, sd15, 
 
 def test_keys_are_the_same_in_a_fresh_process(cache, sd15, conds):
     """A restart reads its own cache: no object id or hash seed is in the key."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "12345",
            "OMP_NUM_THREADS": "1"}
     probe = subprocess.run([str(HOST_PYTHON), str(ROOT / "tests/nodes/cache_key_probe.py")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
