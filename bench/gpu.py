@@ -293,6 +293,73 @@ def sdxl_part(device, quick):
     return rows
 
 
+def markdown(results, tests_log=None) -> str:
+    """docs/bench/gpu/gpu.md from a run's gpu.json (and the node tests' log)."""
+    meta = results["meta"]
+    lines = ["# The pack on a CUDA GPU", "",
+             f"`bash scripts/gpu_check.sh` (bench.gpu) on {meta['device']}, torch "
+             f"{meta['torch']}; half precision is torch.autocast around the model (its "
+             "matrix products in float16 / bfloat16), the sampler's state and LML's arithmetic "
+             "float32, as ComfyUI hands them.  Nothing here runs in CI (no GPU there).", ""]
+    pre = results.get("precondition")
+    if isinstance(pre, list):
+        lines += ["## lm_precondition at SDXL's latent size (4 x 128 x 128)", "",
+                  "| batch | rank | input | ms (median of 20) | rel. error vs CPU float64 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['rank']} | {r['dtype']} | {r['ms']:.2f} | "
+                  f"{r['rel_error_vs_cpu_float64']:.1e} |" for r in pre]
+        lines.append("")
+    smp = results.get("samplers")
+    if isinstance(smp, list):
+        lines += ["## Samplers on the digits network (cfg 3, 10 steps, 500 noises)", "",
+                  "RMS to the float64 reference ODE solution of the float32 model; the float32 "
+                  "GPU samples against the CPU's (lml_euler_ancestral draws its noise from the "
+                  "device's generator, so it differs by design).", "",
+                  "| schedule | sampler | float32 | float16 | bfloat16 | ms (float32) | "
+                  "max abs GPU - CPU (float32) |", "|---|---|---|---|---|---|---|"]
+        keyed = {(r["schedule"], r["sampler"], r["precision"]): r for r in smp}
+        for schedule_name, sampler in dict.fromkeys((r["schedule"], r["sampler"]) for r in smp):
+            row = [keyed[(schedule_name, sampler, p)] for p in PRECISIONS]
+            lines.append(f"| {schedule_name} | {sampler} | "
+                         + " | ".join(f"{r['rms_vs_reference']:.4f}" for r in row)
+                         + f" | {row[0]['ms_per_run']:.1f} | "
+                         f"{row[0]['max_abs_vs_cpu_float32']:.1e} |")
+        lines.append("")
+    sdxl = results.get("sdxl")
+    if isinstance(sdxl, list):
+        lines += ["## Calibration at SDXL's latent size (stand-in model)", "",
+                  "32 noises of 4 x 128 x 128, 10 steps; the stand-in's noise prediction is "
+                  "rounded to the precision (bench.gpu.HalfEps).", "",
+                  "| case | precision | chosen | LM steps | seconds | model calls | "
+                  "evaluations | peak CUDA memory above start (MiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['case']} | {r['precision']} | {r['chosen']} | {r['iterations']} | "
+                  f"{r['seconds']} | {r['model_calls']} | {r['evaluations']} | "
+                  f"{r.get('peak_mib_above_start', 'n/a')} |" for r in sdxl]
+        lines.append("")
+    cal = results.get("calibrate")
+    if isinstance(cal, dict) and "runs" in cal:
+        lines += [f"## Calibration on the digits network (cfg 3, Karras, NFE {cal['nfe']})", "",
+                  "32 calibration noises, the host's field; the calibrated sampler on 500 other "
+                  "noises against the best (sampler, scheduler) pair there (float32 model).", "",
+                  "| device | model precision | chosen | LM steps | seconds | evaluations | "
+                  "peak CUDA MiB | calibrated RMS | best pair | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['precision']} | {r['chosen']} | {r['iterations']} | "
+                  f"{r['seconds']} | {r['evaluations']} | {r.get('peak_mib_above_start', '-')} "
+                  f"| {r['calibrated_rms']:.4f} | {r['best_pair']} {r['best_pair_rms']:.4f} | "
+                  f"{r['ratio']:.3f} |" for r in cal["runs"]]
+        lines.append("")
+    if tests_log is not None:
+        summary = [t for t in tests_log.splitlines() if " passed" in t or " failed" in t]
+        lines += ["## Node tests with ComfyUI on the GPU", "",
+                  "`LML_HOST_DEVICE=auto pytest tests/nodes`: ComfyUI chooses the device and "
+                  "the dtypes itself, as on a user's GPU (its defaults on such a card: an SD1 "
+                  "UNet in float16, the VAE in bfloat16; the run did not print them).", "",
+                  f"    {summary[-1].strip('= ') if summary else 'no summary line'}", ""]
+    return "\n".join(lines)
+
+
 PARTS = {"precondition": precondition, "samplers": samplers_part, "sdxl": sdxl_part,
          "calibrate": calibrate_part}
 
@@ -303,7 +370,15 @@ def main(argv=None):
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--quick", action="store_true", help="small sizes (a dry run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--markdown", type=Path, metavar="DIR",
+                        help="write DIR/gpu.md from DIR/gpu.json (and nodes_tests.log); no run")
     args = parser.parse_args(argv)
+    if args.markdown:
+        log = args.markdown / "nodes_tests.log"
+        text = markdown(json.loads((args.markdown / "gpu.json").read_text()),
+                        log.read_text() if log.exists() else None)
+        (args.markdown / "gpu.md").write_text(text)
+        return None
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
