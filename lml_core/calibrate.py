@@ -18,7 +18,7 @@ from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import MAX_HISTORY, SAMPLER_NAME
 from .field import measured_starts, planned_evaluations
 from .levenberg import levenberg_marquardt, rms
-from .objective import Fit, robust_loss, robust_weights
+from .objective import Fit, dtype_name, fd_step_for, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_floor, reference_grid
 from .sampling import is_flow_model
 from .sigma_fit import CountedModel, SigmaFit
@@ -39,7 +39,8 @@ CALIBRATE_DEFAULTS = {
     "trajectory": 1.0,         # weight of the states on the way in the objective
     "reference_steps": 32,     # RK4 steps of the converged reference (4 model calls each)
     "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
-    "fd_step": None,           # finite-difference step; None: 1e-4 (float64) / 1e-2 (float32)
+    "fd_step": None,           # finite-difference step; None: by model_dtype (FD_STEPS)
+    "model_dtype": None,       # the precision the model computes in; None: the noise's dtype
     "batch_size": None,        # rows per model call; None: all at once
     "sigma_fits": 1,           # with samplers: the best this many get timestep-only fits
 }
@@ -52,6 +53,7 @@ def fit_options(options: dict) -> dict:
         raise ValueError(f"calibrate: unknown option(s) {unknown}; the options are "
                          f"{sorted(CALIBRATE_DEFAULTS)}")
     opts = {**CALIBRATE_DEFAULTS, **options}
+    opts["model_dtype"] = opts["model_dtype"] and dtype_name(opts["model_dtype"])  # JSON-able
     if opts["base"] != "auto" and opts["base"] not in CALIBRATION_BASES:
         raise ValueError(f"base must be 'auto' or one of {CALIBRATION_BASES}, "
                          f"got {opts['base']!r}")
@@ -107,7 +109,7 @@ class Setup:
         self.schedules = self.checked_schedules(schedules)
         self.flow = is_flow_model(model)
         self.dtype = torch.float64 if noise.dtype == torch.float64 else torch.float32
-        self.eps = opts["fd_step"] or (1e-4 if self.dtype == torch.float64 else 1e-2)
+        self.eps = opts["fd_step"] or fd_step_for(opts["model_dtype"] or noise.dtype)
         self.say = log or (lambda text: None)
         self.extra_args = extra_args or {}
         # Fit, select, test: the fitting noise fits, the selection ("held-out") noise chooses
@@ -158,8 +160,7 @@ class Setup:
         return out
 
     def checked_own(self, sampler, schedule, values) -> list[float]:
-        """A sampler's own sigmas: from the noise's sigma, at most N steps (a sampler of
-        several model calls per step gets fewer steps at the same calls)."""
+        """A sampler's own sigmas: from the noise's sigma, at most N steps (fewer: more calls)."""
         values = checked_schedule(values)
         if len(values) > len(self.sigmas) or not math.isclose(values[0], self.sigmas[0],
                                                                rel_tol=1e-4):
@@ -169,8 +170,7 @@ class Setup:
         return values
 
     def test_rms(self, fit, theta):
-        """RMS error of ``fit`` at ``theta`` on the test noise (None without any): it chooses
-        nothing, so it is what the user can expect on new noise."""
+        """RMS of ``fit`` at ``theta`` on the test noise (None without any): it chose nothing."""
         if self.x_test.shape[0] == 0:
             return None
         return rms(fit.final_errors(theta, self.x_test, self.ref_test))
@@ -179,9 +179,8 @@ class Setup:
         return self.denoise.rows + self.counted.rows
 
     def fit(self, fit, start_errors):
-        """Levenberg-Marquardt on ``fit`` (its theta = 0 is the start, with per-sample errors
-        ``start_errors`` on the fitting part): (theta, held-out loss / the start's, accepted
-        steps, trace)."""
+        """Levenberg-Marquardt on ``fit`` from its start (per-sample errors ``start_errors``):
+        (theta, held-out loss / the start's, accepted steps, trace)."""
         self.ref_fit.weights = robust_weights(start_errors, self.typical)
         self.ref_val.weights = None
         opts = self.opts
@@ -281,7 +280,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - regularization: weight of |theta|^2 that pulls the fit toward the start;
     - trajectory: weight of the states on the way in the objective (0: final sample only);
     - reference_steps, reference_floor: the RK4 reference (to the model's sigma_min by default);
-    - fd_step: the finite-difference step; batch_size: rows per model call;
+    - fd_step: the finite-difference step (default: by model_dtype, the precision the model
+      computes in, which may be lower than the noise's); batch_size: rows per model call;
     - sigma_fits: how many of ``samplers`` get timestep-only fits.
     """
     setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options, references)

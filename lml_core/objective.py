@@ -13,6 +13,31 @@ from .calibration import Calibration, base_coefficients, combined, multistep, mu
 from .calibration_text import MAX_CORRECTION
 from .reference import Reference, sigma_of
 
+# The finite-difference step by the precision the model computes in: a column differences two
+# rollouts, each carrying the model's rounding, so the step grows with the unit roundoff
+# (about as its cube root).  float16 / bfloat16 measured on the digits network (NFE 5 and 8,
+# autocast, docs/bench/gpu): 1e-2 left 2-4x of float32's gain unused, these recover it.
+FD_STEPS = {torch.float64: 1e-4, torch.float32: 1e-2, torch.float16: 0.1, torch.bfloat16: 0.2}
+
+
+def checked_dtype(model_dtype) -> torch.dtype:
+    """``model_dtype`` (a floating torch.dtype or its name: "float16", ...) as a torch.dtype."""
+    dtype = getattr(torch, model_dtype, None) if isinstance(model_dtype, str) else model_dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"model_dtype must be a floating torch dtype or its name (float32, "
+                         f"float16, bfloat16, ...), got {model_dtype!r}")
+    return dtype
+
+
+def dtype_name(model_dtype) -> str:
+    return str(checked_dtype(model_dtype)).removeprefix("torch.")
+
+
+def fd_step_for(model_dtype) -> float:
+    """The default finite-difference step for a model computing in ``model_dtype``."""
+    dtype = checked_dtype(model_dtype)
+    return FD_STEPS.get(dtype, FD_STEPS[torch.bfloat16])  # other 8/16-bit types: the coarsest
+
 
 class Fit:
     """The parameter layout theta = (timestep shifts in log-SNR, then the corrections c_{i,j}

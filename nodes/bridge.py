@@ -159,6 +159,13 @@ def latents_per_noise(cfg: float, model_options=None) -> int:
     return 2
 
 
+def compute_dtype(base_model) -> torch.dtype:
+    """The dtype the diffusion model computes in, as the host's apply_model picks it: its
+    manual_cast_dtype where set, else its weights' (a float16 UNet hands the sampler float32
+    latents: the calibration's finite-difference step must follow this, not the latent)."""
+    return getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
+
+
 def auto_batch_size(base_model, x, per_noise: int) -> tuple[int, str]:
     """(noises per model call, why) for the calibration noise ``x`` ([noises, ...] on the
     model's device): the most noises n whose ``base_model.memory_required([n * per_noise,

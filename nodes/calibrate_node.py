@@ -42,6 +42,7 @@ from .bridge import (
     auto_batch_size,
     calibrated_sampler,
     calibration_samplers,
+    compute_dtype,
     deterministic_counterpart,
     empty_latent_fixed,
     ksampler_sigmas,
@@ -399,11 +400,12 @@ def run_calibrations(model, positive, negative, latent_image, seed, cfg, schedul
                 cfg, (extra_args or {}).get("model_options")))
         else:
             rows, why = batch_size, "set by batch_size"
+        precision = {"model_dtype": compute_dtype(model.model), **options}
         if sigmas_for is not None:
             fitted = [calibrate_sigmas(
                 model_k, x, sigmas, deterministic_counterpart(sigmas_for),
                 extra_args=extra_args, sampler_name=sigmas_for, schedules=fields[0].schedules,
-                progress=progress, batch_size=rows, **options)]
+                progress=progress, batch_size=rows, **precision)]
         else:
             given = {counts[0]: sigmas}  # the run's own; the others as KSampler gives them
             fitted = calibrate_steps(
@@ -411,7 +413,7 @@ def run_calibrations(model, positive, negative, latent_image, seed, cfg, schedul
                 extra_args=extra_args, progress=progress, per_steps={
                     f.steps: {"schedules": f.schedules, "samplers": f.functions,
                               "sampler_schedules": f.own} for f in fields},
-                batch_size=rows, **options)
+                batch_size=rows, **precision)
         result["calibrations"] = [
             replace(c, fitted_on={**c.fitted_on, "scheduler": scheduler},
                     report={**c.report, "batch": {"size": rows, "why": why}}) for c in fitted]

@@ -37,7 +37,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
     tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
                "fd_step", "batch_size"}
     tested |= {"sigma_fits"}  # test_calibrate_field
-    tested |= {"test", "jacobian_rows", "screen_rows", "finalists", "tolerance"}
+    tested |= {"test", "jacobian_rows", "screen_rows", "finalists", "tolerance", "model_dtype"}
     assert set(CALIBRATE_DEFAULTS) == tested
 
 
@@ -109,6 +109,25 @@ def test_fd_step_sets_the_finite_difference_step(model):
     assert fitted_values(c) != pytest.approx(fitted_values(a), rel=1e-3)
     with pytest.raises(ValueError, match="fd_step must be a finite number > 0"):
         calibrate(model, noise(), SIGMAS, fd_step=-1.0)
+
+
+def test_model_dtype_sets_the_default_fd_step(model):
+    """The model's precision, not the noise's, picks the step (objective.FD_STEPS): float16
+    computes exactly what fd_step=0.1 does, float32 noise alone what fd_step=1e-2 does; the
+    report records the name; an explicit fd_step wins; a non-float dtype is refused."""
+    x, opts = noise().float(), {"iterations": 1, "reference_steps": 8}
+    half = calibrate(model, x, SIGMAS.float(), model_dtype=torch.float16, **opts)
+    assert fitted_values(half) == fitted_values(calibrate(model, x, SIGMAS.float(),
+                                                          fd_step=0.1, **opts))
+    plain = calibrate(model, x, SIGMAS.float(), **opts)
+    assert fitted_values(plain) == fitted_values(calibrate(model, x, SIGMAS.float(),
+                                                           fd_step=1e-2, **opts))
+    assert fitted_values(plain) != fitted_values(half)
+    assert half.report["options"]["model_dtype"] == "float16"
+    named = calibrate(model, x, SIGMAS.float(), model_dtype="bfloat16", fd_step=0.1, **opts)
+    assert fitted_values(named) == fitted_values(half)
+    with pytest.raises(ValueError, match="model_dtype must be a floating torch dtype"):
+        calibrate(model, x, SIGMAS.float(), model_dtype="int8")
 
 
 def test_reference_steps_sets_the_reference_cost(model):

@@ -409,3 +409,16 @@ def test_a_bad_batch_size_is_refused_naming_it(pack, sd15, conds, host_call, cou
                   latent_image={"samples": torch.zeros([1, 4, 8, 8])}, seed=5, steps=3,
                   samples=4, **inputs, **names, **settings, batch_size=value)
     assert seen == []
+
+
+def test_the_fit_follows_the_precision_the_model_computes_in(pack, sd15, calibrated,
+                                                             monkeypatch):
+    """The finite-difference step follows the UNet's compute dtype (bridge.compute_dtype: the
+    host's manual_cast_dtype where set, else the weights'), not the float32 latent the sampler
+    gets: float32 on this CPU, recorded in the report's options; a cast model is read as its
+    cast."""
+    bridge, base = pack.nodes.bridge, sd15[0].model
+    assert bridge.compute_dtype(base) == base.get_dtype() == torch.float32
+    assert json.loads(calibrated.result[1])["report"]["options"]["model_dtype"] == "float32"
+    monkeypatch.setattr(base, "manual_cast_dtype", torch.bfloat16)
+    assert bridge.compute_dtype(base) == torch.bfloat16
