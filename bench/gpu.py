@@ -13,7 +13,8 @@ Times are medians of repeats after a warm-up, with the device synchronised.
    10 steps, 500 noises): RMS to the float64 reference ODE solution per precision, and the
    float32 GPU result against the float32 CPU one.
 3. ``calibrate``: lml_core.calibrate on the digits network (cfg 3, Karras, NFE 8, 32 noises,
-   the host's field) per precision: seconds, model calls and evaluations, peak CUDA memory,
+   the host's field; ``model_dtype`` the autocast precision, as LML Calibrate passes the UNet's)
+   per precision: seconds, model calls and evaluations, peak CUDA memory,
    and the calibrated sampler on 500 other noises against every host (sampler, scheduler)
    pair run there in float32.
 4. ``sdxl``: calibrate at SDXL's latent size (32 x 4 x 128 x 128, 10 steps) with the memory
@@ -239,6 +240,7 @@ def calibrate_part(device, quick):
                 host, with_labels(noise), put(sigmas),
                 schedules={k: put(v) for k, v in schedules.items()}, samplers=samplers,
                 sampler_schedules={s: {k: put(v) for k, v in d.items()} for s, d in own.items()},
+                model_dtype=PRECISIONS[precision] or torch.float32,  # as LML Calibrate does
                 **({"iterations": 2} if quick else {}))
             sync(dev)
             record["seconds"] = round(time.perf_counter() - start, 2)
