@@ -155,7 +155,8 @@ class Bench:
     ways of sampling them: KSampler's path with a host scheduler, SamplerCustom with given
     sigmas."""
 
-    def __init__(self, pack, model, positive, negative, cfg, noises, seed=TEST_SEED):
+    def __init__(self, pack, model, positive, negative, cfg, noises, seed=TEST_SEED,
+                 size=SIZE):
         import torch
 
         self.pack = pack
@@ -166,7 +167,7 @@ class Bench:
         # KSampler's noise per batch index (as for a latent batch carrying batch_index): the
         # first k test noises are the same whatever the batch size, so a screen on k of them
         # shares the reference's first k rows.
-        self.latent = {"samples": torch.zeros([noises, 4, SIZE // 8, SIZE // 8]),
+        self.latent = {"samples": torch.zeros([noises, 4, size // 8, size // 8]),
                        "batch_index": list(range(noises))}
 
     def _counted(self, run):
@@ -296,15 +297,17 @@ def measure_field(bench, reference, nfe, samplers, schedulers, log, screen=None)
     return rows, extra
 
 
-def measure_calibration(bench, reference, nfe, samples, options, schedulers, samplers, log):
+def measure_calibration(bench, reference, nfe, samples, options, schedulers, samplers, log,
+                        size=SIZE):
     """LML Calibrate as LMLCalibrate.execute runs it (run_calibration with the host schedulers
-    and the one-call-per-step deterministic samplers), on its own noise; its SAMPLER scored on
-    the test noises through KSampler's path with the scheduler it was fitted for."""
+    and the one-call-per-step deterministic samplers), on its own noise of ``size`` pixels;
+    its SAMPLER scored on the test noises (their own size: another one measures how a
+    calibration transfers) through KSampler's path with the scheduler it was fitted for."""
     import torch
 
     bridge = bench.pack.nodes.bridge
     field = [name for name in bridge.calibration_samplers(nfe) if name in samplers]
-    latent = {"samples": torch.zeros([1, 4, SIZE // 8, SIZE // 8])}
+    latent = {"samples": torch.zeros([1, 4, size // 8, size // 8])}
     started = time.perf_counter()
     calibration, cached = bench.pack.nodes.calibrate_node.run_calibration(
         bench.plain_model, bench.positive, bench.negative, latent, CALIBRATION_SEED, bench.cfg,
@@ -353,7 +356,7 @@ def summarize(rows, calibrated, schedulers):
 def setup_of(pack, steps_list=STEPS, cfg=CFG, noises=DEFAULTS["noises"],
              reference_steps=DEFAULTS["reference_steps"], samples=DEFAULTS["samples"],
              options=None, samplers=None, schedulers=None, screen=DEFAULTS["screen"],
-             keep=DEFAULTS["keep"], digit=DIGIT, **_) -> dict:
+             keep=DEFAULTS["keep"], digit=DIGIT, size=SIZE, fit_size=None, **_) -> dict:
     """What a run measures, as its JSON file says it (the field's defaults resolved)."""
     import comfy.samplers
 
@@ -362,11 +365,12 @@ def setup_of(pack, steps_list=STEPS, cfg=CFG, noises=DEFAULTS["noises"],
     schedulers = list(schedulers or comfy.samplers.KSampler.SCHEDULERS)
     options = dict(options or {})
     setup = {"checkpoint": comfy_host.digits_checkpoint_name(), "prompt": digit_prompt(digit),
-             "negative": "", "cfg": cfg, "size": SIZE, "latent": [4, SIZE // 8, SIZE // 8],
+             "negative": "", "cfg": cfg, "size": size, "latent": [4, size // 8, size // 8],
              "test_noises": noises, "test_seed": TEST_SEED,
              "screen": {"noises": screen, "keep": keep} if 0 < screen < noises else None,
              "reference_steps": reference_steps,
              "calibration": {"samples": samples, "seed": CALIBRATION_SEED,
+                             **({"size": fit_size} if fit_size not in (None, size) else {}),
                              "scheduler": CALIBRATION_SCHEDULER,
                              "options": {**pack.lml_core.CALIBRATE_DEFAULTS, **options},
                              "options_changed": options},
@@ -380,29 +384,32 @@ def measure(pack, model, clip, steps_list=STEPS, cfg=CFG, noises=DEFAULTS["noise
             reference_steps=DEFAULTS["reference_steps"], samples=DEFAULTS["samples"],
             options=None, samplers=None, schedulers=None, screen=DEFAULTS["screen"],
             keep=DEFAULTS["keep"], digit=DIGIT, log=print, on_step=None, done=None,
-            elapsed_before=0.0) -> dict:
+            elapsed_before=0.0, size=SIZE, fit_size=None) -> dict:
     """The whole measurement (see the module docstring).  ``samplers`` / ``schedulers``: the
     field (default: every deterministic host sampler, every host scheduler); ``options``: LML
     Calibrate's advanced inputs that differ from its defaults; ``screen``: test noises every
     pair runs on first (0: all pairs on all noises), ``keep``: how many best pairs then run
     on all (with the 3 best on karras and on AYS/GITS); ``on_step(result)`` after each step
     count; ``done``: {step count: entry} measured before with the same setup (not rerun), in
-    ``elapsed_before`` seconds."""
+    ``elapsed_before`` seconds.  ``size``: the test noises' pixels; ``fit_size``: the
+    calibration's (default: the same; another measures a calibration at a size it was not
+    fitted at)."""
     import folder_paths
 
     started = time.perf_counter() - elapsed_before
     setup = setup_of(pack, steps_list, cfg, noises, reference_steps, samples, options, samplers,
-                     schedulers, screen, keep, digit)
+                     schedulers, screen, keep, digit, size, fit_size)
     samplers, schedulers = setup["samplers"], setup["schedulers"]
     positive, negative = encode(clip, setup["prompt"]), encode(clip, "")
-    bench = Bench(pack, model, positive, negative, cfg, noises)
+    bench = Bench(pack, model, positive, negative, cfg, noises, size=size)
     screening = setup["screen"] is not None
     options = setup["calibration"]["options_changed"]
     result = {"setup": setup, "steps": {}, "complete": False}
     reference, result["reference"] = measure_reference(bench, reference_steps, log)
     screen_args = None
     if screening:
-        screen_args = (Bench(pack, model, positive, negative, cfg, screen), reference[:screen],
+        screen_args = (Bench(pack, model, positive, negative, cfg, screen, size=size),
+                       reference[:screen],
                        keep)
     old_user = folder_paths.get_user_directory()
     with tempfile.TemporaryDirectory() as user:  # no calibration cache: every fit runs here
@@ -418,7 +425,7 @@ def measure(pack, model, clip, steps_list=STEPS, cfg=CFG, noises=DEFAULTS["noise
                                             screen_args)
                 field_seconds = time.perf_counter() - t
                 calibrated = measure_calibration(bench, reference, nfe, samples, options,
-                                                 schedulers, samplers, log)
+                                                 schedulers, samplers, log, fit_size or size)
                 result["steps"][str(nfe)] = {
                     **summarize(rows, calibrated, schedulers), "calibrated": calibrated,
                     "field_seconds": round(field_seconds, 1), "node_schedules": extra,
@@ -510,6 +517,8 @@ def markdown(result, command="python -m harness.digits_field") -> str:
         f"{cal['scheduler']}, default options"
         + (" except " + ", ".join(f"{k} {v}" for k, v in cal["options_changed"].items())
            if cal["options_changed"] else "")
+        + (f", fitted at {cal['size']} px (not the test noises' size: how a calibration "
+           "transfers to another latent size)" if cal.get("size") else "")
         + f"; its SAMPLER then sampled the test noises through KSampler's path on "
         f"{cal['scheduler']}. Evaluations and seconds: the calibration's own (per-sample model "
         "evaluations).",
@@ -594,6 +603,9 @@ def main(argv=None) -> int:
                         help="best pairs of the screen run on all test noises")
     parser.add_argument("--samplers", default=None, help="comma list (default: all)")
     parser.add_argument("--schedulers", default=None, help="comma list (default: all)")
+    parser.add_argument("--size", type=int, default=SIZE, help="the test noises' pixels")
+    parser.add_argument("--fit-size", type=int, default=None,
+                        help="the calibration's pixels (default: --size)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT, help="path without .md/.json")
     parser.add_argument("--report-only", action="store_true",
@@ -638,7 +650,8 @@ def main(argv=None) -> int:
                   noises=args.noises, reference_steps=args.reference_steps,
                   samples=args.samples, options=options, screen=args.screen, keep=args.keep,
                   samplers=args.samplers and args.samplers.split(","),
-                  schedulers=args.schedulers and args.schedulers.split(","), log=log)
+                  schedulers=args.schedulers and args.schedulers.split(","), log=log,
+                  size=args.size, fit_size=args.fit_size)
     if previous:
         probe = setup_of(pack, **kwargs)
         if previous.get("setup") == probe:

@@ -11,6 +11,9 @@
 #   bash scripts/bench.sh transfer   # a calibration on other classes / other cfg (issue 25 item 7)
 #                                    # -> docs/bench/transfer.md (~7 min on one busy core)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
+#   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
+#                                    # -> docs/bench/precision.md (~15 min)
+#   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +28,7 @@ case "${1:-}" in
   sigmas) module=bench.calibrated_sigmas; shift ;;
   memory) module=bench.memory; shift ;;
   transfer) module=bench.transfer; shift ;;
+  precision) module=bench.precision; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"
