@@ -115,8 +115,11 @@ def _run(page, server, node_id, run):
         "([id, run]) => window.LMLDiagnostics?.nodes?.[id]?.run === run",
         arg=[node_id, run], timeout=30_000)
     # The output image shows in the SaveImage node (in the node's imgs, or as an <img> in the
-    # Vue node), loaded from the server's /view.
+    # Vue node), loaded from the server's /view.  The classic canvas loads a node's images when
+    # it draws the node: each poll marks it dirty, as a user's pointer would (on a loaded
+    # 2-core CI machine a throttled headless page once drew nothing for 60 s).
     page.wait_for_function("""name => {
+        app.canvas?.setDirty?.(true, true);
         const node = app.graph.nodes.find(n => n.type === 'SaveImage');
         const imgs = [...(node.imgs ?? []),
                       ...document.querySelectorAll(`[data-node-id="${node.id}"] img`)];
