@@ -240,6 +240,41 @@ def summary(points, label):
             f"{n['median_above']} | {n['worst_above']} | {n['default']:.3f} |")
 
 
+BASELINE = Path(__file__).resolve().parent.parent / "docs" / "bench" / "cost_baseline.json"
+
+
+def cost_against_baseline(points, baseline=BASELINE, nfes=(8, 10)) -> dict | None:
+    """The evaluations at ``nfes`` against the calibration when issue 25 was filed
+    (``baseline``: its per-point evaluations and RMS): per point and the geometric mean of
+    (baseline / now), and the geometric means of both median ratios to the best pair."""
+    if not baseline.exists():
+        return None
+    old = {(b["data"], b["schedule"], b["nfe"]): b for b in json.loads(
+        baseline.read_text())["points"]}
+    rows = [(p, old[(p["data"], p["schedule"], p["nfe"])]) for p in points
+            if p["nfe"] in nfes and (p["data"], p["schedule"], p["nfe"]) in old]
+    if not rows:
+        return None
+    fewer = [b["evaluations"] / p["cost"]["evaluations"] for p, b in rows]
+    return {"points": len(rows), "nfes": list(nfes), "fewer": geometric_mean(fewer),
+            "fewer_min": min(fewer), "fewer_max": max(fewer),
+            "ratio": geometric_mean(p["ratio"] for p, _ in rows),
+            "ratio_baseline": geometric_mean(b["rms"] / p["best_rms"] for p, b in rows)}
+
+
+def cost_lines(points) -> list[str]:
+    c = cost_against_baseline(points)
+    if c is None:
+        return []
+    return ["", f"**Evaluations against the calibration when issue 25 was filed** "
+            f"(docs/bench/cost_baseline.json: its per-point evaluations and RMS), NFE "
+            f"{' and '.join(map(str, c['nfes']))}, {c['points']} points: **{c['fewer']:.2f}x "
+            f"fewer** (geometric mean; {c['fewer_min']:.2f}-{c['fewer_max']:.2f}x per point); "
+            f"the geometric mean of the median ratio to the best pair there is "
+            f"{c['ratio']:.3f}, against {c['ratio_baseline']:.3f} for that calibration's "
+            f"samples."]
+
+
 def write_markdown(out: Path, rows, points, meta):
     seeds = meta.get("seeds", 1)
     lines = [
@@ -267,6 +302,8 @@ def write_markdown(out: Path, rows, points, meta):
         + (f"{meta['cost_200d']['seconds']:.1f} s, {meta['cost_200d']['model_calls']} batched "
            f"model calls, {meta['cost_200d']['evaluations']} per-sample evaluations."
            if meta.get("cost_200d") else "not measured in this run."),
+        "",
+        *cost_lines(points),
         "",
         "## Summary: calibrated RMS / best pair's RMS at the same NFE, over the calibration "
         "seeds",

@@ -8,7 +8,8 @@ See lml_core/README.md.
 """
 
 from .adaptive import adaptive_lambda, auto_omega, half_log_snr, step_omega
-from .calibrate import CALIBRATE_DEFAULTS, calibrate, calibrate_sigmas
+from .calibrate import calibrate, calibrate_sigmas
+from .calibrate_options import CALIBRATE_DEFAULTS
 from .calibrate_steps import calibrate_steps
 from .calibration import (
     CALIBRATION_BASES,

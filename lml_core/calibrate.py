@@ -14,80 +14,19 @@ import time
 
 import torch
 
+from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
-from .calibration_text import MAX_HISTORY, SAMPLER_NAME
+from .calibration_text import SAMPLER_NAME
 from .field import measured_starts, planned_evaluations
 from .levenberg import levenberg_marquardt, rms
-from .objective import Fit, dtype_name, fd_step_for, robust_loss, robust_weights
+from .objective import Fit, fd_step_for, robust_loss, robust_weights
 from .reference import Evaluator, Reference, reference_floor, reference_grid
 from .sampling import is_flow_model
 from .sigma_fit import CountedModel, SigmaFit
 
-CALIBRATE_DEFAULTS = {
-    "base": "auto",            # "auto": the best of CALIBRATION_BASES on the noise, or one of them
-    "history": 3,              # directions per step the correction may combine
-    "move_timesteps": True,    # fit s_1 .. s_{N-1} too (s_0 fixed)
-    "heldout": 0.25,           # share of the noise that selects (the iterate, the candidate)
-    "test": 0.25,              # share that only scores the result (the report's test error)
-    "iterations": 20,          # Levenberg-Marquardt steps (Jacobians)
-    "jacobian_rows": 4,        # fitting noises each Jacobian is taken on (rotating); 0: all
-    "screen_rows": 8,          # fitting noises the field is ranked on (halved midway); 0: all
-    "finalists": 4,            # starts of each kind (LML, built-in) kept after that ranking
-    "patience": 6,             # accepted steps without a held-out gain before stopping
-    "tolerance": 1e-3,         # converged after 2 steps in a row that gain less (relative)
-    "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
-    "trajectory": 1.0,         # weight of the states on the way in the objective
-    "reference_steps": 32,     # RK4 steps of the converged reference (4 model calls each)
-    "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
-    "fd_step": None,           # finite-difference step; None: by model_dtype (FD_STEPS)
-    "model_dtype": None,       # the precision the model computes in; None: the noise's dtype
-    "batch_size": None,        # rows per model call; None: all at once
-    "sigma_fits": 1,           # with samplers: the best this many get timestep-only fits
-}
 
-
-def fit_options(options: dict) -> dict:
-    """CALIBRATE_DEFAULTS updated with ``options``, each checked (a ValueError names it)."""
-    unknown = sorted(set(options) - set(CALIBRATE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"calibrate: unknown option(s) {unknown}; the options are "
-                         f"{sorted(CALIBRATE_DEFAULTS)}")
-    opts = {**CALIBRATE_DEFAULTS, **options}
-    opts["model_dtype"] = opts["model_dtype"] and dtype_name(opts["model_dtype"])  # JSON-able
-    if opts["base"] != "auto" and opts["base"] not in CALIBRATION_BASES:
-        raise ValueError(f"base must be 'auto' or one of {CALIBRATION_BASES}, "
-                         f"got {opts['base']!r}")
-    whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1,
-             "sigma_fits": 0, "jacobian_rows": 0, "screen_rows": 0, "finalists": 1}
-    if opts["batch_size"] is not None:
-        whole["batch_size"] = 1
-    for name, low in whole.items():
-        if isinstance(opts[name], bool) or int(opts[name]) != opts[name] or opts[name] < low:
-            raise ValueError(f"{name} must be a whole number >= {low}, got {opts[name]!r}")
-    if opts["history"] > MAX_HISTORY:
-        raise ValueError(f"history must be at most {MAX_HISTORY} (a calibration's steps combine "
-                         f"1-{MAX_HISTORY} directions), got {opts['history']}")
-    if not 0 < float(opts["heldout"]) < 1:
-        raise ValueError(f"heldout must be between 0 and 1, got {opts['heldout']}")
-    if not 0 <= float(opts["test"]) < 1 or float(opts["heldout"]) + float(opts["test"]) >= 1:
-        raise ValueError(f"test must be between 0 and 1 - heldout ({1 - float(opts['heldout'])}"
-                         f"), got {opts['test']}")
-    for name in ("regularization", "trajectory", "tolerance"):
-        if not (math.isfinite(float(opts[name])) and float(opts[name]) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {opts[name]}")
-    for name in ("fd_step", "reference_floor"):
-        if opts[name] is not None and not (math.isfinite(float(opts[name]))
-                                           and float(opts[name]) > 0):
-            raise ValueError(f"{name} must be a finite number > 0 (or None), got {opts[name]}")
-    return opts
-
-
-def checked_schedule(sigmas) -> list[float]:
-    values = [float(s) for s in (sigmas.tolist() if torch.is_tensor(sigmas) else sigmas)]
-    if len(values) < 2 or values[-1] != 0 or not all(math.isfinite(s) for s in values) or any(
-            a <= b for a, b in zip(values[:-1], values[1:])):
-        raise ValueError(f"calibrate: sigmas must decrease strictly to 0, got {values}")
-    return values
+def memo_key(fit, theta, part: str):
+    return id(fit), part, (theta.double() + 0.0).cpu().numpy().tobytes()  # -0.0 as 0.0
 
 
 class Setup:
@@ -138,6 +77,7 @@ class Setup:
                                                      for p in parts)
         self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
         self.typical = None  # the robust scale: the best start's typical error
+        self.memo = {}  # errors(): {(fit, part, theta): per-sample final errors}
 
     def checked_schedules(self, schedules) -> dict:
         """{name: sigmas} of ``schedules`` that have N steps and start where ``sigmas`` does
@@ -169,11 +109,19 @@ class Setup:
                              f"{self.sigmas[0]:.6g}")
         return values
 
+    def errors(self, fit, theta, part: str):
+        """Per-sample final errors of ``fit`` at ``theta`` on the "fit", "val" (selection) or
+        "test" noise, each rollout run once: the fit, the choice and the report share them."""
+        key = memo_key(fit, theta, part)
+        if key not in self.memo:
+            x, reference = {"fit": (self.x_fit, self.ref_fit), "val": (self.x_val, self.ref_val),
+                            "test": (self.x_test, self.ref_test)}[part]
+            self.memo[key] = fit.final_errors(theta, x, reference)
+        return self.memo[key]
+
     def test_rms(self, fit, theta):
         """RMS of ``fit`` at ``theta`` on the test noise (None without any): it chose nothing."""
-        if self.x_test.shape[0] == 0:
-            return None
-        return rms(fit.final_errors(theta, self.x_test, self.ref_test))
+        return None if self.x_test.shape[0] == 0 else rms(self.errors(fit, theta, "test"))
 
     def evaluations(self) -> int:
         return self.denoise.rows + self.counted.rows
@@ -186,8 +134,7 @@ class Setup:
         opts = self.opts
         return levenberg_marquardt(
             fit, self.x_fit, self.ref_fit,
-            lambda theta: robust_loss(fit.final_errors(theta, self.x_val, self.ref_val),
-                                      self.typical),
+            lambda theta: robust_loss(self.errors(fit, theta, "val"), self.typical),
             float(opts["regularization"]), self.eps, int(opts["iterations"]),
             int(opts["patience"]), self.say, int(opts["jacobian_rows"]),
             float(opts["tolerance"]))
@@ -197,8 +144,7 @@ class Setup:
         the held-out and test RMS of the unchanged starts (``starts``, ``test_starts``:
         {label: RMS}).  "heldout" is the selection noise (it chose); "test" chose nothing."""
         opts = self.opts
-        test_start = None if self.x_test.shape[0] == 0 else self.test_rms(
-            chosen["fit"], torch.zeros(chosen["fit"].size, dtype=torch.float64))
+        test_start = self.test_rms(chosen["fit"], torch.zeros(chosen["fit"].size))
         return {
             "chosen": chosen["label"], "start": chosen["start"],
             "fit_rms": chosen["fit_rms"], "fit_rms_base": chosen["fit_rms_start"],
@@ -234,10 +180,10 @@ def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
     zero = torch.zeros(fit.size, dtype=torch.float64)
     heldout_loss, iterations, trace = result if result is not None else (1.0, 0, [])
     return {"label": label, "start": start, "fit": fit, "theta": theta,
-            "fit_rms": rms(fit.final_errors(theta, setup.x_fit, setup.ref_fit)),
-            "fit_rms_start": rms(fit.final_errors(zero, setup.x_fit, setup.ref_fit)),
-            "heldout_rms": rms(fit.final_errors(theta, setup.x_val, setup.ref_val)),
-            "heldout_rms_start": rms(fit.final_errors(zero, setup.x_val, setup.ref_val)),
+            "fit_rms": rms(setup.errors(fit, theta, "fit")),
+            "fit_rms_start": rms(setup.errors(fit, zero, "fit")),
+            "heldout_rms": rms(setup.errors(fit, theta, "val")),
+            "heldout_rms_start": rms(setup.errors(fit, zero, "val")),
             "test_rms": setup.test_rms(fit, theta),
             "heldout_loss": heldout_loss, "iterations": iterations, "trace": trace}
 
@@ -262,8 +208,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     sample is left out); ``sampler_schedules``: {sampler: {schedule: sigmas}} where KSampler
     gives a sampler other sigmas (its discard rule; fewer steps at several calls per step).
     The best LML start gets the LML fit (corrections and every timestep), the best
-    ``sigma_fits`` samplers timestep-only fits, the best pair stays a candidate unchanged; the
-    lowest robust loss on the held-out noise wins.  ``fitted_on`` records ``sigmas`` and
+    ``sigma_fits`` samplers (default 0) timestep-only fits, the best pair stays a candidate
+    unchanged; the lowest robust loss on the held-out noise wins.  ``fitted_on`` records ``sigmas`` and
     one sample's ``latent_shape`` (the sampler refuses another schedule, warns at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
     to cancel); ``log(text)`` gets one line per stage; ``references``: calibrate_steps' shared
@@ -318,6 +264,9 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     errors = measured_starts(setup, starts, steps, one_call)
     if not errors:
         raise ValueError("calibrate: no sampler could run on the calibration noise")
+    for label, e in errors.items():  # the finalists ran on all the fitting noise: reused
+        if e.shape[0] == setup.x_fit.shape[0]:
+            setup.memo[memo_key(starts[label], torch.zeros(starts[label].size), "fit")] = e
     # The robust scale: the typical (median) error of the best start.
     setup.typical = min(float(e.median()) for e in errors.values())
     losses = {label: robust_loss(e, setup.typical) for label, e in errors.items()}
@@ -356,14 +305,13 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
         label for label in shortlist.values() if not label.startswith("lml(")][
         :len(fitted_samplers) + 1]
     zero = {label: torch.zeros(starts[label].size, dtype=torch.float64) for label in compared}
-    heldout_starts = {k: rms(starts[k].final_errors(zero[k], setup.x_val, setup.ref_val))
-                      for k in compared}
+    heldout_starts = {k: rms(setup.errors(starts[k], zero[k], "val")) for k in compared}
     test_starts = {k: setup.test_rms(starts[k], zero[k]) for k in compared}
 
     # 3. The winner on the held-out noise.
     for c in candidates.values():
-        c["heldout_score"] = robust_loss(c["fit"].final_errors(c["theta"], setup.x_val,
-                                                               setup.ref_val), setup.typical)
+        c["heldout_score"] = robust_loss(setup.errors(c["fit"], c["theta"], "val"),
+                                         setup.typical)
     chosen = min(candidates.values(), key=lambda c: c["heldout_score"])
     setup.say("candidates on the held-out noise (RMS): " + ", ".join(
         f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())

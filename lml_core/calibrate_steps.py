@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import torch
 
-from .calibrate import calibrate, checked_schedule
+from .calibrate import calibrate
+from .calibrate_options import checked_schedule
 from .calibration import Calibration, calibration_list
 from .calibration_text import MAX_SET
 from .reference import Reference

@@ -13,6 +13,8 @@
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
+#   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
+#                                    # by side -> docs/bench/options.md (~15 min for two sets)
 #   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +31,7 @@ case "${1:-}" in
   memory) module=bench.memory; shift ;;
   transfer) module=bench.transfer; shift ;;
   precision) module=bench.precision; shift ;;
+  options) module=bench.options; shift ;;
   *) module=bench ;;
 esac
 exec "$PY" -m "$module" "$@"

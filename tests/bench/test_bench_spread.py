@@ -199,3 +199,21 @@ def test_memory_bench_end_to_end_on_a_tiny_latent(tmp_path):
     saved = json.loads((tmp_path / "memory.json").read_text())
     assert saved["results"][0]["evaluations"] == r["evaluations"] > 0
     assert "| default | 1 x 0 |" in (tmp_path / "memory.md").read_text()
+
+
+def test_cost_against_the_baseline_from_known_points(tmp_path):
+    baseline = tmp_path / "cost_baseline.json"
+    baseline.write_text(json.dumps({"points": [
+        {"data": "a", "schedule": "karras", "nfe": 8, "evaluations": 300, "rms": 0.4},
+        {"data": "a", "schedule": "karras", "nfe": 10, "evaluations": 1200, "rms": 0.2},
+        {"data": "a", "schedule": "karras", "nfe": 4, "evaluations": 999, "rms": 1.0}]}))
+    points = [{"data": "a", "schedule": "karras", "nfe": nfe, "ratio": ratio, "best_rms": 0.1,
+               "cost": {"evaluations": evaluations}}
+              for nfe, ratio, evaluations in ((4, 0.5, 1), (8, 0.5, 100), (10, 0.2, 100))]
+    cost = calibrated.cost_against_baseline(points, baseline)
+    assert cost["points"] == 2  # NFE 8 and 10 only
+    assert cost["fewer"] == pytest.approx(6.0)  # sqrt(3 x 12)
+    assert (cost["fewer_min"], cost["fewer_max"]) == (3.0, 12.0)
+    assert cost["ratio"] == pytest.approx(0.1 ** 0.5)
+    assert cost["ratio_baseline"] == pytest.approx(8 ** 0.5)  # sqrt(4 x 2)
+    assert calibrated.cost_against_baseline(points, tmp_path / "none.json") is None

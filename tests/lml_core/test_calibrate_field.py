@@ -62,7 +62,7 @@ def field_fit():
     schedules = {"karras": karras_sigmas(4).double(), "exponential": exponential_sigmas(4),
                  "uniform": uniform_sigmas(4)}
     calibration = calibrate(model, noise(32, 1), schedules["karras"], schedules=schedules,
-                            samplers=SAMPLERS, iterations=8)
+                            samplers=SAMPLERS, iterations=8, sigma_fits=1)
     return model, schedules, calibration
 
 

@@ -250,3 +250,18 @@ def test_a_float16_model_is_fitted_in_float32(model):
     assert all(math.isfinite(v) for v in values)
     assert calibration.report["heldout_rms"] < calibration.report["heldout_rms_bases"][
         "euler + given"]  # a fit that gains, in float16 too
+
+
+def test_each_rollout_is_run_once_for_the_fit_the_choice_and_the_report(model):
+    """With no Levenberg-Marquardt step the model evaluations add up exactly: the reference,
+    the field on the fitting noise (3 bases), the fit's base objective, and each start once on
+    the selection and the test noise; the report's and the choice's scores reuse them."""
+    n, steps, ref = 16, 3, 8  # 8 fitting, 4 selection, 4 test noises
+    calibration = calibrate(model, noise(n), SIGMAS, iterations=0, reference_steps=ref)
+    assert calibration.report["samples"] == {"fit": 8, "heldout": 4, "test": 4}
+    reference = (4 * ref + 1) * n
+    field = 3 * 8 * steps
+    base_objective = 8 * steps
+    selection_and_test = 3 * (4 + 4) * steps
+    assert calibration.report["model_evaluations"] == (reference + field + base_objective
+                                                        + selection_and_test)
