@@ -199,7 +199,7 @@ def test_a_sampler_of_two_calls_per_step_competes_on_fewer_steps():
     calibration = calibrate(model, noise(8, 1), sigmas, schedules={"karras": sigmas},
                             samplers={"heun": plain_heun},
                             sampler_schedules={"heun": {"karras": two}}, iterations=1,
-                            reference_steps=8, base="euler")
+                            reference_steps=8, base="euler", sigma_fits=1)
     assert "heun + karras" in calibration.report["fitted_from"]["sigmas"]
     # A calibration of heun on its own 2 steps, valid for the 3-step schedule.
     own = Calibration(sampler="heun", base="", sigmas=two.tolist(), corrections=[],

@@ -201,7 +201,7 @@ def test_batch_size_bounds_every_model_call_of_every_fit(model):
     for batch_size in (None, 4):
         counter = RowCounter(model)
         field = calibrate(counter, noise(), SIGMAS, samplers=samplers, batch_size=batch_size,
-                          **SMALL)
+                          sigma_fits=1, **SMALL)
         sigmas = calibrate_sigmas(counter, noise(), SIGMAS, plain_dpmpp_2m,
                                   batch_size=batch_size, **SMALL)
         fits[batch_size] = field, sigmas, counter.rows
