@@ -209,8 +209,9 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     gives a sampler other sigmas (its discard rule; fewer steps at several calls per step).
     The best LML start gets the LML fit (corrections and every timestep), the best
     ``sigma_fits`` samplers (default 0) timestep-only fits, the best pair stays a candidate
-    unchanged; the lowest robust loss on the held-out noise wins.  ``fitted_on`` records ``sigmas`` and
-    one sample's ``latent_shape`` (the sampler refuses another schedule, warns at another size).
+    unchanged; the lowest robust loss on the held-out noise wins.  ``fitted_on`` records
+    ``sigmas`` and one sample's ``latent_shape`` (the sampler refuses another schedule, warns
+    at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
     to cancel); ``log(text)`` gets one line per stage; ``references``: calibrate_steps' shared
     reference cache (default: computed here).  Options (``CALIBRATE_DEFAULTS``):

@@ -25,8 +25,9 @@ def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits) -> 
     screen = int(opts["screen_rows"]) if 0 < int(opts["screen_rows"]) < fit else fit
     jac = int(opts["jacobian_rows"]) if 0 < int(opts["jacobian_rows"]) < fit else fit
     keep = int(opts["finalists"])
-    field = (n_lml + n_builtin) * steps * screen // 2 + 8 * keep * steps * screen // 2 + (
-        2 * keep * steps * (fit - screen))
+    quarter, half = max(1, screen // 4), max(1, screen // 2)  # measured_starts' stages
+    field = steps * ((n_lml + n_builtin) * quarter + 8 * keep * (half - quarter)
+                     + 4 * keep * (screen - half) + 2 * keep * (fit - screen))
     judged = 2 * steps * fit + steps * val  # per iteration: trial steps and the held-out part
     lml = (steps + size * steps // 2) * jac + judged if n_lml else 0
     timesteps = sigma_fits * ((steps - 1) * steps * jac + judged)
@@ -65,20 +66,22 @@ def best_of_each_kind(errors: dict, keep: int) -> list:
 
 def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
     """{label: per-sample error on the fitting noise} of the starts worth fitting, by
-    successive halving: the whole field runs on the first half of ``screen_rows`` fitting
+    successive halving: the whole field runs on the first quarter of ``screen_rows`` fitting
     noises, the best 4 x ``finalists`` of each kind (LML start, built-in pair) on the second
-    half, and the ``finalists`` best of each kind on the rest of the fitting noise (a start
-    far behind on a few noises is not worth the rest)."""
+    quarter, the best 2 x ``finalists`` on the second half, and the ``finalists`` best of each
+    kind on the rest of the fitting noise (a start far behind on a few noises is not worth
+    the rest)."""
     rows = setup.x_fit.shape[0]
     screen = int(setup.opts["screen_rows"])
     if not 0 < screen < rows:
         return start_errors(setup, starts, setup.x_fit, setup.ref_fit, steps, one_call)
     keep = int(setup.opts["finalists"])
-    stages = [(0, max(1, screen // 2), 4 * keep), (max(1, screen // 2), screen, keep),
+    quarter, half = max(1, screen // 4), max(1, screen // 2)
+    stages = [(0, quarter, 4 * keep), (quarter, half, 2 * keep), (half, screen, keep),
               (screen, rows, None)]
     errors, alive = {}, list(starts)
     for first, last, survivors in stages:
-        if last > first:  # (screen_rows 1 has no second half: its cut still applies)
+        if last > first:  # (an empty stage, as at screen_rows < 4: its cut still applies)
             part = slice(first, last)
             more = start_errors(setup, {label: starts[label] for label in alive},
                                 setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
@@ -89,6 +92,6 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
         if survivors is not None:
             alive = best_of_each_kind(errors, survivors)
             if survivors == keep:
-                setup.say(f"field: {len(starts)} starts ranked on {last} noises (halved after "
-                          f"{first}); finalists " + ", ".join(alive))
+                setup.say(f"field: {len(starts)} starts ranked on {last} noises (cut after "
+                          f"{quarter} and {half}); finalists " + ", ".join(alive))
     return errors
