@@ -262,17 +262,70 @@ def cost_against_baseline(points, baseline=BASELINE, nfes=(8, 10)) -> dict | Non
             "ratio_baseline": geometric_mean(b["rms"] / p["best_rms"] for p, b in rows)}
 
 
+def per_step_count(points) -> str:
+    """The evaluations per step count: the geometric mean over the points of the median
+    evaluations, and their range; the seconds' range."""
+    nfes = sorted({p["nfe"] for p in points})
+    cells = []
+    for nfe in nfes:
+        values = [p["cost"]["evaluations"] for p in points if p["nfe"] == nfe]
+        cells.append(f"{nfe} NFE {geometric_mean(values):.0f} ({min(values):.0f}-"
+                     f"{max(values):.0f})")
+    seconds = [p["cost"]["seconds"] for p in points]
+    return ("**Evaluations per step count** (geometric mean over the points of the median over "
+            "the seeds, and range): " + ", ".join(cells)
+            + f"; {min(seconds):.1f}-{max(seconds):.1f} s a calibration (median over the seeds).")
+
+
 def cost_lines(points) -> list[str]:
     c = cost_against_baseline(points)
+    lines = ["", per_step_count(points)] if points and "cost" in points[0] else []
     if c is None:
-        return []
-    return ["", f"**Evaluations against the calibration when issue 25 was filed** "
+        return lines
+    return lines + ["", f"**Evaluations against the calibration when issue 25 was filed** "
             f"(docs/bench/cost_baseline.json: its per-point evaluations and RMS), NFE "
             f"{' and '.join(map(str, c['nfes']))}, {c['points']} points: **{c['fewer']:.2f}x "
             f"fewer** (geometric mean; {c['fewer_min']:.2f}-{c['fewer_max']:.2f}x per point); "
             f"the geometric mean of the median ratio to the best pair there is "
             f"{c['ratio']:.3f}, against {c['ratio_baseline']:.3f} for that calibration's "
             f"samples."]
+
+
+def nearest_rank(ordered, q: float) -> float:
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def report_guide(rows, points) -> dict:
+    """How well the report's own test ratio (test_rms / test_rms_best_pair on the noise that
+    chose nothing) predicts the benchmark's ratio, per family ("digits", "exact mixtures"):
+    the median and the 10th-90th percentile and min-max of report / benchmark over all seeds."""
+    best = {(p["data"], p["schedule"], p["nfe"]): p["best_rms"] for p in points}
+    quotients = {}
+    for row in (r for r in rows if r["sampler"] == LABEL):
+        for s in row.get("seeds", []):
+            if s.get("test_rms") and s.get("test_rms_best_pair"):
+                benchmark = s["rms"] / best[(row["data"], row["schedule"], row["nfe_budget"])]
+                family = "digits" if row["data"].startswith("digits") else "exact mixtures"
+                quotients.setdefault(family, []).append(
+                    s["test_rms"] / s["test_rms_best_pair"] / benchmark)
+    out = {}
+    for family, values in quotients.items():
+        values = sorted(values)
+        out[family] = {"calibrations": len(values), "median": statistics.median(values),
+                       "p10": nearest_rank(values, 0.1), "p90": nearest_rank(values, 0.9),
+                       "min": values[0], "max": values[-1]}
+    return out
+
+
+def guide_lines(rows, points) -> list[str]:
+    guide = report_guide(rows, points)
+    if not guide:
+        return []
+    return ["", "**The report's test ratio as a guide** (its test_rms / test_rms_best_pair on "
+            "the 8 calibration noises that chose nothing, over the benchmark's ratio): " + "; "
+            .join(f"{family}: median {g['median']:.2f}x, 80% within {g['p10']:.2f}-"
+                  f"{g['p90']:.2f}x, all {g['min']:.2f}-{g['max']:.2f}x over "
+                  f"{g['calibrations']} calibrations" for family, g in guide.items()) + "."]
 
 
 def write_markdown(out: Path, rows, points, meta):
@@ -304,6 +357,7 @@ def write_markdown(out: Path, rows, points, meta):
            if meta.get("cost_200d") else "not measured in this run."),
         "",
         *cost_lines(points),
+        *guide_lines(rows, points),
         "",
         "## Summary: calibrated RMS / best pair's RMS at the same NFE, over the calibration "
         "seeds",

@@ -98,6 +98,15 @@ def point(problem, name, nfe, noise):
             "cost": {"seconds": round(seconds, 2), "evaluations": r["model_evaluations"]}}
 
 
+def breakdown(points, key, title) -> str:
+    """"Title: a 0.5 (worst 1.2), ...": the geometric mean and worst ratio per ``key``."""
+    groups = {}
+    for p in points:
+        groups.setdefault(key(p), []).append(p["ratio"])
+    return f"{title}: " + ", ".join(f"{name} {geometric_mean(r):.3f} (worst {max(r):.2f})"
+                                    for name, r in groups.items()) + "."
+
+
 def write_markdown(out: Path, points, meta):
     deterministic = [p for p in points if p["metric"] == "rms"]
     lines = [
@@ -119,6 +128,15 @@ def write_markdown(out: Path, points, meta):
                   f"worst {worst['ratio']:.3f} ({worst['sampler']}, {worst['data']}/"
                   f"{worst['schedule']}, {worst['nfe']} NFE), "
                   f"{sum(r > 1.02 for r in ratios)} of {len(ratios)} points above 1.02.**", ""]
+        lines += [breakdown(deterministic, lambda p: f"{p['data']} {p['schedule']}",
+                            "By problem"), "",
+                  breakdown(deterministic, lambda p: p["sampler"], "By sampler"), ""]
+    stochastic = [p for p in points if p["metric"] != "rms"]
+    if stochastic:
+        ratios = [p["ratio"] for p in stochastic]
+        lines += [f"Stochastic samplers (sliced W2): {min(ratios):.2f}-{max(ratios):.2f}x their "
+                  f"best scheduler, geometric mean {geometric_mean(ratios):.3f} over "
+                  f"{len(ratios)} points.", ""]
     lines += ["| data | schedule | sampler | NFE | metric | best scheduler | its error | "
               "calibrated | ratio | chosen | cost (s, evaluations) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -141,12 +159,17 @@ def parse(argv):
     parser.add_argument("--samplers", nargs="*", default=[*SAMPLERS, *STOCHASTIC])
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite calibrated_sigmas.md from calibrated_sigmas.json in --out")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
     out = prepare(args)
+    if args.markdown_only:
+        data = json.loads((out / "calibrated_sigmas.json").read_text())
+        return write_markdown(out, data["points"], data["meta"])
     started = time.time()
     problems = [p for _, p in exact_problems(args.data, args.samples, args.ref_steps,
                                              lambda _: NOISE_SEED, log)]

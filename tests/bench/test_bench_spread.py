@@ -217,3 +217,14 @@ def test_cost_against_the_baseline_from_known_points(tmp_path):
     assert cost["ratio"] == pytest.approx(0.1 ** 0.5)
     assert cost["ratio_baseline"] == pytest.approx(8 ** 0.5)  # sqrt(4 x 2)
     assert calibrated.cost_against_baseline(points, tmp_path / "none.json") is None
+
+
+def test_report_guide_divides_the_reports_test_ratio_by_the_benchmarks():
+    problem = SimpleNamespace(name="mix2d", kind="karras")
+    seeds = [{**seed(i, value, 1.0, 100, 1.0), "test_rms": test, "test_rms_best_pair": 0.2}
+             for i, (value, test) in enumerate(((0.1, 0.1), (0.2, 0.1), (0.4, 0.8)))]
+    rows = field_rows("mix2d", 0.2, 0.4) + [calibrated.seeds_row(problem, 5, seeds)]
+    guide = calibrated.report_guide(rows, calibrated.comparison(rows))
+    # report ratios 0.5, 0.5, 4; benchmark ratios 0.5, 1, 2: quotients 1, 0.5, 2
+    assert guide == {"exact mixtures": {"calibrations": 3, "median": 1.0, "p10": 0.5,
+                                        "p90": 2.0, "min": 0.5, "max": 2.0}}
