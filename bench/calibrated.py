@@ -412,6 +412,14 @@ def digits_problems(cfgs, samples, ref_steps, log):
                           noise, ref_steps, log=log)
 
 
+def benchmark_problems(names, cfgs, samples, ref_steps, log) -> list:
+    """The exact mixtures ``names`` and the digits network at ``cfgs``, each schedule, on the
+    benchmark's noise; ``samples``: a count, or a function of the data set's name."""
+    count = samples if callable(samples) else (lambda _: samples)
+    mixtures = exact_problems(names, count, ref_steps, lambda _: NOISE_SEED, log)
+    return [p for _, p in mixtures] + list(digits_problems(cfgs, count("digits"), ref_steps, log))
+
+
 def cost_200d(log, steps=10, samples=CALIBRATION_SAMPLES):
     """Seconds and model calls of one calibration with the default options: a 200-D exact
     mixture (6 anisotropic components, as mix64d), a 10-step Karras schedule, 32 noises, on the
@@ -481,10 +489,8 @@ def main(argv=None):
     options = json.loads(args.options)
     started = time.time()
     rows, all_selection, all_failures = [], [], []
-    problems = [p for _, p in exact_problems(names, samples, ref_steps, lambda _: NOISE_SEED,
-                                             log)]
-    problems += list(digits_problems(cfgs, samples("digits"), ref_steps, log))
-    problems = [p for p in problems if args.schedules is None or p.kind in args.schedules]
+    problems = [p for p in benchmark_problems(names, cfgs, samples, ref_steps, log)
+                if args.schedules is None or p.kind in args.schedules]
     pair_samples = {n: 64 if args.quick else PAIR_SAMPLES[n] for n in [*names, "digits"]}
     for problem in problems:
         guided = problem.name.startswith("digits")

@@ -27,10 +27,15 @@ import torch
 from lml_core import calibrate_sigmas, is_stochastic
 
 from . import field
-from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, digits_problems, for_calibration
+from .calibrated import (
+    CALIBRATION_SAMPLES,
+    CALIBRATION_SEED,
+    benchmark_problems,
+    for_calibration,
+)
 from .common import initial_noise, rms
 from .run import log, prepare
-from .suite import NOISE_SEED, exact_problems, geometric_mean, steps_for_nfe
+from .suite import geometric_mean, steps_for_nfe
 
 SAMPLERS = ("dpmpp_2m", "euler", "uni_pc", "ipndm_v", "deis")
 STOCHASTIC = ("dpmpp_2m_sde", "euler_ancestral")
@@ -171,9 +176,7 @@ def main(argv=None):
         data = json.loads((out / "calibrated_sigmas.json").read_text())
         return write_markdown(out, data["points"], data["meta"])
     started = time.time()
-    problems = [p for _, p in exact_problems(args.data, args.samples, args.ref_steps,
-                                             lambda _: NOISE_SEED, log)]
-    problems += list(digits_problems(args.cfg, args.samples, args.ref_steps, log))
+    problems = benchmark_problems(args.data, args.cfg, args.samples, args.ref_steps, log)
     points = []
     for problem in problems:
         problem.start_sigma = float(field.host_sigmas("euler", "karras", problem.flow, 4)[0])

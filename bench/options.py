@@ -19,36 +19,17 @@ from pathlib import Path
 
 import torch
 
-from lml_core import calibrate, sample_lml_calibrated
-
 from . import calibrated as cal
-from . import field
-from .common import rms
-from .suite import NOISE_SEED, exact_problems, geometric_mean, sigmas_for
-
-
-def problems(names, cfgs, log):
-    yield from (p for _, p in exact_problems(names, lambda n: cal.SAMPLES[n], 100,
-                                             lambda _: NOISE_SEED, log))
-    yield from cal.digits_problems(cfgs, cal.SAMPLES["digits"], 100, log)
+from .suite import geometric_mean
 
 
 def run_point(problem, nfe, options, seeds, best_rms) -> dict:
-    """One point with one option set: per seed the test ratio and the evaluations."""
-    sigmas = sigmas_for("euler", problem.kind, nfe)
-    schedules, samplers, own = cal.calibration_field(problem, nfe)
-    ratios, evaluations = [], []
-    for seed in range(seeds):
-        model, noise = cal.for_calibration(problem, cal.calibration_noise(
-            problem, cal.CALIBRATION_SAMPLES, seed))
-        calibration = calibrate(field.HostModel(model, flow=problem.flow), noise, sigmas,
-                                schedules=schedules, samplers=samplers,
-                                sampler_schedules=own, **options)
-        x = sample_lml_calibrated(field.HostModel(problem.model, flow=problem.flow),
-                                  problem.x_start.to(torch.float32), sigmas,
-                                  calibration=calibration, samplers=samplers, disable=True)
-        ratios.append(rms(x.to(torch.float64), problem.reference) / best_rms)
-        evaluations.append(calibration.report["model_evaluations"])
+    """One point with one option set (bench.calibrated's calibrations and scoring): per seed
+    the test ratio and the evaluations."""
+    row, = cal.calibrated_rows(problem, [nfe], cal.CALIBRATION_SAMPLES, options,
+                               lambda *_: None, seeds)
+    ratios = [s["rms"] / best_rms for s in row["seeds"]]
+    evaluations = [s["cost"]["evaluations"] for s in row["seeds"]]
     return {"ratio": statistics.median(ratios), "ratio_max": max(ratios),
             "evaluations": statistics.median(evaluations), "ratios": ratios,
             "all_evaluations": evaluations}
@@ -70,7 +51,8 @@ def main(argv=None):
             for p in json.loads((out / "calibrated.json").read_text())["points"]}
     started = time.time()
     rows = []
-    for problem in problems(args.data, args.cfg, lambda *_: None):
+    for problem in cal.benchmark_problems(args.data, args.cfg, lambda n: cal.SAMPLES[n], 100,
+                                          lambda *_: None):
         for nfe in args.nfes:
             for name, options in sets.items():
                 r = run_point(problem, nfe, options, args.seeds,

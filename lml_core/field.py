@@ -22,17 +22,30 @@ def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits) -> 
     size = parameter_count(steps, int(opts["history"]), move_timesteps)
     fit, val = setup.x_fit.shape[0], setup.x_val.shape[0]
     total = fit + val + setup.x_test.shape[0]
-    screen = int(opts["screen_rows"]) if 0 < int(opts["screen_rows"]) < fit else fit
     jac = int(opts["jacobian_rows"]) if 0 < int(opts["jacobian_rows"]) < fit else fit
-    keep = int(opts["finalists"])
-    quarter, half = max(1, screen // 4), max(1, screen // 2)  # measured_starts' stages
-    field = steps * ((n_lml + n_builtin) * quarter + 8 * keep * (half - quarter)
-                     + 4 * keep * (screen - half) + 2 * keep * (fit - screen))
+    field, alive = 0, n_lml + n_builtin
+    for first, last, survivors in screening_stages(int(opts["screen_rows"]), fit,
+                                                   int(opts["finalists"])):
+        field += steps * alive * (last - first)
+        alive = alive if survivors is None else min(alive, 2 * survivors)  # of each kind
     judged = 2 * steps * fit + steps * val  # per iteration: trial steps and the held-out part
     lml = (steps + size * steps // 2) * jac + judged if n_lml else 0
     timesteps = sigma_fits * ((steps - 1) * steps * jac + judged)
     return ((4 * (int(opts["reference_steps"]) + 4) + 1) * total + field
             + int(opts["iterations"]) * (lml + timesteps) + 8 * steps * total)
+
+
+def screening_stages(screen: int, rows: int, keep: int) -> list:
+    """measured_starts' successive halving as (first row, last row, survivors of each kind
+    after it, None at the end): every start on the first quarter of ``screen`` fitting rows,
+    the best 4 x ``keep`` of each kind on the second quarter, the best 2 x ``keep`` on the
+    second half, the ``keep`` best on the rest; all the rows at once when ``screen`` is 0 or
+    not below ``rows``.  A stage may be empty (screen < 4): its cut still applies."""
+    if not 0 < screen < rows:
+        return [(0, rows, None)]
+    quarter, half = max(1, screen // 4), max(1, screen // 2)
+    return [(0, quarter, 4 * keep), (quarter, half, 2 * keep), (half, screen, keep),
+            (screen, rows, None)]
 
 
 def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool) -> dict:
@@ -66,22 +79,12 @@ def best_of_each_kind(errors: dict, keep: int) -> list:
 
 def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
     """{label: per-sample error on the fitting noise} of the starts worth fitting, by
-    successive halving: the whole field runs on the first quarter of ``screen_rows`` fitting
-    noises, the best 4 x ``finalists`` of each kind (LML start, built-in pair) on the second
-    quarter, the best 2 x ``finalists`` on the second half, and the ``finalists`` best of each
-    kind on the rest of the fitting noise (a start far behind on a few noises is not worth
-    the rest)."""
-    rows = setup.x_fit.shape[0]
-    screen = int(setup.opts["screen_rows"])
-    if not 0 < screen < rows:
-        return start_errors(setup, starts, setup.x_fit, setup.ref_fit, steps, one_call)
-    keep = int(setup.opts["finalists"])
-    quarter, half = max(1, screen // 4), max(1, screen // 2)
-    stages = [(0, quarter, 4 * keep), (quarter, half, 2 * keep), (half, screen, keep),
-              (screen, rows, None)]
+    successive halving over ``screen_rows`` fitting noises (``screening_stages``; kinds: LML
+    start, built-in pair): a start far behind on a few noises is not worth the rest."""
+    screen, keep = int(setup.opts["screen_rows"]), int(setup.opts["finalists"])
     errors, alive = {}, list(starts)
-    for first, last, survivors in stages:
-        if last > first:  # (an empty stage, as at screen_rows < 4: its cut still applies)
+    for first, last, survivors in screening_stages(screen, setup.x_fit.shape[0], keep):
+        if last > first:
             part = slice(first, last)
             more = start_errors(setup, {label: starts[label] for label in alive},
                                 setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
@@ -92,6 +95,6 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
         if survivors is not None:
             alive = best_of_each_kind(errors, survivors)
             if survivors == keep:
-                setup.say(f"field: {len(starts)} starts ranked on {last} noises (cut after "
-                          f"{quarter} and {half}); finalists " + ", ".join(alive))
+                setup.say(f"field: {len(starts)} starts ranked on {last} noises in "
+                          f"stages; finalists " + ", ".join(alive))
     return errors
