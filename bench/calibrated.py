@@ -328,6 +328,47 @@ def guide_lines(rows, points) -> list[str]:
                   f"{g['calibrations']} calibrations" for family, g in guide.items()) + "."]
 
 
+def typical_errors(rows, points) -> dict:
+    """Per family: the typical error against the tail.  "median": the geometric mean over the
+    points of the calibrated median error (per sample, over the benchmark's noise; the median
+    over the seeds) over the smallest median error of any pair; "tail" and "tail_best": the
+    geometric means of RMS / median error of the calibrated sampler and of the best pair (by
+    RMS).  A large RMS / median means a few samples (another mode than the reference's) carry
+    the RMS."""
+    out = {}
+    for label, group in families(points).items():
+        medians, tails, tails_best = [], [], []
+        for p in group:
+            at = [r for r in rows if (r["data"], r["schedule"], r["nfe_budget"]) == (
+                p["data"], p["schedule"], p["nfe"])]
+            cal = next((r for r in at if r["sampler"] == LABEL), None)
+            lowest, pair = report.best(at, "pair", "median"), report.best(at, "pair", "rms")
+            if cal is None or lowest is None or not cal.get("median") or not pair["median"]:
+                continue
+            medians.append(cal["median"] / lowest["median"])
+            tails.append(cal["rms"] / cal["median"])
+            tails_best.append(pair["rms"] / pair["median"])
+        if medians:
+            out[label] = {"points": len(medians), "median": geometric_mean(medians),
+                          "median_max": max(medians), "tail": geometric_mean(tails),
+                          "tail_best": geometric_mean(tails_best)}
+    return out
+
+
+def typical_lines(rows, points) -> list[str]:
+    typical = typical_errors(rows, points)
+    if not typical:
+        return []
+    return ["", "**Typical error against the tail** (the median per-sample error on the "
+            "benchmark's noise instead of the RMS; the calibrated sampler's, the median over the "
+            "seeds, over the smallest median error of any pair; and RMS / median error, which is "
+            "large where a few samples end in another mode than the reference's and carry the "
+            "RMS): " + "; ".join(
+                f"{label}: median error {t['median']:.3f} of the best pair's (geometric mean, "
+                f"worst point {t['median_max']:.3f}), RMS / median {t['tail']:.2f} against "
+                f"{t['tail_best']:.2f} for the best pair" for label, t in typical.items()) + "."]
+
+
 def write_markdown(out: Path, rows, points, meta):
     seeds = meta.get("seeds", 1)
     lines = [
@@ -358,6 +399,7 @@ def write_markdown(out: Path, rows, points, meta):
         "",
         *cost_lines(points),
         *guide_lines(rows, points),
+        *typical_lines(rows, points),
         "",
         "## Summary: calibrated RMS / best pair's RMS at the same NFE, over the calibration "
         "seeds",

@@ -228,3 +228,20 @@ def test_report_guide_divides_the_reports_test_ratio_by_the_benchmarks():
     # report ratios 0.5, 0.5, 4; benchmark ratios 0.5, 1, 2: quotients 1, 0.5, 2
     assert guide == {"exact mixtures": {"calibrations": 3, "median": 1.0, "p10": 0.5,
                                         "p90": 2.0, "min": 0.5, "max": 2.0}}
+
+
+def test_typical_errors_divide_by_the_lowest_median_of_any_pair():
+    problem = SimpleNamespace(name="mix2d", kind="karras")
+    rows = field_rows("mix2d", 0.2, 0.4)
+    rows[0]["median"], rows[1]["median"] = 0.1, 0.05  # the RMS-best pair, another pair
+    rows += [calibrated.seeds_row(problem, 5, [seed(i, v, 1.0, 100, 1.0)
+                                               for i, v in enumerate((0.1, 0.3, 0.2))])]
+    typical = calibrated.typical_errors(rows, calibrated.comparison(rows))
+    # calibrated median error 0.1 (the median of 0.05, 0.15, 0.1) over the lowest pair median
+    # 0.05; its RMS / median 0.2 / 0.1; the best pair's 0.2 / 0.1
+    assert typical == {"exact mixtures (Karras + flow)": {
+        "points": 1, "median": pytest.approx(2.0), "median_max": pytest.approx(2.0),
+        "tail": pytest.approx(2.0), "tail_best": pytest.approx(2.0)}}
+    rows[0]["median"] = 0.02
+    assert calibrated.typical_errors(rows, calibrated.comparison(rows))[
+        "exact mixtures (Karras + flow)"]["tail_best"] == pytest.approx(10.0)
