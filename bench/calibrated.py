@@ -369,6 +369,29 @@ def typical_lines(rows, points) -> list[str]:
                 f"{t['tail_best']:.2f} for the best pair" for label, t in typical.items()) + "."]
 
 
+def summary_table(points, meta) -> list[str]:
+    """The summary table: a row per family and one for all (also README's, bench.readme)."""
+    lines = ["| problems | points | geometric mean of the median ratios | geometric mean of the "
+             "worst ratios | worst | points with median above "
+             f"{MEDIAN_ABOVE} | points with worst above {WORST_ABOVE} | geometric mean (median) "
+             "/ best on default schedule |",
+             "|---|---|---|---|---|---|---|---|"]
+    nfes = meta.get("nfes", NFES)
+    span = f"NFE {min(nfes)}" + (f"-{max(nfes)}" if max(nfes) > min(nfes) else "")
+    for label, group in families(points).items():
+        lines.append(summary(group, f"{label}, {span}"))
+    if len(families(points)) > 1:
+        lines.append(summary(points, f"all, {span}"))
+    return lines
+
+
+def readme_lines(rows, points, meta) -> list[str]:
+    """What README shows of this benchmark (bench.readme): the summary table, the cost, the
+    report's test ratio as a guide and the typical error against the tail."""
+    return [*summary_table(points, meta), *cost_lines(points), *guide_lines(rows, points),
+            *typical_lines(rows, points)]
+
+
 def write_markdown(out: Path, rows, points, meta):
     seeds = meta.get("seeds", 1)
     lines = [
@@ -404,18 +427,8 @@ def write_markdown(out: Path, rows, points, meta):
         "## Summary: calibrated RMS / best pair's RMS at the same NFE, over the calibration "
         "seeds",
         "",
-        "| problems | points | geometric mean of the median ratios | geometric mean of the "
-        "worst ratios | worst | points with median above "
-        f"{MEDIAN_ABOVE} | points with worst above {WORST_ABOVE} | geometric mean (median) / "
-        "best on default schedule |",
-        "|---|---|---|---|---|---|---|---|",
+        *summary_table(points, meta),
     ]
-    nfes = meta.get("nfes", NFES)
-    span = f"NFE {min(nfes)}" + (f"-{max(nfes)}" if max(nfes) > min(nfes) else "")
-    for label, group in families(points).items():
-        lines.append(summary(group, f"{label}, {span}"))
-    if len(families(points)) > 1:
-        lines.append(summary(points, f"all, {span}"))
     lines += ["", "## Per point", "",
               "| data | schedule | NFE | best pair | its RMS | calibrated RMS (median) | ratio "
               "(median) | ratio (worst) | best on default schedule | its RMS | / best on "

@@ -112,20 +112,11 @@ def breakdown(points, key, title) -> str:
                                     for name, r in groups.items()) + "."
 
 
-def write_markdown(out: Path, points, meta):
+def summary_lines(points) -> list[str]:
+    """The summary: deterministic samplers (geometric mean, worst, points above 1.02, by
+    problem and by sampler) and the stochastic ones' range (also README's, bench.readme)."""
     deterministic = [p for p in points if p["metric"] == "rms"]
-    lines = [
-        "# Calibrated sigmas against each sampler's best scheduler",
-        "",
-        "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
-        f"`lml_core.calibrate_sigmas` on {CALIBRATION_SAMPLES} float32 noises of its own, "
-        "started from the sampler's best scheduler on that noise; scored on the benchmark's "
-        "noise, which neither fitted nor chose anything, against the same sampler on every "
-        "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
-        f"Samples per problem {meta['samples']}; run took {meta['wall_seconds']:.0f} s on "
-        f"{meta['threads']} thread(s) of a shared 2-core machine.",
-        "",
-    ]
+    lines = []
     if deterministic:
         ratios = [p["ratio"] for p in deterministic]
         worst = max(deterministic, key=lambda p: p["ratio"])
@@ -142,6 +133,23 @@ def write_markdown(out: Path, points, meta):
         lines += [f"Stochastic samplers (sliced W2): {min(ratios):.2f}-{max(ratios):.2f}x their "
                   f"best scheduler, geometric mean {geometric_mean(ratios):.3f} over "
                   f"{len(ratios)} points.", ""]
+    return lines
+
+
+def write_markdown(out: Path, points, meta):
+    lines = [
+        "# Calibrated sigmas against each sampler's best scheduler",
+        "",
+        "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
+        f"`lml_core.calibrate_sigmas` on {CALIBRATION_SAMPLES} float32 noises of its own, "
+        "started from the sampler's best scheduler on that noise; scored on the benchmark's "
+        "noise, which neither fitted nor chose anything, against the same sampler on every "
+        "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
+        f"Samples per problem {meta['samples']}; run took {meta['wall_seconds']:.0f} s on "
+        f"{meta['threads']} thread(s) of a shared 2-core machine.",
+        "",
+    ]
+    lines += summary_lines(points)
     lines += ["| data | schedule | sampler | NFE | metric | best scheduler | its error | "
               "calibrated | ratio | chosen | cost (s, evaluations) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -15,6 +15,7 @@
 #                                    # -> docs/bench/precision.md (~15 min)
 #   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
 #                                    # by side -> docs/bench/options.md (~15 min for two sets)
+#   (calibrated and sigmas then rewrite README's generated blocks: python -m bench.readme)
 #   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,4 +35,7 @@ case "${1:-}" in
   options) module=bench.options; shift ;;
   *) module=bench ;;
 esac
-exec "$PY" -m "$module" "$@"
+"$PY" -m "$module" "$@"
+case "$module" in  # README's numbers come from the JSON just written (bench/readme.py)
+  bench.calibrated|bench.calibrated_sigmas) "$PY" -m bench.readme ;;
+esac

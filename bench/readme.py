@@ -1,0 +1,81 @@
+"""README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand.
+
+README marks each generated block::
+
+    <!-- bench.readme NAME -->
+    ...
+    <!-- /bench.readme NAME -->
+
+``python -m bench.readme`` rewrites every block from docs/bench/*.json; ``--check`` only says
+which blocks are stale (exit 1).  tests/bench/test_readme.py runs the check, so a benchmark
+rerun whose numbers did not reach README fails the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from . import calibrated, calibrated_sigmas
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BENCH = ROOT / "docs" / "bench"
+
+
+def calibrated_block(bench: Path) -> list[str]:
+    data = json.loads((bench / "calibrated.json").read_text())
+    return calibrated.readme_lines(data["rows"], data["points"], data["meta"])
+
+
+def sigmas_block(bench: Path) -> list[str]:
+    data = json.loads((bench / "calibrated_sigmas.json").read_text())
+    return calibrated_sigmas.summary_lines(data["points"])
+
+
+BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block}
+
+
+def block_pattern(name: str):
+    return re.compile(rf"(<!-- bench\.readme {re.escape(name)} -->\n)(.*?)"
+                      rf"(<!-- /bench\.readme {re.escape(name)} -->)", re.S)
+
+
+def rewritten(text: str, bench: Path = BENCH) -> tuple[str, list[str]]:
+    """(``text`` with every block written from ``bench``, the names of the blocks that
+    changed); a block README lacks is a ValueError naming it."""
+    stale = []
+    for name, lines_of in BLOCKS.items():
+        pattern = block_pattern(name)
+        if not pattern.search(text):
+            raise ValueError(f"README has no block {name!r} (<!-- bench.readme {name} --> ... "
+                             f"<!-- /bench.readme {name} -->)")
+        body = "\n".join(line for line in lines_of(bench)).strip("\n") + "\n"
+        new = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text, count=1)
+        if new != text:
+            stale.append(name)
+        text = new
+    return text, stale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale blocks")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--bench", type=Path, default=BENCH)
+    args = parser.parse_args(argv)
+    text, stale = rewritten(args.readme.read_text(), args.bench)
+    if args.check:
+        if stale:
+            print(f"README's blocks {stale} differ from {args.bench}: run python -m bench.readme")
+        return 1 if stale else 0
+    args.readme.write_text(text)
+    print(f"rewrote {stale or 'nothing'} in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
