@@ -223,6 +223,28 @@ def spread_of(r, key) -> str:
     return f"{mib(r[key])} ({mib(r[f'{key}_min'])}-{mib(r[f'{key}_max'])})"
 
 
+def table_lines(results) -> list[str]:
+    """The table of the cases (also README's, bench.readme)."""
+    lines = [
+        "| case | schedules x samplers | chosen | LM steps | seconds | model calls | "
+        "per-sample evaluations | reference trajectory (GiB) | peak RSS above start (MiB) "
+        "| ru_maxrss above start (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['case']} | {len(r['schedules'])} x {len(r['samplers'])} | "
+                     f"{r['chosen']} | {r['iterations']} | {spread_of(r, 'seconds')} | "
+                     f"{r['model_calls']} | {r['evaluations']} | {r['reference_gb']:.3f} | "
+                     f"{spread_of(r, 'peak_rss_above_start_mb')} | "
+                     f"{spread_of(r, 'max_rss_above_start_mb')} |")
+    if any(r["iterations"] == 0 for r in results):
+        lines += ["", "LM steps 0: the Levenberg-Marquardt fit stopped after its first Jacobian "
+                  "(no step lowered the fitting objective), so its seconds and evaluations are "
+                  "those of one iteration, not of a whole fit; the peak is an iteration's "
+                  "(every iteration builds the same Jacobian)."]
+    return lines
+
+
 def write_markdown(out: Path, results, meta):
     allocator = ("glibc's default allocator" if meta.get("mmap_threshold") is None else
                  f"glibc with MALLOC_MMAP_THRESHOLD_={meta['mmap_threshold']} (every larger "
@@ -249,22 +271,8 @@ def write_markdown(out: Path, results, meta):
         f"Options: {meta['options'] or 'the defaults'}; {meta['threads']} thread(s); "
         f"{allocator}; {meta['machine']}; run took {meta['wall_seconds']:.0f} s.",
         "",
-        "| case | schedules x samplers | chosen | LM steps | seconds | model calls | "
-        "per-sample evaluations | reference trajectory (GiB) | peak RSS above start (MiB) "
-        "| ru_maxrss above start (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        lines.append(f"| {r['case']} | {len(r['schedules'])} x {len(r['samplers'])} | "
-                     f"{r['chosen']} | {r['iterations']} | {spread_of(r, 'seconds')} | "
-                     f"{r['model_calls']} | {r['evaluations']} | {r['reference_gb']:.3f} | "
-                     f"{spread_of(r, 'peak_rss_above_start_mb')} | "
-                     f"{spread_of(r, 'max_rss_above_start_mb')} |")
-    if any(r["iterations"] == 0 for r in results):
-        lines += ["", "LM steps 0: the Levenberg-Marquardt fit stopped after its first Jacobian "
-                  "(no step lowered the fitting objective), so its seconds and evaluations are "
-                  "those of one iteration, not of a whole fit; the peak is an iteration's "
-                  "(every iteration builds the same Jacobian)."]
+    lines += table_lines(results)
     (out / "memory.md").write_text("\n".join(lines) + "\n")
 
 

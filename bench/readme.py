@@ -1,4 +1,5 @@
-"""README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand.
+"""README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
+the calibrated and calibrated-sigmas summaries, the memory table and the transfer tables.
 
 README marks each generated block::
 
@@ -19,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import calibrated, calibrated_sigmas
+from . import calibrated, calibrated_sigmas, memory, transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -36,7 +37,18 @@ def sigmas_block(bench: Path) -> list[str]:
     return calibrated_sigmas.summary_lines(data["points"])
 
 
-BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block}
+def memory_block(bench: Path) -> list[str]:
+    return memory.table_lines(json.loads((bench / "memory.json").read_text())["results"])
+
+
+def transfer_block(bench: Path) -> list[str]:
+    data = json.loads((bench / "transfer.json").read_text())
+    return [transfer.overall(data), "", *transfer.classes_table(data), "",
+            *transfer.cfg_table(data)]
+
+
+BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block,
+          "memory": memory_block, "transfer": transfer_block}
 
 
 def block_pattern(name: str):

@@ -188,6 +188,38 @@ def fmt(r):
     return f"{r['median']:.3f} ({r['worst']:.3f})" if r else "-"
 
 
+def classes_table(data) -> list[str]:
+    """(a)'s summary: per fit and NFE, the ratio on class 7 and on the other nine (also
+    README's, bench.readme)."""
+    lines = [
+        f"| fitted on | NFE | ratio on class {FIT_CLASS}: median (worst) | other nine classes: "
+        "median over classes of the median ratio | other nine: worst ratio (class, seed) |",
+        "|---|---|---|---|---|",
+    ]
+    for s in data["classes_summary"]:
+        w = s["others_worst_at"]
+        lines.append(f"| {s['fit']} | {s['nfe']} | {fmt(s['class7'])} | "
+                     f"{s['others_median']:.3f} | {s['others_worst']:.3f} (class {w['class']}, "
+                     f"seed {w['seed']}) |")
+    return lines
+
+
+def cfg_table(data) -> list[str]:
+    """(b)'s table: per sampled cfg and NFE, the fit at cfg 3 against a fit at that cfg (also
+    README's, bench.readme)."""
+    lines = [
+        "| sampled at cfg | NFE | best pair | its RMS | fitted at cfg "
+        f"{FIT_CFG:g}: ratio median (worst) | runs | fitted at this cfg: ratio median "
+        "(worst) | runs |", "|---|---|---|---|---|---|---|---|"]
+    for s in data["cfg_summary"]:
+        best = data["best_pairs"][f"cfg {s['cfg']:g}"][str(s["nfe"])]
+        lines.append(f"| {s['cfg']:g} | {s['nfe']} | {best['sampler']} + {best['scheduler']} | "
+                     f"{best['rms']:.4f} | {fmt(s['fit_at_3'])} | "
+                     f"{', '.join(s['fit_at_3_runs'])} | {fmt(s['fit_at_cfg'])} | "
+                     f"{', '.join(s['fit_at_cfg_runs'])} |")
+    return lines
+
+
 def write_markdown(out, data):
     meta = data["meta"]
     seeds = meta["seeds"]
@@ -226,15 +258,8 @@ def write_markdown(out, data):
         "row i labelled i mod 10. Each class's test rows are sampled with every row guided to "
         "that class; its best pair is found on those rows.",
         "",
-        f"| fitted on | NFE | ratio on class {FIT_CLASS}: median (worst) | other nine classes: "
-        "median over classes of the median ratio | other nine: worst ratio (class, seed) |",
-        "|---|---|---|---|---|",
     ]
-    for s in data["classes_summary"]:
-        w = s["others_worst_at"]
-        lines.append(f"| {s['fit']} | {s['nfe']} | {fmt(s['class7'])} | "
-                     f"{s['others_median']:.3f} | {s['others_worst']:.3f} (class {w['class']}, "
-                     f"seed {w['seed']}) |")
+    lines += classes_table(data)
     lines += ["", "Per class (median ratio over the seeds) and the best pair on that class's "
               "rows:", "",
               "| NFE | class | best pair | its RMS | "
@@ -252,17 +277,8 @@ def write_markdown(out, data):
               "", "All classes (row labels); scored on every test row at that cfg, against "
               "the best pair at that cfg. Runs: what the seeds' calibrations run (the base of "
               "the LML fit, or a host sampler a calibration kept: Calibration.base, else "
-              ".sampler).",
-              "",
-              "| sampled at cfg | NFE | best pair | its RMS | fitted at cfg "
-              f"{FIT_CFG:g}: ratio median (worst) | runs | fitted at this cfg: ratio median "
-              "(worst) | runs |", "|---|---|---|---|---|---|---|---|"]
-    for s in data["cfg_summary"]:
-        best = data["best_pairs"][f"cfg {s['cfg']:g}"][str(s["nfe"])]
-        lines.append(f"| {s['cfg']:g} | {s['nfe']} | {best['sampler']} + {best['scheduler']} | "
-                     f"{best['rms']:.4f} | {fmt(s['fit_at_3'])} | "
-                     f"{', '.join(s['fit_at_3_runs'])} | {fmt(s['fit_at_cfg'])} | "
-                     f"{', '.join(s['fit_at_cfg_runs'])} |")
+              ".sampler).", ""]
+    lines += cfg_table(data)
     (out / "transfer.md").write_text("\n".join(lines) + "\n")
 
 
