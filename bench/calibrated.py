@@ -29,7 +29,7 @@ from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 
 from . import field, report
 from .common import initial_noise, rms
-from .digits import CFGDigitsModel, RowLabelledDigitsModel, with_labels
+from .digits import CFGDigitsModel, RowLabelledDigitsModel, fitted_size_warning_off, with_labels
 from .exact import EXACT_DATASETS
 from .pairs import FINALISTS, best_pairs
 from .rss import MB, PeakRSS
@@ -163,9 +163,10 @@ def calibrated_rows(problem, nfes, samples, options, log, seeds=1):
                 calibration = calibrate(host, noise, sigmas, schedules=schedules,
                                         samplers=samplers, sampler_schedules=own, **options)
             sampler_host = field.HostModel(problem.model, flow=problem.flow)
-            x = sample_lml_calibrated(sampler_host, problem.x_start.to(torch.float32), sigmas,
-                                      calibration=calibration, samplers=samplers,
-                                      disable=True)
+            with fitted_size_warning_off():
+                x = sample_lml_calibrated(sampler_host, problem.x_start.to(torch.float32),
+                                          sigmas, calibration=calibration, samplers=samplers,
+                                          disable=True)
             records.append(seed_row(problem, nfe, seed, calibration, memory, sampler_host, x))
             s = records[-1]
             log(f"    {LABEL} {nfe:>2} NFE seed {seed}: rms {s['rms']:.4f} ({s['chosen']}, "

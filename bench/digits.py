@@ -26,6 +26,8 @@ activations of a small MLP classifier trained on the same digits.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -231,3 +233,20 @@ class FeatureDistance:
 
     def __call__(self, x):
         return self._frechet(self._stats(x.reshape(x.shape[0], -1)), self.real_stats)
+
+
+class _FittedSize(logging.Filter):
+    def filter(self, record):
+        return "was fitted on latents of shape" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def fitted_size_warning_off():
+    """The calibrations are fitted on 65 coordinates (the 64 pixels and the row's class) and
+    sample 64: lml_calibrated's warning about the size, once per scoring, says nothing here."""
+    flt = _FittedSize()
+    logging.getLogger().addFilter(flt)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(flt)

@@ -4,9 +4,10 @@
 of the calibrated benchmark (bench.calibrated: same problems, noise, calibration seeds and field)
 with every option set in turn, scores each calibration on the benchmark's noise (which chose
 nothing) against the best pair's RMS recorded in docs/bench/calibrated.json (the same problems
-and noise), and writes docs/bench/options.md / .json: per set, the geometric means over the
-points of the median ratio, of the worst ratio and of the median evaluations.  What chose the
-calibration defaults' cost settings (patience, tolerance, sigma_fits).
+and noise), and writes docs/bench/options.md / .json (``--name``: another file name): per set,
+the geometric means over the points of the median ratio, of the worst ratio and of the median
+evaluations.  What chose the calibration defaults' cost settings (patience, tolerance,
+sigma_fits); docs/bench/options_thorough.md: what more effort buys on the digits network.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv=None):
     parser.add_argument("--nfes", nargs="*", type=int, default=[8, 10])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--name", default="options", help="writes OUT/NAME.md and NAME.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sets = json.loads(args.sets)
@@ -66,7 +68,7 @@ def main(argv=None):
                       for k in ("ratio", "ratio_max", "evaluations")} for name in sets}
     meta = {"sets": sets, "seeds": args.seeds, "nfes": args.nfes,
             "wall_seconds": round(time.time() - started)}
-    (out / "options.json").write_text(json.dumps({"meta": meta, "summary": summary,
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": summary,
                                                   "rows": rows}, indent=1) + "\n")
     points = len({(r["data"], r["schedule"], r["nfe"]) for r in rows})
     lines = ["# Calibrate option sets side by side", "",
@@ -88,7 +90,7 @@ def main(argv=None):
         lines.append(f"| {key[0]}/{key[1]}/{key[2]} | " + " | ".join(
             f"{c['ratio']:.3f} ({c['ratio_max']:.3f}), {c['evaluations']:.0f}" for c in cells)
             + " |")
-    (out / "options.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ per sample (bench.pairs.select, on all of those rows: no subset).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import statistics
 import sys
 import time
@@ -38,7 +36,14 @@ from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 from . import field, pairs
 from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, calibration_field, calibration_noise
 from .common import rms
-from .digits import CLASSES, CFGDigitsModel, RowLabelledDigitsModel, load_or_train, with_labels
+from .digits import (
+    CLASSES,
+    CFGDigitsModel,
+    RowLabelledDigitsModel,
+    fitted_size_warning_off,
+    load_or_train,
+    with_labels,
+)
 from .run import SAMPLES, log, prepare
 from .suite import Problem, sigmas_for
 
@@ -117,23 +122,6 @@ def fit(net, cfg, label, nfe, seed, samples, options, fields):
     calibration = calibrate(host, noise, sigmas_for("euler", KIND, nfe), schedules=schedules,
                             samplers=samplers, sampler_schedules=own, **options)
     return calibration, time.perf_counter() - started
-
-
-class _FittedSize(logging.Filter):
-    def filter(self, record):
-        return "was fitted on latents of shape" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def fitted_size_warning_off():
-    """The calibrations are fitted on 65 coordinates (the 64 pixels and the row's class) and
-    sample 64: lml_calibrated's warning about the size, once per scoring, says nothing here."""
-    flt = _FittedSize()
-    logging.getLogger().addFilter(flt)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(flt)
 
 
 def score(calibration, problem, nfe, samplers):
