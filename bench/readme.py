@@ -1,5 +1,6 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
-the calibrated and calibrated-sigmas summaries, the memory table and the transfer tables.
+the calibrated and calibrated-sigmas summaries, the memory, transfer and option-set tables, and
+the digits checkpoint's tables (harness.digits_field).
 
 README marks each generated block::
 
@@ -20,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import calibrated, calibrated_sigmas, memory, transfer
+from . import calibrated, calibrated_sigmas, memory, options, transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -47,8 +48,26 @@ def transfer_block(bench: Path) -> list[str]:
             *transfer.cfg_table(data)]
 
 
+def options_block(name: str):
+    def lines(bench: Path) -> list[str]:
+        data = json.loads((bench / f"{name}.json").read_text())
+        return options.summary_lines(data["meta"]["sets"], data["rows"])
+    return lines
+
+
+def digits_block(name: str):
+    def lines(bench: Path) -> list[str]:
+        from harness.digits_field import readme_table  # the ComfyUI run's own table
+
+        return [readme_table(json.loads((bench / f"{name}.json").read_text()))]
+    return lines
+
+
 BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block,
-          "memory": memory_block, "transfer": transfer_block}
+          "memory": memory_block, "transfer": transfer_block,
+          "options": options_block("options"),
+          "options-thorough": options_block("options_thorough"),
+          "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size")}
 
 
 def block_pattern(name: str):

@@ -14,7 +14,8 @@
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
 #   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
-#                                    # by side -> docs/bench/options.md (~15 min for two sets)
+#                                    # by side -> docs/bench/options.md (~15 min for two sets;
+#                                    # --name NAME: docs/bench/NAME.md)
 #   (calibrated and sigmas then rewrite README's generated blocks: python -m bench.readme)
 #   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail

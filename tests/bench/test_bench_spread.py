@@ -245,3 +245,24 @@ def test_typical_errors_divide_by_the_lowest_median_of_any_pair():
     rows[0]["median"] = 0.02
     assert calibrated.typical_errors(rows, calibrated.comparison(rows))[
         "exact mixtures (Karras + flow)"]["tail_best"] == pytest.approx(10.0)
+
+
+def test_option_sets_summarised_per_set_and_data_set(tmp_path):
+    from bench import options
+
+    rows = [{"set": name, "data": data, "schedule": "karras", "nfe": 8, "ratio": ratio,
+             "ratio_max": ratio * 2, "evaluations": evaluations}
+            for name, data, ratio, evaluations in (
+                ("a", "mix2d", 0.5, 100), ("a", "digits", 2.0, 400), ("b", "mix2d", 0.25, 100),
+                ("b", "digits", 0.25, 100))]
+    sets = {"a": {}, "b": {"history": 4}}
+    summary = options.summaries(sets, rows)
+    assert summary["a"]["ratio"] == pytest.approx(1.0)  # sqrt(0.5 x 2)
+    assert summary["a"]["evaluations"] == pytest.approx(200.0)
+    assert summary["b"]["by_data"] == {"mix2d": 0.25, "digits": 0.25}
+    data = {"meta": {"sets": sets, "seeds": 3, "nfes": [8], "wall_seconds": 1}, "rows": rows}
+    (tmp_path / "x.json").write_text(json.dumps(data))
+    options.main(["--markdown-only", "--name", "x", "--out", str(tmp_path)])
+    text = (tmp_path / "x.md").read_text()
+    assert '| b | `{"history": 4}` | 0.250 | 0.500 | 100 | mix2d 0.250, digits 0.250 |' in text
+    assert "| mix2d/karras/8 | 0.500 (1.000), 100 | 0.250 (0.500), 100 |" in text
