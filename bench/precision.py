@@ -84,16 +84,11 @@ def run(nfes, steps, seeds, samples, log=print) -> dict:
     return {"floors": floors, "rows": rows}
 
 
-def markdown(results, meta) -> str:
-    rows, floors = results["rows"], results["floors"]
+def table_lines(results) -> list[str]:
+    """The ratio table, NFE x precision x fd_step (also README's, bench.readme)."""
+    rows = results["rows"]
     steps = sorted({r["fd_step"] for r in rows})
-    lines = ["# The finite-difference step against the model's precision", "",
-             __doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
-             f"{meta['seeds']} calibration seeds per cell, {meta['samples']} test noises; run "
-             f"took {meta['seconds']:.0f} s on {meta['machine']}.", "",
-             "Floor (half-precision model's reference vs the float32 one, RMS): "
-             + ", ".join(f"{p} {v:.5f}" for p, v in floors.items()) + ".", "",
-             "Median (worst) ratio of the calibrated sampler's RMS to the best pair's; "
+    lines = ["Median (worst) ratio of the calibrated sampler's RMS to the best pair's; "
              "**bold**: the step FD_STEPS picks for that precision.", "",
              "| NFE | precision | best pair (RMS) | "
              + " | ".join(f"fd_step {s:g}" for s in steps) + " |",
@@ -110,6 +105,18 @@ def markdown(results, meta) -> str:
                 cells.append(f"**{text}**" if chosen else text)
             lines.append(f"| {nfe} | {precision} | {best['best_pair']} "
                          f"({best['best_pair_rms']:.4f}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results, meta) -> str:
+    floors = results["floors"]
+    lines = ["# The finite-difference step against the model's precision", "",
+             __doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
+             f"{meta['seeds']} calibration seeds per cell, {meta['samples']} test noises; run "
+             f"took {meta['seconds']:.0f} s on {meta['machine']}.", "",
+             "Floor (half-precision model's reference vs the float32 one, RMS): "
+             + ", ".join(f"{p} {v:.5f}" for p, v in floors.items()) + ".", "",
+             *table_lines(results)]
     return "\n".join(lines) + "\n"
 
 

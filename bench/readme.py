@@ -1,6 +1,6 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
-the calibrated and calibrated-sigmas summaries, the memory, transfer and option-set tables, and
-the digits checkpoint's tables (harness.digits_field).
+the calibrated and calibrated-sigmas summaries, the memory, transfer, precision and option-set
+tables, and the digits checkpoint's tables (harness.digits_field).
 
 README marks each generated block::
 
@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import calibrated, calibrated_sigmas, memory, options, transfer
+from . import calibrated, calibrated_sigmas, memory, options, precision, transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -48,6 +48,10 @@ def transfer_block(bench: Path) -> list[str]:
             *transfer.cfg_table(data)]
 
 
+def precision_block(bench: Path) -> list[str]:
+    return precision.table_lines(json.loads((bench / "precision.json").read_text()))
+
+
 def options_block(name: str):
     def lines(bench: Path) -> list[str]:
         data = json.loads((bench / f"{name}.json").read_text())
@@ -64,7 +68,7 @@ def digits_block(name: str):
 
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block,
-          "memory": memory_block, "transfer": transfer_block,
+          "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size")}
