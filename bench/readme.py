@@ -88,7 +88,7 @@ def rewritten(text: str, bench: Path = BENCH) -> tuple[str, list[str]]:
         if not pattern.search(text):
             raise ValueError(f"README has no block {name!r} (<!-- bench.readme {name} --> ... "
                              f"<!-- /bench.readme {name} -->)")
-        body = "\n".join(line for line in lines_of(bench)).strip("\n") + "\n"
+        body = "\n".join(lines_of(bench)).strip("\n") + "\n"
         new = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text, count=1)
         if new != text:
             stale.append(name)
