@@ -28,7 +28,7 @@ import torch
 from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 
 from . import field, report
-from .common import initial_noise, rms
+from .common import initial_noise, median_error, rms
 from .digits import CFGDigitsModel, RowLabelledDigitsModel, fitted_size_warning_off, with_labels
 from .exact import EXACT_DATASETS
 from .pairs import FINALISTS, best_pairs
@@ -109,11 +109,9 @@ def spread(values) -> dict:
 
 def seed_row(problem, nfe, seed, calibration, memory, sampler_host, x) -> dict:
     """One calibration seed's record: its test RMS, what it chose, its cost."""
-    x = x.to(torch.float64)
-    per_sample = ((x - problem.reference.double()) ** 2).reshape(x.shape[0], -1).mean(1)
     r = calibration.report
     return {"seed": seed, "nfe": sampler_host.calls, "rms": rms(x, problem.reference),
-            "median": float(per_sample.sqrt().median()), "base": calibration.base,
+            "median": median_error(x, problem.reference), "base": calibration.base,
             "runs": calibration.sampler, "chosen": r["chosen"],
             "calibrated": r["calibrated"], "iterations": r["iterations"],
             "heldout_rms": r.get("heldout_rms"), "heldout_rms_base": r.get("heldout_rms_base"),

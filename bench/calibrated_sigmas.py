@@ -33,7 +33,7 @@ from .calibrated import (
     benchmark_problems,
     for_calibration,
 )
-from .common import initial_noise, rms
+from .common import initial_noise, median_error, rms
 from .run import log, prepare
 from .suite import geometric_mean, steps_for_nfe
 
@@ -72,19 +72,21 @@ def run(name, problem, sigmas, seed=0):
 
 
 def score(name, problem, sigmas):
-    """RMS to the reference (deterministic), or the median sliced W2 over SEEDS (stochastic)."""
+    """(RMS to the reference, the median per-sample error) for a deterministic sampler; (the
+    median sliced W2 over SEEDS, None) for a stochastic one."""
     if not is_stochastic(name):
-        return rms(run(name, problem, sigmas)[0], problem.reference)
+        x = run(name, problem, sigmas)[0]
+        return rms(x, problem.reference), median_error(x, problem.reference)
     values = sorted(problem.distribution_metrics(run(name, problem, sigmas, seed)[0])["sw2"]
                     for seed in SEEDS)
-    return values[len(values) // 2]
+    return values[len(values) // 2], None
 
 
 def point(problem, name, nfe, noise):
     steps = steps_for_nfe(name, nfe)
     schedules = pair_schedules(problem, name, steps)
-    field_scores = {scheduler: score(name, problem, sigmas)
-                    for scheduler, sigmas in schedules.items()}
+    scored = {scheduler: score(name, problem, sigmas) for scheduler, sigmas in schedules.items()}
+    field_scores = {scheduler: value for scheduler, (value, _) in scored.items()}
     best = min(field_scores, key=field_scores.get)
     model, noise = for_calibration(problem, noise)
     host = field.HostModel(model, flow=problem.flow)
@@ -93,13 +95,15 @@ def point(problem, name, nfe, noise):
                                    sampler_name=name, schedules=schedules)
     seconds = time.perf_counter() - started
     fitted = torch.tensor(calibration.sigmas, dtype=torch.float32)
-    calibrated = score(name, problem, fitted)
+    calibrated, calibrated_median = score(name, problem, fitted)
     r = calibration.report
+    medians = {scheduler: m for scheduler, (_, m) in scored.items() if m is not None}
     return {"data": problem.name, "schedule": problem.kind, "sampler": name, "nfe": nfe,
             "steps": steps, "metric": "sw2" if is_stochastic(name) else "rms",
             "best_scheduler": best, "best": field_scores[best], "calibrated": calibrated,
             "ratio": calibrated / field_scores[best], "chosen": r["chosen"],
-            "schedulers": field_scores,
+            "schedulers": field_scores, "medians": medians,
+            "calibrated_median": calibrated_median,
             "cost": {"seconds": round(seconds, 2), "evaluations": r["model_evaluations"]}}
 
 
@@ -110,6 +114,27 @@ def breakdown(points, key, title) -> str:
         groups.setdefault(key(p), []).append(p["ratio"])
     return f"{title}: " + ", ".join(f"{name} {geometric_mean(r):.3f} (worst {max(r):.2f})"
                                     for name, r in groups.items()) + "."
+
+
+def typical_line(points) -> str:
+    """Per problem: the geometric mean of the calibrated median per-sample error over the
+    smallest median error of the same sampler on any scheduler, and of RMS / median error
+    for the calibrated sigmas and for the best scheduler (by RMS)."""
+    groups = {}
+    for p in points:
+        groups.setdefault(f"{p['data']} {p['schedule']}", []).append(p)
+    cells = []
+    for name, group in groups.items():
+        median = geometric_mean(p["calibrated_median"] / min(p["medians"].values())
+                                for p in group)
+        tail = geometric_mean(p["calibrated"] / p["calibrated_median"] for p in group)
+        tail_best = geometric_mean(p["best"] / p["medians"][p["best_scheduler"]]
+                                   for p in group)
+        cells.append(f"{name} {median:.3f} (RMS / median {tail:.2f} against {tail_best:.2f})")
+    return ("Typical error (the median per-sample error instead of the RMS; calibrated over the "
+            "smallest median of the same sampler on any scheduler, geometric mean; in brackets "
+            "RMS / median error of the calibrated sigmas and of the best scheduler): "
+            + ", ".join(cells) + ".")
 
 
 def summary_lines(points) -> list[str]:
@@ -127,6 +152,9 @@ def summary_lines(points) -> list[str]:
         lines += [breakdown(deterministic, lambda p: f"{p['data']} {p['schedule']}",
                             "By problem"), "",
                   breakdown(deterministic, lambda p: p["sampler"], "By sampler"), ""]
+        typical = [p for p in deterministic if p.get("medians") and p.get("calibrated_median")]
+        if typical:
+            lines += [typical_line(typical), ""]
     stochastic = [p for p in points if p["metric"] != "rms"]
     if stochastic:
         ratios = [p["ratio"] for p in stochastic]

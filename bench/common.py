@@ -98,6 +98,13 @@ def rms(x, ref):
     return float(((x.to(torch.float64) - ref.to(torch.float64)) ** 2).mean().sqrt())
 
 
+def median_error(x, ref):
+    """The median over the samples of each sample's RMS distance: the typical error, which a
+    few samples far off (another mode) do not move."""
+    per_sample = ((x.to(torch.float64) - ref.to(torch.float64)) ** 2).reshape(x.shape[0], -1)
+    return float(per_sample.mean(1).sqrt().median())
+
+
 def sliced_w2(a, b, projections=128, seed=1234):
     """Sliced Wasserstein-2 between two equally sized point sets [N, D] (random unit directions,
     fixed seed; the 1-D W2 of each projection from sorted values)."""

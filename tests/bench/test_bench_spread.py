@@ -266,3 +266,14 @@ def test_option_sets_summarised_per_set_and_data_set(tmp_path):
     text = (tmp_path / "x.md").read_text()
     assert '| b | `{"history": 4}` | 0.250 | 0.500 | 100 | mix2d 0.250, digits 0.250 |' in text
     assert "| mix2d/karras/8 | 0.500 (1.000), 100 | 0.250 (0.500), 100 |" in text
+
+
+def test_calibrated_sigmas_typical_line_from_known_points():
+    from bench import calibrated_sigmas
+
+    points = [{"data": "mix64d", "schedule": "flow", "sampler": "euler", "nfe": 4,
+               "best_scheduler": "karras", "best": 0.4, "calibrated": 0.6,
+               "calibrated_median": 0.1, "medians": {"karras": 0.2, "beta": 0.05}}]
+    # median 0.1 / 0.05; RMS / median 0.6 / 0.1 and the best scheduler's 0.4 / 0.2
+    assert "mix64d flow 2.000 (RMS / median 6.00 against 2.00)" in (
+        calibrated_sigmas.typical_line(points))
