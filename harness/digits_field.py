@@ -558,8 +558,9 @@ def markdown(result, command="python -m harness.digits_field") -> str:
 
 
 def readme_table(result) -> str:
-    """The table README.md quotes ("Calibrate LML on your model"), made from the result so
-    that it is never typed by hand (tests/harness checks README.md against the .json)."""
+    """The table README.md quotes, made from the result so that it is never typed by hand
+    (bench.readme writes it into README's digits-field and digits-size blocks;
+    tests/bench/test_readme.py checks README against the .json)."""
     lines = ["| steps (NFE) | best pair of the field | best AYS / GITS pair | best karras pair | "
              "LML Calibrate | calibrated / best pair | calibration cost |",
              "|---|---|---|---|---|---|---|"]

@@ -70,7 +70,7 @@ def test_node_search_finds_the_lml_nodes(lml_page):
         try:
             search.wait_for(timeout=10_000)
             break
-        except Exception:
+        except PlaywrightTimeout:
             if attempt == 2:
                 page.screenshot(path=str(artifact_name(page, "node_search_missing.png")))
                 raise
@@ -144,7 +144,7 @@ def _run(page, server, node_id, run):
             return imgs.some(img => img.complete && img.naturalWidth > 0 &&
                                     (img.src ?? '').includes(`filename=${name}`));
         }""", arg=name, timeout=60_000, polling=250)
-    except Exception as error:
+    except PlaywrightTimeout as error:
         page.screenshot(path=str(artifact_name(page, f"run{run}_no_image.png")))
         state = page.evaluate("""() => {
             const node = app.graph.nodes.find(n => n.type === 'SaveImage');
