@@ -107,11 +107,20 @@ def spread(values) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def lml_start(calibration) -> str:
+    """The LML base a calibration started from, or the built-in whose steps it started from
+    ("deis" for the start "lml(deis) + kl_optimal"); "" for a built-in sampler's calibration."""
+    start = calibration.report.get("start", "")
+    if calibration.sampler != "lml":
+        return ""
+    return start[4:start.index(")")] if start.startswith("lml(") else calibration.base
+
+
 def seed_row(problem, nfe, seed, calibration, memory, sampler_host, x) -> dict:
     """One calibration seed's record: its test RMS, what it chose, its cost."""
     r = calibration.report
     return {"seed": seed, "nfe": sampler_host.calls, "rms": rms(x, problem.reference),
-            "median": median_error(x, problem.reference), "base": calibration.base,
+            "median": median_error(x, problem.reference), "base": lml_start(calibration),
             "runs": calibration.sampler, "chosen": r["chosen"],
             "calibrated": r["calibrated"], "iterations": r["iterations"],
             "heldout_rms": r.get("heldout_rms"), "heldout_rms_base": r.get("heldout_rms_base"),

@@ -2,8 +2,8 @@
 
 Pure torch; never imports comfy.  Modules import one way, each only from those before it:
 gram, options -> adaptive -> precondition -> sampling -> wrap -> sampler_kinds ->
-calibration_text -> calibration -> reference -> objective -> sigma_fit -> levenberg -> calibrate
--> calibrate_steps.
+calibration_text -> calibration -> reference -> objective -> sigma_fit -> projection ->
+levenberg -> field -> calibrate_options -> calibrate -> calibrate_steps.
 See lml_core/README.md.
 """
 

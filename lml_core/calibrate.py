@@ -17,9 +17,10 @@ import torch
 from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
-from .field import measured_starts, planned_evaluations
+from .field import measured_starts, planned_evaluations, start_kind
 from .levenberg import levenberg_marquardt, rms
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
+from .projection import BuiltinSteps
 from .reference import Evaluator, Reference, reference_floor, reference_grid
 from .sampling import is_flow_model
 from .sigma_fit import CountedModel, SigmaFit
@@ -126,18 +127,20 @@ class Setup:
     def evaluations(self) -> int:
         return self.denoise.rows + self.counted.rows
 
-    def fit(self, fit, start_errors):
-        """Levenberg-Marquardt on ``fit`` from its start (per-sample errors ``start_errors``):
-        (theta, held-out loss / the start's, accepted steps, trace)."""
+    def fit(self, fit, start_errors, iterations=None, theta0=None, first=0):
+        """Levenberg-Marquardt on ``fit`` from its start (per-sample errors ``start_errors``),
+        or on from ``theta0`` as iteration ``first``, for ``iterations`` (default: the
+        option): (theta, held-out loss / the start's, accepted steps, trace)."""
         self.ref_fit.weights = robust_weights(start_errors, self.typical)
         self.ref_val.weights = None
         opts = self.opts
         return levenberg_marquardt(
             fit, self.x_fit, self.ref_fit,
             lambda theta: robust_loss(self.errors(fit, theta, "val"), self.typical),
-            float(opts["regularization"]), self.eps, int(opts["iterations"]),
+            float(opts["regularization"]), self.eps,
+            int(opts["iterations"]) if iterations is None else iterations,
             int(opts["patience"]), self.say, int(opts["jacobian_rows"]),
-            float(opts["tolerance"]))
+            float(opts["tolerance"]), theta0, first)
 
     def report(self, chosen: dict, candidates: dict, starts: dict, test_starts: dict) -> dict:
         """The report of the chosen candidate among ``candidates`` ({label: scores}), with
@@ -188,11 +191,38 @@ def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
             "heldout_loss": heldout_loss, "iterations": iterations, "trace": trace}
 
 
-def fitted(setup: Setup, label, start, fit, start_errors) -> dict:
-    theta, heldout_loss, iterations, trace = setup.fit(fit, start_errors)
+def fitted(setup: Setup, label, start, fit, start_errors, run=None) -> dict:
+    """The scores of the fit of ``fit`` (``run``: a setup.fit result to go on from, or None:
+    from its start), or of the start itself where the fit gained nothing on the held-out
+    part."""
+    if run is None:
+        theta, heldout_loss, iterations, trace = setup.fit(fit, start_errors)
+    else:
+        done = run[2]
+        theta, heldout_loss, iterations, trace = setup.fit(
+            fit, start_errors, int(setup.opts["iterations"]) - done, run[0], done)
+        if run[1] <= heldout_loss:  # the earlier run's best stands
+            theta, heldout_loss = run[0], run[1]
+        iterations, trace = done + iterations, run[3] + trace
     if heldout_loss >= 1:  # no gain on the held-out part: the start itself
         return scores(setup, start, start, fit, theta * 0)
     return scores(setup, label, start, fit, theta, (heldout_loss, iterations, trace))
+
+
+def raced(setup: Setup, starts: dict, errors: dict, labels: list) -> list:
+    """(label, a short fit's result or None) of the LML starts worth the whole fit: with
+    more than one and the option ``race`` > 0, each gets ``race`` iterations and only the one
+    lowest on the held-out noise goes on; else all of them, from their starts."""
+    race = int(setup.opts["race"])
+    if len(labels) < 2 or race <= 0 or race >= int(setup.opts["iterations"]):
+        return [(label, None) for label in labels]
+    runs = {label: setup.fit(starts[label], errors[label], race) for label in labels}
+    loss = {label: robust_loss(setup.errors(starts[label], runs[label][0], "val"),
+                               setup.typical) for label in labels}
+    best = min(labels, key=loss.get)
+    setup.say("LML fits after " + str(race) + " iterations (held-out loss): " + ", ".join(
+        f"{label} {loss[label]:.4g}" for label in labels) + f"; going on from {best}")
+    return [(best, runs[best])]
 
 
 @torch.no_grad()
@@ -207,9 +237,12 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     {name: k-diffusion function} to measure and fit (one of more than N model calls per
     sample is left out); ``sampler_schedules``: {sampler: {schedule: sigmas}} where KSampler
     gives a sampler other sigmas (its discard rule; fewer steps at several calls per step).
-    The best LML start gets the LML fit (corrections and every timestep), the best
-    ``sigma_fits`` samplers (default 0) timestep-only fits, the best pair stays a candidate
-    unchanged; the lowest robust loss on the held-out noise wins.  ``fitted_on`` records
+    The LML starts are its bases on every schedule and, with base "auto", each one-call
+    sampler's own steps as LML coefficients (lml_core.projection); the best start of each of
+    those two kinds gets the LML fit (corrections and every timestep) for ``race``
+    iterations, the better one on the held-out noise to the end; the best ``sigma_fits``
+    samplers (default 0) get timestep-only fits; the best pair stays a candidate unchanged;
+    the lowest robust loss on the held-out noise wins.  ``fitted_on`` records
     ``sigmas`` and one sample's ``latent_shape`` (the sampler refuses another schedule, warns
     at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
@@ -229,7 +262,9 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - reference_steps, reference_floor: the RK4 reference (to the model's sigma_min by default);
     - fd_step: the finite-difference step (default: by model_dtype, the precision the model
       computes in, which may be lower than the noise's); batch_size: rows per model call;
-    - sigma_fits: how many of ``samplers`` get timestep-only fits.
+    - sigma_fits: how many of ``samplers`` get timestep-only fits;
+    - builtin_starts: LML starts from the samplers' own steps (with base "auto");
+    - race: iterations after which only the better of the two LML fits goes on (0: both).
     """
     setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options, references)
     bases = CALIBRATION_BASES if setup.opts["base"] == "auto" else (setup.opts["base"],)
@@ -244,9 +279,8 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     leave out samplers that make more than one model call per step (equal model calls)."""
     opts, steps = setup.opts, setup.steps
     move = bool(opts["move_timesteps"]) and steps >= 2
-    setup.planned = planned_evaluations(setup, len(bases) * len(setup.schedules),
-                                        len(samplers) * len(setup.schedules), move,
-                                        min(len(samplers), sigma_fits))
+    # LML starts from the built-in samplers' steps: with every LML base ("auto") only.
+    projected_starts = bool(opts["builtin_starts"]) and len(bases) == len(CALIBRATION_BASES)
 
     # 1. Every start on the fitting noise: the LML bases and the built-in samplers on every
     # schedule.
@@ -262,6 +296,18 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
             starts[f"{name} + {schedule}"] = SigmaFit(
                 function, setup.counted, own, setup.flow, setup.floor, setup.extra_args,
                 move, opts["batch_size"])
+            # The LML fit may also start from this pair's own steps (where they are N).
+            if projected_starts and name not in bases and len(own) == steps + 1:
+                steps_of = BuiltinSteps(function, model, int(opts["history"]))
+                if steps_of(own) is not None:
+                    starts[f"lml({name}) + {schedule}"] = Fit(
+                        setup.denoise, own, "euler", int(opts["history"]), move, setup.flow,
+                        setup.floor, float(opts["trajectory"]), start=steps_of)
+    n_lml = sum(isinstance(fit, Fit) for fit in starts.values())
+    kinds = {start_kind(fit) for fit in starts.values()}
+    setup.planned = planned_evaluations(setup, n_lml, len(starts) - n_lml, move,
+                                        min(len(samplers), sigma_fits), len(kinds),
+                                        sum(k.startswith("lml") for k in kinds))
     errors = measured_starts(setup, starts, steps, one_call)
     if not errors:
         raise ValueError("calibrate: no sampler could run on the calibration noise")
@@ -278,10 +324,14 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     # 2. The candidates: the LML fit from the best LML start, timestep-only fits of the best
     # samplers (each from its best schedule), and the best pair unchanged.
     candidates = {}
-    best_lml = next((label for label in ranked if label.startswith("lml(")), None)
-    if best_lml is not None:
-        result = fitted(setup, f"calibrated {best_lml}", best_lml, starts[best_lml],
-                        errors[best_lml])
+    # The LML fit from the best start of each kind: an LML base, and a built-in's own steps
+    # (the best start is not always the best end: a fit is local).
+    lml_starts = [label for label in ranked if label.startswith("lml(")]
+    fitted_lml = [next(iter(label for label in lml_starts if (starts[label].start is None)
+                        == base), None) for base in (True, False)]
+    fitted_lml = [label for label in fitted_lml if label is not None]
+    for label, run in raced(setup, starts, errors, fitted_lml):
+        result = fitted(setup, f"calibrated {label}", label, starts[label], errors[label], run)
         candidates[result["label"]] = result
     best_pairs = [label for label in ranked if not label.startswith("lml(")]
     if best_pairs:
@@ -320,7 +370,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     report = setup.report(chosen, candidates, heldout_starts, test_starts)
     best_pair = candidates.get(best_pairs[0]) if best_pairs else None
     report["test_rms_best_pair"] = None if best_pair is None else best_pair["test_rms"]
-    report["fitted_from"] = {"lml": best_lml,
+    report["fitted_from"] = {"lml": fitted_lml,
                              "sigmas": [f"{name} + {schedule}" for name, schedule in
                                         fitted_samplers]}
     fit, theta = chosen["fit"], chosen["theta"]

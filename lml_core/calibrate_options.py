@@ -22,7 +22,7 @@ CALIBRATE_DEFAULTS = {
     "jacobian_rows": 4,        # fitting noises each Jacobian is taken on (rotating); 0: all
     "screen_rows": 8,          # fitting noises the field is ranked on (halved midway); 0: all
     "finalists": 4,            # starts of each kind (LML, built-in) kept after that ranking
-    "patience": 6,             # accepted steps without a held-out gain before stopping
+    "patience": 4,             # accepted steps without a held-out gain before stopping
     "tolerance": 3e-3,         # converged after 2 steps in a row that gain less (relative)
     "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
@@ -34,6 +34,12 @@ CALIBRATE_DEFAULTS = {
     # With samplers: the best this many get timestep-only fits.  0 by default (with tolerance
     # 3e-3 and the field's finer halving): see docs/bench/options.md.
     "sigma_fits": 0,
+    # With samplers and base "auto": LML starts from each built-in's own steps too
+    # (lml_core.projection), so the LML fit can start from the best pair.
+    "builtin_starts": True,
+    # The LML fit starts from the best LML base and the best built-in's steps; after this
+    # many iterations only the one better on the held-out noise goes on (0: both finish).
+    "race": 4,
 }
 
 
@@ -48,7 +54,7 @@ def fit_options(options: dict) -> dict:
     if opts["base"] != "auto" and opts["base"] not in CALIBRATION_BASES:
         raise ValueError(f"base must be 'auto' or one of {CALIBRATION_BASES}, "
                          f"got {opts['base']!r}")
-    whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1,
+    whole = {"history": 1, "iterations": 0, "patience": 1, "reference_steps": 1, "race": 0,
              "sigma_fits": 0, "jacobian_rows": 0, "screen_rows": 0, "finalists": 1}
     if opts["batch_size"] is not None:
         whole["batch_size"] = 1

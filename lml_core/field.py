@@ -14,10 +14,12 @@ def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
         min(i + 1, history) for i in range(steps))
 
 
-def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits) -> int:
+def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits, kinds=2,
+                        lml_fits=1) -> int:
     """About how many per-row model evaluations the fit makes (for a progress bar; it may
-    stop early): the reference, the field (``n_lml`` LML and ``n_builtin`` built-in starts),
-    the LML fit (if any LML start) and ``sigma_fits`` timestep fits."""
+    stop early): the reference, the field (``n_lml`` LML and ``n_builtin`` built-in starts,
+    of ``kinds`` kinds), ``lml_fits`` LML fits (if any LML start) and ``sigma_fits``
+    timestep fits."""
     opts, steps = setup.opts, setup.steps
     size = parameter_count(steps, int(opts["history"]), move_timesteps)
     fit, val = setup.x_fit.shape[0], setup.x_val.shape[0]
@@ -27,12 +29,12 @@ def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits) -> 
     for first, last, survivors in screening_stages(int(opts["screen_rows"]), fit,
                                                    int(opts["finalists"])):
         field += steps * alive * (last - first)
-        alive = alive if survivors is None else min(alive, 2 * survivors)  # of each kind
+        alive = alive if survivors is None else min(alive, kinds * survivors)  # each kind
     judged = 2 * steps * fit + steps * val  # per iteration: trial steps and the held-out part
     lml = (steps + size * steps // 2) * jac + judged if n_lml else 0
     timesteps = sigma_fits * ((steps - 1) * steps * jac + judged)
     return ((4 * (int(opts["reference_steps"]) + 4) + 1) * total + field
-            + int(opts["iterations"]) * (lml + timesteps) + 8 * steps * total)
+            + int(opts["iterations"]) * (lml_fits * lml + timesteps) + 8 * steps * total)
 
 
 def screening_stages(screen: int, rows: int, keep: int) -> list:
@@ -68,13 +70,21 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool) 
     return errors
 
 
-def best_of_each_kind(errors: dict, keep: int) -> list:
-    """The ``keep`` best LML starts and the ``keep`` best built-in pairs of ``errors`` ({label:
+def start_kind(fit) -> str:
+    """"lml" (an LML base), "lml from a built-in" (the LML sampler on a built-in's steps) or
+    "built-in" (a sampler as it is)."""
+    if not isinstance(fit, Fit):
+        return "built-in"
+    return "lml" if fit.start is None else "lml from a built-in"
+
+
+def best_of_each_kind(errors: dict, keep: int, kind) -> list:
+    """The ``keep`` best starts of each kind (``kind(label)``) in ``errors`` ({label:
     per-sample errors}) by robust loss (scaled by the best start's median error)."""
     typical = min(float(e.median()) for e in errors.values())
     ranked = sorted(errors, key=lambda label: robust_loss(errors[label], typical))
-    return ([label for label in ranked if label.startswith("lml(")][:keep]
-            + [label for label in ranked if not label.startswith("lml(")][:keep])
+    kinds = dict.fromkeys(kind(label) for label in ranked)
+    return [label for k in kinds for label in [r for r in ranked if kind(r) == k][:keep]]
 
 
 def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
@@ -93,7 +103,7 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
         if not errors:
             return errors
         if survivors is not None:
-            alive = best_of_each_kind(errors, survivors)
+            alive = best_of_each_kind(errors, survivors, lambda label: start_kind(starts[label]))
             if survivors == keep:
                 setup.say(f"field: {len(starts)} starts ranked on {last} noises in "
                           f"stages; finalists " + ", ".join(alive))

@@ -20,7 +20,8 @@ def jacobian_rows_at(iteration: int, rows: int, count: int):
 
 
 def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
-                        iterations, patience, say, jacobian_rows=0, tolerance=0.0):
+                        iterations, patience, say, jacobian_rows=0, tolerance=0.0,
+                        theta0=None, first=0):
     """Levenberg-Marquardt on ``fit``'s objective (relative to the base's) + ``regularization
     * |theta|^2`` from theta = 0; ``heldout(theta)`` scores each accepted iterate and the best
     one is returned, with the number of accepted steps and the trace of (objective, held-out)
@@ -30,7 +31,9 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     of the fitting rows, other ones each iteration, and scaled to all of them; every trial step
     is still judged on all the fitting rows, so the objective never rises.  Its memory is that
     of ``jacobian_rows`` rows.  The fit has converged, and stops, after two accepted steps in a
-    row that each lower the objective by less than ``tolerance`` (relative)."""
+    row that each lower the objective by less than ``tolerance`` (relative).  ``theta0``,
+    ``first``: go on from an earlier run's theta, as its iteration ``first`` (the ratios stay
+    relative to theta = 0)."""
     theta = torch.zeros(fit.size, dtype=torch.float64)
     base_objective = fit.loss(fit.plan(theta), x, reference)
     rows = x.numel()
@@ -40,11 +43,15 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
         return value * rows / scale + regularization * float(theta @ theta)
 
     val_base = heldout(theta)
-    best_val, best_theta = val_base, theta.clone()
-    current, mu, stale, accepted, trace = base_objective, 1e-2, 0, 0, []
+    current = base_objective
+    if theta0 is not None:
+        theta = theta0.clone()
+        current = fit.loss(fit.plan(theta), x, reference)
+    best_val, best_theta = heldout(theta), theta.clone()
+    mu, stale, accepted, trace = 1e-2, 0, 0, []
     flat = 0  # accepted steps in a row that lowered the objective by less than tolerance
     identity = torch.eye(fit.size, dtype=torch.float64)
-    for iteration in range(iterations):
+    for iteration in range(first, first + iterations):
         part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
         x_part = x[part]
         residual, jac = fit.jacobian(theta, x_part, reference.subset(part), eps)

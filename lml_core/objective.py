@@ -52,8 +52,12 @@ class Fit:
     PROBE = 4096  # state coordinates per sample the trajectory term reads (a fixed subset)
 
     def __init__(self, denoise, sigmas, base, history, move_timesteps, flow, floor,
-                 trajectory=0.0):
+                 trajectory=0.0, start=None):
         self.denoise, self.base, self.flow, self.floor = denoise, base, flow, floor
+        # ``start(sigmas)``: a coefficient table w_{i,.} in place of the base's (lml_core.
+        # projection.BuiltinSteps: a built-in sampler's steps on those timesteps, or None);
+        # the calibration saves it as euler + corrections.
+        self.start = start
         self.sigmas = list(sigmas)
         self.steps = len(sigmas) - 1
         self.trajectory = trajectory
@@ -69,7 +73,7 @@ class Fit:
         # The first step each parameter changes: s_k is the target of step k - 1.
         self.first_step = [k - 1 for k in self.moved] + [
             i for i in range(self.steps) for _ in range(self.slots[i])]
-        self.keep = max(max(self.slots), 4 if base != "euler" else 1)
+        self.keep = max(max(self.slots), 4 if base != "euler" and start is None else 1)
 
     def plan(self, theta):
         """(sigmas, coefficient lists) for ``theta``; None where the timesteps are not strictly
@@ -85,13 +89,23 @@ class Fit:
         # Corrections past MAX_CORRECTION are not a calibration (one could not be saved).
         if any(abs(v) > MAX_CORRECTION for v in values[self.n_time:]):
             return None
-        coefficients = [combined(base_coefficients(self.base, sig, i),
+        table = self.start(sig) if self.start is not None else None
+        if self.start is not None and table is None:
+            return None
+        coefficients = [combined(table[i] if table else base_coefficients(self.base, sig, i),
                                  values[self.offsets[i]:self.offsets[i] + self.slots[i]])
                         for i in range(self.steps)]
+        if self.start is not None and any(abs(v) > MAX_CORRECTION for c in coefficients
+                                          for v in combined(c, [-1.0])):
+            return None
         return sig, coefficients
 
+
     def calibration(self, theta, fitted_on, report) -> Calibration:
-        sig, _ = self.plan(theta)
+        sig, coefficients = self.plan(theta)
+        if self.start is not None:  # euler's coefficient is 1: the rest is the correction
+            return Calibration(base="euler", sigmas=sig, fitted_on=fitted_on, report=report,
+                               corrections=[combined(c, [-1.0]) for c in coefficients])
         values = theta.tolist()
         corrections = [values[self.offsets[i]:self.offsets[i] + self.slots[i]]
                        for i in range(self.steps)]

@@ -240,8 +240,10 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     heldout = r["heldout_rms"]
     starts = r["heldout_rms_bases"]
     best_name = min(starts, key=starts.get)
-    runs = (f"LML on {calibration.base}" if calibration.sampler == "lml"
-            else f"{calibration.sampler} on its own timesteps")
+    start = r.get("start", "").removeprefix("lml(").split(")")[0]
+    runs = (f"{calibration.sampler} on its own timesteps" if calibration.sampler != "lml"
+            else f"LML on {calibration.base}" if start in ("", calibration.base)
+            else f"LML from {start}'s steps, saved as {calibration.base} + corrections")
     lines = [
         f"LML Calibrate: {fit['steps']} steps ({scheduler}, sigma {fit['sigma_max']:.4g} -> "
         f"{fit['sigma_min']:.4g} -> 0), cfg {cfg:g}, {fit['model_kind']} model",

@@ -231,4 +231,5 @@ def test_the_field_is_ranked_on_screen_rows_and_the_finalists_finish():
     pairs = lambda c: [k for k in c.report["candidates"] if not k.startswith(("calibrated",
                                                                                 "lml("))]
     assert pairs(screened) == pairs(whole) and len(pairs(whole)) == 1
-    assert len(screened.report["heldout_rms_bases"]) == 2  # one finalist of each kind
+    # one finalist of each kind: LML base, LML on a built-in's steps, built-in
+    assert len(screened.report["heldout_rms_bases"]) == 3

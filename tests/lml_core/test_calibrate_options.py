@@ -37,6 +37,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
     tested |= {"move_timesteps", "patience", "regularization", "trajectory", "reference_steps",
                "fd_step", "batch_size"}
     tested |= {"sigma_fits"}  # test_calibrate_field
+    tested |= {"builtin_starts", "race"}  # test_projection
     tested |= {"test", "jacobian_rows", "screen_rows", "finalists", "tolerance", "model_dtype"}
     assert set(CALIBRATE_DEFAULTS) == tested
 
