@@ -123,12 +123,13 @@ def test_the_field_has_lml_starts_from_the_builtins_steps(builtin_starts):
 
 @pytest.mark.parametrize("race", [0, 2])
 def test_the_lml_fit_runs_from_the_best_of_each_kind_and_race_keeps_one(race):
-    """Both kinds of LML start (a base; a built-in's steps) get the fit; with race > 0 only
-    the better after that many iterations goes on, and its trace counts every iteration."""
+    """Both kinds of LML start (a base; a built-in's steps) get the fit; with race > 0 (and
+    6 steps or more) only the better after that many iterations goes on; below 6 steps both
+    finish."""
     model = MixtureDenoiser(dim=DIM, components=3, seed=1)
     x = torch.randn(16, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80
     logs = []
-    calibration = calibrate(model, x, karras_sigmas(4).double(), log=logs.append,
+    calibration = calibrate(model, x, karras_sigmas(6).double(), log=logs.append,
                             samplers={"dpmpp_2m": plain_dpmpp_2m}, iterations=5,
                             reference_steps=8, race=race)
     fitted = calibration.report["fitted_from"]["lml"]
@@ -144,3 +145,12 @@ def test_the_lml_fit_runs_from_the_best_of_each_kind_and_race_keeps_one(race):
             assert label.removeprefix("calibrated ") in raced[0].split("going on from ")[1]
     else:
         assert not raced and len(calibrated) <= 2
+
+
+def test_below_six_steps_both_lml_fits_finish():
+    model = MixtureDenoiser(dim=DIM, components=3, seed=1)
+    x = torch.randn(16, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80
+    logs = []
+    calibrate(model, x, karras_sigmas(5).double(), log=logs.append, iterations=5,
+              samplers={"dpmpp_2m": plain_dpmpp_2m}, reference_steps=8, race=2)
+    assert not any(text.startswith("LML fits after") for text in logs)
