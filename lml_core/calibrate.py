@@ -18,7 +18,7 @@ from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
 from .field import measured_starts, planned_evaluations, start_kind
-from .levenberg import levenberg_marquardt, rms
+from .levenberg import fitted, levenberg_marquardt, raced, rms, scores
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
 from .projection import BuiltinSteps
 from .reference import Evaluator, Reference, reference_floor, reference_grid
@@ -177,64 +177,6 @@ class Setup:
                 "sigmas": self.sigmas, "latent_shape": list(self.x_fit.shape[1:])}
 
 
-def scores(setup: Setup, label, start, fit, theta, result=None) -> dict:
-    """Fit, held-out (selection) and test RMS of ``fit`` at ``theta`` and at its start
-    (theta = 0); the test RMS is None without test noise."""
-    zero = torch.zeros(fit.size, dtype=torch.float64)
-    heldout_loss, iterations, trace = result if result is not None else (1.0, 0, [])
-    return {"label": label, "start": start, "fit": fit, "theta": theta,
-            "fit_rms": rms(setup.errors(fit, theta, "fit")),
-            "fit_rms_start": rms(setup.errors(fit, zero, "fit")),
-            "heldout_rms": rms(setup.errors(fit, theta, "val")),
-            "heldout_rms_start": rms(setup.errors(fit, zero, "val")),
-            "test_rms": setup.test_rms(fit, theta),
-            "heldout_loss": heldout_loss, "iterations": iterations, "trace": trace}
-
-
-def fitted(setup: Setup, label, start, fit, start_errors, run=None) -> dict:
-    """The scores of the fit of ``fit`` (``run``: a setup.fit result to go on from, or None:
-    from its start), or of the start itself where the fit gained nothing on the held-out
-    part."""
-    if run is None:
-        theta, heldout_loss, iterations, trace = setup.fit(fit, start_errors)
-    else:
-        done = run[2]
-        theta, heldout_loss, iterations, trace = setup.fit(
-            fit, start_errors, int(setup.opts["iterations"]) - done, run[0], done)
-        if run[1] <= heldout_loss:  # the earlier run's best stands
-            theta, heldout_loss = run[0], run[1]
-        iterations, trace = done + iterations, run[3] + trace
-    if heldout_loss >= 1:  # no gain on the held-out part: the start itself
-        return scores(setup, start, start, fit, theta * 0)
-    return scores(setup, label, start, fit, theta, (heldout_loss, iterations, trace))
-
-
-# Below this many steps both LML fits run to the end: their iterations are cheap (a 4-step
-# one costs about a third of a 10-step one), and there the start that leads after a few
-# iterations (a built-in's steps) often ends behind a base start (digits network, NFE 4-5,
-# 3 seeds: race 4 0.545 / 0.811 of the best pair at cfg 3 / 6 Karras 4 NFE, both fits to the
-# end 0.494 / 0.754).
-RACE_FROM_STEPS = 6
-
-
-def raced(setup: Setup, starts: dict, errors: dict, labels: list) -> list:
-    """(label, a short fit's result or None) of the LML starts worth the whole fit: with
-    more than one, at least RACE_FROM_STEPS steps and the option ``race`` > 0, each gets
-    ``race`` iterations and only the one lowest on the held-out noise goes on; else all of
-    them, from their starts."""
-    race = int(setup.opts["race"])
-    if (len(labels) < 2 or race <= 0 or race >= int(setup.opts["iterations"])
-            or setup.steps < RACE_FROM_STEPS):
-        return [(label, None) for label in labels]
-    runs = {label: setup.fit(starts[label], errors[label], race) for label in labels}
-    loss = {label: robust_loss(setup.errors(starts[label], runs[label][0], "val"),
-                               setup.typical) for label in labels}
-    best = min(labels, key=loss.get)
-    setup.say("LML fits after " + str(race) + " iterations (held-out loss): " + ", ".join(
-        f"{label} {loss[label]:.4g}" for label in labels) + f"; going on from {best}")
-    return [(best, runs[best])]
-
-
 @torch.no_grad()
 def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=None,
               sampler_schedules=None, progress=None, log=None, references=None,
@@ -275,7 +217,7 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - sigma_fits: how many of ``samplers`` get timestep-only fits;
     - builtin_starts: LML starts from the samplers' own steps (with base "auto");
     - race: iterations after which only the better of the two LML fits goes on (0: both;
-      below RACE_FROM_STEPS steps both always).
+      below levenberg.RACE_FROM_STEPS steps both always).
     """
     setup = Setup(model, noise, sigmas, extra_args, schedules, progress, log, options, references)
     bases = CALIBRATION_BASES if setup.opts["base"] == "auto" else (setup.opts["base"],)

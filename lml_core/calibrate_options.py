@@ -39,7 +39,7 @@ CALIBRATE_DEFAULTS = {
     "builtin_starts": True,
     # The LML fit starts from the best LML base and the best built-in's steps; after this
     # many iterations only the one better on the held-out noise goes on (0: both finish;
-    # below 6 steps both always finish: calibrate.RACE_FROM_STEPS).
+    # below 6 steps both always finish: levenberg.RACE_FROM_STEPS).
     "race": 4,
 }
 

@@ -111,9 +111,10 @@ def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
     inputs = {
         "base": lambda: io.Combo.Input(
             "base", options=["auto", *CALIBRATION_BASES], default=d["base"],
-            tooltip="The analytic solver the corrections start from (zero corrections = that "
-                    "solver): auto picks the best of euler, ipndm and ipndm_v on the "
-                    "calibration noise."),
+            tooltip="The solver the corrections start from (zero corrections = that solver): "
+                    "auto fits from the best of euler, ipndm and ipndm_v and from the best "
+                    "built-in sampler's own steps on the calibration noise, and keeps the "
+                    "better; a named one: that solver only."),
         "history": lambda: io.Int.Input(
             "history", default=d["history"], min=1, max=4,
             tooltip="Previous step directions each step's correction may combine."),

@@ -69,9 +69,14 @@ def field_fit():
 def test_the_winner_is_the_best_candidate_on_the_heldout_noise(field_fit):
     _, _, calibration = field_fit
     candidates = calibration.report["candidates"]
-    unchanged = [label for label in candidates if "calibrated" not in label]
-    assert len(unchanged) == 1 and not unchanged[0].startswith("lml("), candidates
-    assert sum(label.startswith("calibrated lml(") for label in candidates) == 1
+    pairs = [label for label in candidates if not label.startswith(("calibrated", "lml("))
+             and "calibrated sigmas" not in label]
+    assert len(pairs) == 1 and " + " in pairs[0], candidates
+    # Below 6 steps both LML fits (from an LML base, from a built-in's steps) finish: each
+    # is a candidate, fitted ("calibrated ...") or, with no held-out gain, its start.
+    fitted = calibration.report["fitted_from"]["lml"]
+    assert len(fitted) == 2 and sum(label.removeprefix("calibrated ") in fitted
+                                    for label in candidates) == 2
     assert sum("calibrated sigmas" in label for label in candidates) == 1  # sigma_fits
     chosen = calibration.report["chosen"]
     score = candidates[chosen]["heldout_score"]
