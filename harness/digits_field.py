@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -479,9 +480,9 @@ def markdown(result, command="python -m harness.digits_field") -> str:
         "# LML Calibrate against the whole field on the digits checkpoint",
         "",
         f"`.host/venv/bin/python -m {command.removeprefix('python -m ')}` "
-        f"(harness/digits_field.py), ComfyUI {s['comfyui']} in-process on the CPU, one torch "
-        f"thread; the run took {result['seconds'] / 60:.1f} min of wall time on a 2-core "
-        "machine shared with other jobs (pessimistic)."
+        f"(harness/digits_field.py), ComfyUI {s['comfyui']} in-process on the CPU, "
+        f"{torch_threads(command)} torch thread(s); the run took {result['seconds'] / 60:.1f} "
+        "min of wall time on a 2-core machine that may have been shared with other jobs."
         + ("" if result.get("complete") else " **Incomplete run: only the step counts below "
            "were measured.**"),
         "",
@@ -581,6 +582,12 @@ def write(result, out: Path, command: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result, command))
+
+
+def torch_threads(command: str) -> int:
+    """The --threads of a recorded command line (default 1)."""
+    found = re.search(r"--threads[ =](\d+)", command)
+    return int(found.group(1)) if found else 1
 
 
 def main(argv=None) -> int:
