@@ -274,15 +274,16 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     setup.say("starts on the fitting noise (RMS): " + ", ".join(
         f"{label} {rms(errors[label]):.4g}" for label in ranked[:6]))
 
-    # 2. The candidates: the LML fit from the best LML start, timestep-only fits of the best
-    # samplers (each from its best schedule), and the best pair unchanged.
+    # 2. The candidates: the LML fits, timestep-only fits of the best samplers (each from its
+    # best schedule), and the best pair unchanged.  The LML fit runs from the best start of
+    # each LML kind, an LML base and a built-in's own steps (the best start is not always the
+    # best end: a fit is local).
     candidates = {}
-    # The LML fit from the best start of each kind: an LML base, and a built-in's own steps
-    # (the best start is not always the best end: a fit is local).
-    lml_starts = [label for label in ranked if label.startswith("lml(")]
-    fitted_lml = [next(iter(label for label in lml_starts if (starts[label].start is None)
-                        == base), None) for base in (True, False)]
-    fitted_lml = [label for label in fitted_lml if label is not None]
+    fitted_lml = []
+    for kind in ("lml", "lml from a built-in"):
+        best = next((label for label in ranked if start_kind(starts[label]) == kind), None)
+        if best is not None:
+            fitted_lml.append(best)
     for label, run in raced(setup, starts, errors, fitted_lml):
         result = fitted(setup, f"calibrated {label}", label, starts[label], errors[label], run)
         candidates[result["label"]] = result
