@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
+from lml_core.field import lml_start_name
 
 from . import field, report
 from .common import initial_noise, median_error, rms
@@ -110,10 +111,9 @@ def spread(values) -> dict:
 def lml_start(calibration) -> str:
     """The LML base a calibration started from, or the built-in whose steps it started from
     ("deis" for the start "lml(deis) + kl_optimal"); "" for a built-in sampler's calibration."""
-    start = calibration.report.get("start", "")
     if calibration.sampler != "lml":
         return ""
-    return start[4:start.index(")")] if start.startswith("lml(") else calibration.base
+    return lml_start_name(calibration.report.get("start", "")) or calibration.base
 
 
 def seed_row(problem, nfe, seed, calibration, memory, sampler_host, x) -> dict:

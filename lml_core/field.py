@@ -70,6 +70,12 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool) 
     return errors
 
 
+def lml_start_name(label: str) -> str | None:
+    """The base or built-in an LML start's label names ("deis" for "lml(deis) + kl_optimal";
+    calibrate labels its starts so), None for any other label (a built-in pair's)."""
+    return label[4:label.index(")")] if label.startswith("lml(") and ")" in label else None
+
+
 def start_kind(fit) -> str:
     """"lml" (an LML base), "lml from a built-in" (the LML sampler on a built-in's steps) or
     "built-in" (a sampler as it is)."""

@@ -100,7 +100,6 @@ class Fit:
             return None
         return sig, coefficients
 
-
     def calibration(self, theta, fitted_on, report) -> Calibration:
         sig, coefficients = self.plan(theta)
         if self.start is not None:  # euler's coefficient is 1: the rest is the correction

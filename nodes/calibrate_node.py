@@ -37,6 +37,7 @@ from ..lml_core import (
 )
 from ..lml_core.calibration import calibration_list, step_counts
 from ..lml_core.calibration_text import MAX_SET
+from ..lml_core.field import lml_start_name
 from . import calibration_cache
 from .bridge import (
     auto_batch_size,
@@ -241,9 +242,9 @@ def calibration_report(calibration: Calibration, scheduler: str, cfg: float,
     heldout = r["heldout_rms"]
     starts = r["heldout_rms_bases"]
     best_name = min(starts, key=starts.get)
-    start = r.get("start", "").removeprefix("lml(").split(")")[0]
+    start = lml_start_name(r.get("start", ""))
     runs = (f"{calibration.sampler} on its own timesteps" if calibration.sampler != "lml"
-            else f"LML on {calibration.base}" if start in ("", calibration.base)
+            else f"LML on {calibration.base}" if start in (None, calibration.base)
             else f"LML from {start}'s steps, saved as {calibration.base} + corrections")
     lines = [
         f"LML Calibrate: {fit['steps']} steps ({scheduler}, sigma {fit['sigma_max']:.4g} -> "

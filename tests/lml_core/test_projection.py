@@ -154,3 +154,11 @@ def test_below_six_steps_both_lml_fits_finish():
     calibrate(model, x, karras_sigmas(5).double(), log=logs.append, iterations=5,
               samplers={"dpmpp_2m": plain_dpmpp_2m}, reference_steps=8, race=2)
     assert not any(text.startswith("LML fits after") for text in logs)
+
+
+def test_lml_start_name_reads_the_fields_start_labels():
+    from lml_core.field import lml_start_name
+
+    assert lml_start_name("lml(deis) + kl_optimal") == "deis"
+    assert lml_start_name("lml(ipndm_v) + given") == "ipndm_v"
+    assert lml_start_name("uni_pc + karras") is None and lml_start_name("") is None
