@@ -17,7 +17,7 @@ import torch
 from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
-from .field import measured_starts, planned_evaluations, start_kind
+from .field import measured_starts, planned_evaluations, start_kind, twin_starts
 from .levenberg import fitted, levenberg_marquardt, raced, rms, scores
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
 from .projection import BuiltinSteps
@@ -79,6 +79,7 @@ class Setup:
         self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
         self.typical = None  # the robust scale: the best start's typical error
         self.memo = {}  # errors(): {(fit, part, theta): per-sample final errors}
+        self.losses = {}  # {id(fit): {theta: fitting objective}}: a fit's run goes on cheaply
 
     def checked_schedules(self, schedules) -> dict:
         """{name: sigmas} of ``schedules`` that have N steps and start where ``sigmas`` does
@@ -140,7 +141,8 @@ class Setup:
             float(opts["regularization"]), self.eps,
             int(opts["iterations"]) if iterations is None else iterations,
             int(opts["patience"]), self.say, int(opts["jacobian_rows"]),
-            float(opts["tolerance"]), theta0, first)
+            float(opts["tolerance"]), theta0, first,
+            self.losses.setdefault(id(fit), {}))
 
     def report(self, chosen: dict, candidates: dict, starts: dict, test_starts: dict) -> dict:
         """The report of the chosen candidate among ``candidates`` ({label: scores}), with
@@ -261,7 +263,11 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     setup.planned = planned_evaluations(setup, n_lml, len(starts) - n_lml, move,
                                         min(len(samplers), sigma_fits), len(kinds),
                                         sum(k.startswith("lml") for k in kinds))
-    errors = measured_starts(setup, starts, steps, one_call)
+    twins = twin_starts(starts, model)
+    if twins:
+        setup.say(f"{len(twins)} LML starts are built-in pairs' own samplers (run once): "
+                  + ", ".join(f"{k} = {v}" for k, v in twins.items()))
+    errors = measured_starts(setup, starts, steps, one_call, twins)
     if not errors:
         raise ValueError("calibrate: no sampler could run on the calibration noise")
     for label, e in errors.items():  # the finalists ran on all the fitting noise: reused

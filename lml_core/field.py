@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 
 from .objective import Fit, robust_loss
+from .projection import identified, linear_map, same_map
+from .sigma_fit import SigmaFit
 
 
 def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
@@ -50,11 +52,43 @@ def screening_stages(screen: int, rows: int, keep: int) -> list:
             (screen, rows, None)]
 
 
-def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool) -> dict:
-    """{label: per-sample final error on ``x``} of every start that runs there (a built-in
-    that fails, or makes more than one model call per step where ``one_call``, is left out)."""
-    errors = {}
+def twin_starts(starts: dict, model) -> dict:
+    """{LML start: built-in pair} where the two are one sampler: the same linear map of the
+    noise and the model's outputs (lml_core.projection.linear_map) on the same schedule, as
+    LML's euler and ipndm_v bases and its starts from deis's or lms's own steps are; the
+    field runs the pair only and gives its twin the same errors."""
+    maps, twins = {}, {}
+    zero = {label: torch.zeros(fit.size, dtype=torch.float64) for label, fit in starts.items()}
     for label, fit in starts.items():
+        if isinstance(fit, SigmaFit):  # None for one of more calls a step (no twin)
+            maps[label] = identified(fit.sampler, model, fit.sigmas)
+    for label, fit in starts.items():
+        if not isinstance(fit, Fit):
+            continue
+        schedule = label.split(" + ", 1)[1]
+        pairs = [k for k in maps if k.split(" + ", 1)[1] == schedule and maps[k] is not None]
+        if not pairs:
+            continue
+        plan = fit.plan(zero[label])
+        lml_map = linear_map(lambda probe, x, fit=fit, plan=plan: fit.rollout(
+            plan, x, denoise=probe)[0], plan[0])
+        twin = next((k for k in pairs if same_map(lml_map, maps[k])), None)
+        if twin is not None:
+            twins[label] = twin
+    return twins
+
+
+def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool,
+                 twins=None) -> dict:
+    """{label: per-sample final error on ``x``} of every start that runs there (a built-in
+    that fails, or makes more than one model call per step where ``one_call``, is left out;
+    a start whose twin (``twin_starts``) ran gets its errors)."""
+    errors, twins = {}, twins or {}
+    for label in sorted(starts, key=lambda label: label in twins):  # the twins last
+        fit = starts[label]
+        if twins.get(label) in errors:
+            errors[label] = errors[twins[label]]
+            continue
         before = setup.counted.rows
         try:
             errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), x,
@@ -93,7 +127,7 @@ def best_of_each_kind(errors: dict, keep: int, kind) -> list:
     return [label for k in kinds for label in [r for r in ranked if kind(r) == k][:keep]]
 
 
-def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
+def measured_starts(setup, starts: dict, steps: int, one_call: bool, twins=None) -> dict:
     """{label: per-sample error on the fitting noise} of the starts worth fitting, by
     successive halving over ``screen_rows`` fitting noises (``screening_stages``; kinds: LML
     start, built-in pair): a start far behind on a few noises is not worth the rest."""
@@ -103,7 +137,8 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool) -> dict:
         if last > first:
             part = slice(first, last)
             more = start_errors(setup, {label: starts[label] for label in alive},
-                                setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call)
+                                setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call,
+                                twins)
             errors = {label: more[label] if label not in errors else torch.cat(
                 [errors[label], more[label]]) for label in alive if label in more}
         if not errors:

@@ -25,7 +25,7 @@ def jacobian_rows_at(iteration: int, rows: int, count: int):
 
 def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
                         iterations, patience, say, jacobian_rows=0, tolerance=0.0,
-                        theta0=None, first=0):
+                        theta0=None, first=0, losses=None):
     """Levenberg-Marquardt on ``fit``'s objective (relative to the base's) + ``regularization
     * |theta|^2`` from theta = 0; ``heldout(theta)`` scores each accepted iterate and the best
     one is returned, with the number of accepted steps and the trace of (objective, held-out)
@@ -37,9 +37,19 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     of ``jacobian_rows`` rows.  The fit has converged, and stops, after two accepted steps in a
     row that each lower the objective by less than ``tolerance`` (relative).  ``theta0``,
     ``first``: go on from an earlier run's theta, as its iteration ``first`` (the ratios stay
-    relative to theta = 0)."""
+    relative to theta = 0).  ``losses``: {theta's bytes: the fitting objective there}, kept
+    by the caller across runs of the same fit and rows, so a run that goes on from another's
+    theta does not roll out the base and that theta again."""
+    losses = {} if losses is None else losses
+
+    def loss_at(theta, plan):
+        key = (theta.double() + 0.0).cpu().numpy().tobytes()  # -0.0 as 0.0
+        if key not in losses:
+            losses[key] = fit.loss(plan, x, reference)
+        return losses[key]
+
     theta = torch.zeros(fit.size, dtype=torch.float64)
-    base_objective = fit.loss(fit.plan(theta), x, reference)
+    base_objective = loss_at(theta, fit.plan(theta))
     rows = x.numel()
     scale = max(base_objective, 1e-300) * rows
 
@@ -50,7 +60,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     current = base_objective
     if theta0 is not None:
         theta = theta0.clone()
-        current = fit.loss(fit.plan(theta), x, reference)
+        current = loss_at(theta, fit.plan(theta))
     best_val, best_theta = heldout(theta), theta.clone()
     mu, stale, accepted, trace = 1e-2, 0, 0, []
     flat = 0  # accepted steps in a row that lowered the objective by less than tolerance
@@ -77,7 +87,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
             if plan is None:
                 mu *= 4
                 continue
-            value = fit.loss(plan, x, reference)
+            value = loss_at(theta + delta, plan)
             before = objective(current, theta)
             after = objective(value, theta + delta)
             if after < before:

@@ -111,13 +111,14 @@ class Fit:
         return Calibration(base=self.base, sigmas=sig, corrections=corrections,
                            fitted_on=fitted_on, report=report)
 
-    def rollout(self, plan, x, start=0, history=(), states=()):
+    def rollout(self, plan, x, start=0, history=(), states=(), denoise=None):
         """(the final sample, the states x_1..x_{N-1}) of ``plan`` from ``x`` at step ``start``
-        (``history``, ``states``: the directions and states before it)."""
+        (``history``, ``states``: the directions and states before it; ``denoise``: another
+        model than the fit's, a probe)."""
         sig, coefficients = plan
         states, final = list(states), x
         for i, _x, _denoised, _history, final in multistep_run(
-                self.denoise, x, sig, coefficients, self.keep, start, history):
+                denoise or self.denoise, x, sig, coefficients, self.keep, start, history):
             if i < self.steps - 1:
                 states.append(final)
         return final, states

@@ -32,32 +32,66 @@ class ProbeModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def __call__(self, x, sigma, **_extra_args):
+    def __call__(self, x, sigma, outputs=None, **_extra_args):
         out = torch.zeros_like(x)
         k = len(self.calls)
-        self.calls.append((float(sigma.reshape(-1)[0]), x[0].to(torch.float64).clone()))
-        if k + 1 < x.shape[1]:
+        self.calls.append((float(torch.as_tensor(sigma).reshape(-1)[0]),
+                           x[0].to(torch.float64).clone()))
+        if self.outputs is not None:
+            out[:] = self.outputs[min(k, len(self.outputs) - 1)]
+        elif k + 1 < x.shape[1]:
             out[:, k + 1] = 1.0
         return out
 
+    outputs = None  # in place of the unit vectors: these rows in turn (a linearity check)
 
-def identified(sampler, model, sigmas: list[float]):
-    """(states at each model call, final sample) of ``sampler`` on ``sigmas`` as coefficient
-    vectors over (x_0, D_0 .. D_{N-1}); None unless it calls the model exactly once at each
-    of the schedule's nonzero sigmas and returns finite values."""
+
+def linear_map(run, sigmas: list[float]):
+    """(states at each model call, final sample) of ``run(probe, x)`` (a sampler run on
+    ``sigmas`` with ``probe`` as its model) as coefficient vectors over (x_0, D_0 .. D_{N-1});
+    None unless it calls the model exactly once at each of the schedule's nonzero sigmas,
+    returns finite values and is linear (a run on random x_0 and outputs is what the
+    coefficients predict)."""
     steps = len(sigmas) - 1
-    probe = ProbeModel(model)
     x = torch.zeros(1, steps + 1, dtype=torch.float32)
     x[0, 0] = 1.0
+    probes = [ProbeModel(None), ProbeModel(None)]
+    generator = torch.Generator().manual_seed(0)
+    x_random = torch.randn(1, steps + 1, generator=generator)
+    probes[1].outputs = torch.randn(steps, steps + 1, generator=generator)
     try:
-        final = sampler(probe, x, torch.tensor(sigmas, dtype=torch.float32), extra_args={},
-                        disable=True)
-    except Exception:  # a host sampler that cannot run on the probe: not projected
+        final = run(probes[0], x)
+        final_random = run(probes[1], x_random)
+    except Exception:  # a sampler that cannot run on the probe: no map
         return None
-    if len(probe.calls) != steps or not torch.isfinite(final).all() or not all(
-            math.isclose(s, want, rel_tol=1e-5) for (s, _), want in zip(probe.calls, sigmas)):
+    calls = probes[0].calls
+    if len(calls) != steps or not torch.isfinite(final).all() or not all(
+            math.isclose(s, want, rel_tol=1e-5) for (s, _), want in zip(calls, sigmas)):
         return None
-    return [state for _, state in probe.calls], final[0].to(torch.float64)
+    final = final[0].to(torch.float64)
+    basis = torch.cat([x_random, probes[1].outputs]).to(torch.float64)  # x_0, D_0 .. D_{N-1}
+    if not torch.allclose(final @ basis, final_random[0].to(torch.float64), rtol=1e-4,
+                          atol=1e-4 * float(basis.abs().max())):
+        return None
+    return [state for _, state in calls], final
+
+
+def identified(sampler, model, sigmas: list[float]):
+    """``linear_map`` of the k-diffusion ``sampler`` on ``sigmas`` (its probe passes every
+    other attribute to ``model``: host samplers read ``model.inner_model...``)."""
+    def run(probe, x):
+        probe._model = model
+        return sampler(probe, x, torch.tensor(sigmas, dtype=torch.float32), extra_args={},
+                       disable=True)
+    return linear_map(run, sigmas)
+
+
+def same_map(a, b, tolerance=1e-5) -> bool:
+    """Whether two ``linear_map`` results are the same sampler (to float32 rounding)."""
+    if a is None or b is None or len(a[0]) != len(b[0]):
+        return False
+    return all(torch.allclose(u, v, rtol=0, atol=tolerance * max(1.0, float(v.abs().max())))
+               for u, v in zip([*a[0], a[1]], [*b[0], b[1]]))
 
 
 def projected(states, final, sigmas: list[float], history: int) -> list[list[float]]:

@@ -1,0 +1,43 @@
+"""The Levenberg-Marquardt loop (lml_core.levenberg): a run that goes on from an earlier one's
+theta gives the same iterates with or without the earlier run's losses, and with them rolls
+out neither the base nor that theta again."""
+
+import torch
+
+from lml_core.levenberg import levenberg_marquardt
+from lml_core.objective import Fit
+from lml_core.reference import Evaluator, Reference, reference_grid
+
+from exact_model import MixtureDenoiser, karras_sigmas
+
+
+def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
+    model = MixtureDenoiser(dim=6, components=3, seed=2)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
+    denoise = Evaluator(model, {}, torch.float64)
+    floor = sigmas[-2] / 2  # the last nonzero sigma may move either way
+    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False))
+    fit_part, val_part = slice(0, 8), slice(8, 12)
+    x_fit, ref_fit = x[fit_part], reference.subset(fit_part, own_scale=True)
+    x_val, ref_val = x[val_part], reference.subset(val_part, own_scale=True)
+    fit = Fit(denoise, sigmas, "euler", 2, True, False, floor, 1.0)
+
+    def heldout(theta):
+        return fit.loss(fit.plan(theta), x_val, ref_val)
+
+    def run(iterations, theta0=None, first=0, losses=None):
+        before = denoise.rows
+        result = levenberg_marquardt(fit, x_fit, ref_fit, heldout, 1e-3, 1e-4, iterations,
+                                     10, lambda text: None, 4, 0.0, theta0, first,
+                                     losses)
+        return result, denoise.rows - before
+
+    losses = {}
+    (theta, _, done, _), _ = run(2, losses=losses)
+    assert done == 2 and theta.abs().sum() > 0
+    (fresh, _, _, _), cost_fresh = run(2, theta, done)
+    (kept, _, _, _), cost_kept = run(2, theta, done, losses)
+    assert torch.equal(fresh, kept)
+    # Without the losses the base and theta are rolled out again on the fitting rows.
+    assert cost_fresh - cost_kept == 2 * x_fit.shape[0] * (len(sigmas) - 1)
