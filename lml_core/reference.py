@@ -48,12 +48,13 @@ class Evaluator:
 
 def reference_grid(sigma_start: float, floor: float, steps: int, flow: bool) -> list[float]:
     """Sigmas uniform in log-SNR from ``sigma_start`` to ``floor`` (a flow start at sigma ~1,
-    where log-SNR is infinite, first takes 4 steps uniform in sigma down to 1 - 1e-3)."""
+    where log-SNR is infinite, first takes one step down to 1 - 1e-3: the final sample moves
+    by ~1e-7 RMS against four steps there, on the digits network and mix64d)."""
     lead = []
     hi = sigma_start
     if flow and sigma_start > 1 - 1e-3:
         hi = 1 - 1e-3
-        lead = [sigma_start + (hi - sigma_start) * k / 4 for k in range(4)]
+        lead = [sigma_start]
     t0, t1 = half_log_snr(hi, flow), half_log_snr(floor, flow)
     return lead + [sigma_of(t0 + (t1 - t0) * k / steps, flow) for k in range(steps + 1)]
 

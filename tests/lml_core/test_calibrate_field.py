@@ -238,3 +238,25 @@ def test_the_field_is_ranked_on_screen_rows_and_the_finalists_finish():
     assert pairs(screened) == pairs(whole) and len(pairs(whole)) == 1
     # one finalist of each kind: LML base, LML on a built-in's steps, built-in
     assert len(screened.report["heldout_rms_bases"]) == 3
+
+
+def test_an_lml_start_that_is_a_pairs_own_sampler_is_not_run_twice():
+    """lml(euler) and the euler pair are one sampler: the field runs it once (one rollout of
+    the fitting noise fewer than beside a sampler that differs from euler by 1e-3) and both
+    starts get the same errors."""
+    def slow_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return plain_euler(model, x, sigmas) * (1 + 1e-3)
+
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas, x = karras_sigmas(4).double(), noise(16, 6)
+    opts = {"iterations": 0, "reference_steps": 8, "base": "euler", "screen_rows": 0,
+            "test": 0.25, "heldout": 0.25}
+    costs, logs = {}, {}
+    for name, sampler in (("euler", plain_euler), ("slow", slow_euler)):
+        logs[name] = []
+        calibration = calibrate(model, x, sigmas, samplers={name: sampler},
+                                log=logs[name].append, **opts)
+        costs[name] = calibration.report["model_evaluations"]
+    assert costs["slow"] - costs["euler"] == 8 * 4  # the fitting rows x the steps
+    assert any("lml(euler) + given = euler + given" in text for text in logs["euler"])
+    assert not any("own samplers" in text for text in logs["slow"])

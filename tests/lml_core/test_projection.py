@@ -162,3 +162,41 @@ def test_lml_start_name_reads_the_fields_start_labels():
     assert lml_start_name("lml(deis) + kl_optimal") == "deis"
     assert lml_start_name("lml(ipndm_v) + given") == "ipndm_v"
     assert lml_start_name("uni_pc + karras") is None and lml_start_name("") is None
+
+
+def clamped_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Euler on the model's output clamped to [-1, 1]: on the unit-vector probe it is euler,
+    elsewhere it is not linear in the outputs."""
+    return plain_euler(lambda x, sigma: model(x, sigma).clamp(-1, 1), x, sigmas)
+
+
+def test_a_sampler_that_is_not_linear_in_the_outputs_has_no_map():
+    sigmas = [float(s) for s in karras_sigmas(5)]
+    assert identified(plain_euler, None, sigmas) is not None
+    assert identified(clamped_euler, None, sigmas) is None
+
+
+def test_twins_are_the_lml_starts_whose_map_is_a_pairs_own():
+    """lml(euler) is the euler pair on the same schedule; not on another one, and neither
+    the approximately projected dpmpp_2m nor a sampler off euler by 1e-3 is anyone's twin."""
+    from lml_core.field import twin_starts
+    from lml_core.objective import Fit
+    from lml_core.sigma_fit import SigmaFit
+
+    def slow_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return plain_euler(model, x, sigmas) * (1 + 1e-3)
+
+    karras = karras_sigmas(5).double().tolist()
+    other = list(karras)
+    other[2] *= 1.1
+    starts = {}
+    for schedule, sigmas in (("karras", karras), ("other", other)):
+        for base in ("euler", "ipndm"):
+            starts[f"lml({base}) + {schedule}"] = Fit(None, sigmas, base, 3, True, False, 0.002)
+    for name, sampler in (("euler", plain_euler), ("dpmpp_2m", plain_dpmpp_2m),
+                          ("slow", slow_euler)):
+        starts[f"{name} + karras"] = SigmaFit(sampler, None, karras, False, 0.002)
+    steps = BuiltinSteps(plain_dpmpp_2m, None, 3)
+    starts["lml(dpmpp_2m) + karras"] = Fit(None, karras, "euler", 3, True, False, 0.002,
+                                           start=steps)
+    assert twin_starts(starts, None) == {"lml(euler) + karras": "euler + karras"}
