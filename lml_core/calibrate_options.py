@@ -22,7 +22,7 @@ CALIBRATE_DEFAULTS = {
     "jacobian_rows": 4,        # fitting noises each Jacobian is taken on (rotating); 0: all
     "screen_rows": 8,          # fitting noises the field is ranked on (halved midway); 0: all
     "finalists": 4,            # starts of each kind (LML, built-in) kept after that ranking
-    "patience": 3,             # accepted steps without a held-out gain before stopping
+    "patience": 4,             # accepted steps without a held-out gain before stopping
     "tolerance": 3e-3,         # converged after 2 steps in a row that gain less (relative)
     "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
