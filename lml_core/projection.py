@@ -25,14 +25,15 @@ class ProbeModel:
     (D_k), and records the state and sigma it was given.  Every other attribute is the model's
     own (host samplers read ``model.inner_model...``)."""
 
-    def __init__(self, model):
+    def __init__(self, model, outputs=None):
         self._model = model
         self.calls = []
+        self.outputs = outputs  # in place of the unit vectors: these rows in turn
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def __call__(self, x, sigma, outputs=None, **_extra_args):
+    def __call__(self, x, sigma, **_extra_args):
         out = torch.zeros_like(x)
         k = len(self.calls)
         self.calls.append((float(torch.as_tensor(sigma).reshape(-1)[0]),
@@ -42,8 +43,6 @@ class ProbeModel:
         elif k + 1 < x.shape[1]:
             out[:, k + 1] = 1.0
         return out
-
-    outputs = None  # in place of the unit vectors: these rows in turn (a linearity check)
 
 
 def linear_map(run, sigmas: list[float]):
@@ -55,10 +54,10 @@ def linear_map(run, sigmas: list[float]):
     steps = len(sigmas) - 1
     x = torch.zeros(1, steps + 1, dtype=torch.float32)
     x[0, 0] = 1.0
-    probes = [ProbeModel(None), ProbeModel(None)]
     generator = torch.Generator().manual_seed(0)
     x_random = torch.randn(1, steps + 1, generator=generator)
-    probes[1].outputs = torch.randn(steps, steps + 1, generator=generator)
+    probes = [ProbeModel(None), ProbeModel(None, torch.randn(steps, steps + 1,
+                                                            generator=generator))]
     try:
         final = run(probes[0], x)
         final_random = run(probes[1], x_random)
