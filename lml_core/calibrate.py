@@ -18,7 +18,7 @@ from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
 from .field import measured_starts, planned_evaluations, start_kind, twin_starts
-from .levenberg import fitted, levenberg_marquardt, raced, rms, scores
+from .levenberg import fitted, levenberg_marquardt, raced, rms, scores, theta_key
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
 from .projection import BuiltinSteps
 from .reference import Evaluator, Reference, reference_floor, reference_grid
@@ -27,7 +27,7 @@ from .sigma_fit import CountedModel, SigmaFit
 
 
 def memo_key(fit, theta, part: str):
-    return id(fit), part, (theta.double() + 0.0).cpu().numpy().tobytes()  # -0.0 as 0.0
+    return id(fit), part, theta_key(theta)
 
 
 class Setup:

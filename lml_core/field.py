@@ -56,24 +56,26 @@ def screening_stages(screen: int, rows: int, keep: int) -> list:
 def twin_starts(starts: dict, model) -> dict:
     """{LML start: built-in pair} where the two are one sampler: the same linear map of the
     noise and the model's outputs (lml_core.projection.linear_map) on the same schedule, as
-    LML's euler and ipndm_v bases and its starts from deis's or lms's own steps are; the
-    field runs the pair only and gives its twin the same errors."""
-    maps, twins = {}, {}
-    zero = {label: torch.zeros(fit.size, dtype=torch.float64) for label, fit in starts.items()}
+    LML's euler, ipndm and ipndm_v bases and its starts from deis's or gradient_estimation's
+    own steps are; the field runs the pair only and gives its twin the same errors."""
+    lml = {label: fit for label, fit in starts.items() if isinstance(fit, Fit)}
+    if not lml:
+        return {}
+    pairs = {}  # schedule: [(pair, its map)] (a sampler of more calls a step has no map)
     for label, fit in starts.items():
-        if isinstance(fit, SigmaFit):  # None for one of more calls a step (no twin)
-            maps[label] = identified(fit.sampler, model, fit.sigmas)
-    for label, fit in starts.items():
-        if not isinstance(fit, Fit):
+        if isinstance(fit, SigmaFit):
+            found = identified(fit.sampler, model, fit.sigmas)
+            if found is not None:
+                pairs.setdefault(label.split(" + ", 1)[1], []).append((label, found))
+    twins = {}
+    for label, fit in lml.items():
+        candidates = pairs.get(label.split(" + ", 1)[1], [])
+        if not candidates:
             continue
-        schedule = label.split(" + ", 1)[1]
-        pairs = [k for k in maps if k.split(" + ", 1)[1] == schedule and maps[k] is not None]
-        if not pairs:
-            continue
-        plan = fit.plan(zero[label])
+        plan = fit.plan(torch.zeros(fit.size, dtype=torch.float64))
         lml_map = linear_map(lambda probe, x, fit=fit, plan=plan: fit.rollout(
             plan, x, denoise=probe)[0], plan[0])
-        twin = next((k for k in pairs if same_map(lml_map, maps[k])), None)
+        twin = next((pair for pair, found in candidates if same_map(lml_map, found)), None)
         if twin is not None:
             twins[label] = twin
     return twins

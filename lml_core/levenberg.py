@@ -15,6 +15,11 @@ def rms(errors) -> float:
     return float(errors.pow(2).mean().sqrt())
 
 
+def theta_key(theta) -> bytes:
+    """``theta`` as a dictionary key: its float64 bytes, -0.0 as 0.0."""
+    return (theta.double() + 0.0).cpu().numpy().tobytes()
+
+
 def jacobian_rows_at(iteration: int, rows: int, count: int):
     """The fitting rows iteration ``iteration``'s Jacobian is taken on: ``count`` of the
     ``rows``, the next ones in turn each iteration (all of them when count is 0 or >= rows)."""
@@ -43,7 +48,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     losses = {} if losses is None else losses
 
     def loss_at(theta, plan):
-        key = (theta.double() + 0.0).cpu().numpy().tobytes()  # -0.0 as 0.0
+        key = theta_key(theta)
         if key not in losses:
             losses[key] = fit.loss(plan, x, reference)
         return losses[key]

@@ -60,12 +60,12 @@ def linear_map(run, sigmas: list[float]):
                                                             generator=generator))]
     try:
         final = run(probes[0], x)
+        calls = probes[0].calls
+        if len(calls) != steps or not torch.isfinite(final).all() or not all(
+                math.isclose(s, want, rel_tol=1e-5) for (s, _), want in zip(calls, sigmas)):
+            return None
         final_random = run(probes[1], x_random)
     except Exception:  # a sampler that cannot run on the probe: no map
-        return None
-    calls = probes[0].calls
-    if len(calls) != steps or not torch.isfinite(final).all() or not all(
-            math.isclose(s, want, rel_tol=1e-5) for (s, _), want in zip(calls, sigmas)):
         return None
     final = final[0].to(torch.float64)
     basis = torch.cat([x_random, probes[1].outputs]).to(torch.float64)  # x_0, D_0 .. D_{N-1}
