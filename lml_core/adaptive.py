@@ -24,7 +24,7 @@ Rank r > 1: the same target, ``lam`` found by bisection on ``log lam`` in the (r
 Gram space (the rotation angle decreases monotonically as ``lam`` grows), 48 halvings.
 
 Guards (``lam = inf``, i.e. the plain solver's direction): no history, ``omega = 0``, an angle
-below 1e-6 rad, a reversal (``<g, h_1> <= 0``: the angle between the current and the most recent
+below 1e-4 rad, a reversal (``<g, h_1> <= 0``: the angle between the current and the most recent
 direction is 90 degrees or more).  When the target rotation cannot be reached (it can be at
 most the full projection out of the history span), ``lam`` is clamped to ``1e-6 mean |v|^2``.
 """
@@ -37,7 +37,11 @@ import torch
 
 from .gram import history_angle, output_cosine
 
-_MIN_ANGLE = 1e-6
+# Below 1e-4 rad the angle is the Gram space's rounding, not geometry: with g in the span of
+# the history (theta = 0) history_angle's Tikhonov term and arccos near 1 give 1e-6-1e-5 rad,
+# different at another scale of the same vectors.  A rotation of omega * 1e-4 rad is nothing
+# a sampler can see.
+_MIN_ANGLE = 1e-4
 _MIN_RELATIVE_LAM = 1e-6
 _BISECTION_STEPS = 48
 

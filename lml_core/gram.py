@@ -49,12 +49,16 @@ def history_angle(gram: torch.Tensor) -> torch.Tensor:
     g_sq = gram[:, 0, 0]
     g_h = gram[:, 1:, 0:1]
     h_h = gram[:, 1:, 1:]
-    # A tiny Tikhonov term keeps rank-deficient histories solvable; solve_ex avoids the host
-    # synchronisation that pinv/eigh error checks would cost on a GPU.
-    trace = torch.diagonal(h_h, dim1=1, dim2=2).sum(dim=1)
+    # The history columns scaled to unit norm (Jacobi), so a tiny Tikhonov term keeps a
+    # rank-deficient history solvable without biasing a short vector's share of the projection
+    # by the longest one's trace (that bias read as a 1e-4 rad angle for g inside the span);
+    # solve_ex avoids the host synchronisation that pinv/eigh error checks would cost on a GPU.
+    diag = torch.diagonal(h_h, dim1=1, dim2=2)
+    scale = torch.where(diag > 0, diag.clamp(min=1e-300).rsqrt(), torch.ones_like(diag))
+    h_h = h_h * scale[:, :, None] * scale[:, None, :]
+    g_h = g_h * scale[:, :, None]
     eye = torch.eye(h_h.shape[1], dtype=h_h.dtype, device=h_h.device)
-    reg = h_h + (1e-13 * trace + 1e-300)[:, None, None] * eye
-    coef, _ = torch.linalg.solve_ex(reg, g_h)
+    coef, _ = torch.linalg.solve_ex(h_h + 1e-13 * eye, g_h)
     proj_sq = (g_h.transpose(1, 2) @ coef)[:, 0, 0]
     cos = (proj_sq.clamp(min=0) / g_sq).sqrt().clamp(max=1.0)
     return torch.arccos(cos)

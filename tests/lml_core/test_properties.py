@@ -91,8 +91,13 @@ def test_kappa_zero_is_identity(problem, damping, mode):
 def test_relative_damping_is_scale_invariant(problem, damping, kappa, log_c, mode, renormalize):
     g, history = problem
     c = 10.0**log_c
-    out = lm_precondition(g, history, damping=damping, kappa=kappa, damping_mode=mode,
-                          renormalize=renormalize)
+    out, info = lm_precondition(g, history, damping=damping, kappa=kappa, damping_mode=mode,
+                                renormalize=renormalize, return_info=True)
     scaled = lm_precondition(c * g, [c * h for h in history], damping=damping, kappa=kappa,
                              damping_mode=mode, renormalize=renormalize)
-    assert (relative_norm_error(scaled, c * out) < 1e-7).all()
+    # Exact in exact arithmetic; in float64 the Gram-space solve rounds like 1e-14 times its
+    # condition |G| / lam, which is large only where the columns v nearly cancel (kappa h ~
+    # -(1 - kappa) g makes mean |v|^2, and so a relative lam, tiny against |g|^2 + |h|^2).
+    basis_sq = sum(x.flatten(1).pow(2).sum(1) for x in [g, *history])
+    conditioning = 1e-14 * basis_sq / info["lam"]
+    assert (relative_norm_error(scaled, c * out) < 1e-7 + conditioning).all()
