@@ -35,6 +35,8 @@ from types import SimpleNamespace
 
 import torch
 
+from lml_core.reference import Reference
+
 from .rss import MB, PeakRSS
 
 GB = 2**30
@@ -115,9 +117,11 @@ class References:
 
 
 def expected_reference_bytes(samples, numel, reference_steps, element=4) -> int:
-    """The Reference's states and slopes at its grid's reference_steps + 1 nodes and its
-    final sample, for ``samples`` noises of ``numel`` values (VE: no flow lead-in)."""
-    return (2 * (reference_steps + 1) + 1) * samples * numel * element
+    """The Reference's states and slopes at the nodes it keeps (every KEEP_EVERY-th of its
+    grid's reference_steps + 1, and the last) and its final sample, for ``samples`` noises of
+    ``numel`` values (VE: no flow lead-in)."""
+    kept = len({*range(0, reference_steps + 1, Reference.KEEP_EVERY), reference_steps})
+    return (2 * kept + 1) * samples * numel * element
 
 
 def case_field(case, steps):

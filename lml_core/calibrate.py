@@ -73,10 +73,11 @@ class Setup:
         self.floor = reference_floor(model, self.schedules.values(), opts["reference_floor"])
         grid = reference_grid(self.sigmas[0], self.floor, int(opts["reference_steps"]),
                               self.flow)
-        reference = (references or Reference)(self.denoise, x, grid)  # calibrate_steps' cache
+        # references: calibrate_steps' cache of the reference of each noise
+        reference = (references or Reference)(self.denoise, x, grid, self.flow)
         self.ref_fit, self.ref_val, self.ref_test = (reference.subset(p, own_scale=True)
                                                      for p in parts)
-        self.say(f"reference: {opts['reference_steps']} RK4 steps to sigma {self.floor:.4g}")
+        self.say(f"reference: {opts['reference_steps']} multistep steps to sigma {self.floor:.4g}")
         self.typical = None  # the robust scale: the best start's typical error
         self.memo = {}  # errors(): {(fit, part, theta): per-sample final errors}
         self.losses = {}  # {id(fit): {theta: fitting objective}}: a fit's run goes on cheaply
@@ -167,7 +168,7 @@ class Setup:
             "iterations": chosen["iterations"], "trace": chosen["trace"],
             "model_calls": self.denoise.calls, "model_evaluations": self.evaluations(),
             "seconds": round(time.perf_counter() - self.started, 3),
-            "reference": {"rk4_steps": int(opts["reference_steps"]), "floor": self.floor},
+            "reference": {"steps": int(opts["reference_steps"]), "floor": self.floor},
             "options": {k: v for k, v in opts.items() if k != "batch_size"},
             "schedules_left_out": self.left_out,
             "calibrated": chosen["label"] != chosen["start"],
@@ -213,7 +214,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
       kind (LML, built-in) on all;
     - regularization: weight of |theta|^2 that pulls the fit toward the start;
     - trajectory: weight of the states on the way in the objective (0: final sample only);
-    - reference_steps, reference_floor: the RK4 reference (to the model's sigma_min by default);
+    - reference_steps, reference_floor: the multistep reference (to the model's sigma_min by
+      default);
     - fd_step: the finite-difference step (default: by model_dtype, the precision the model
       computes in, which may be lower than the noise's); batch_size: rows per model call;
     - sigma_fits: how many of ``samplers`` get timestep-only fits;

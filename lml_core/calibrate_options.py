@@ -26,7 +26,7 @@ CALIBRATE_DEFAULTS = {
     "tolerance": 3e-3,         # converged after 2 steps in a row that gain less (relative)
     "regularization": 1e-3,    # weight of |theta|^2 (pull toward the base)
     "trajectory": 1.0,         # weight of the states on the way in the objective
-    "reference_steps": 32,     # RK4 steps of the converged reference (4 model calls each)
+    "reference_steps": 64,     # steps of the converged reference (one model call each)
     "reference_floor": None,   # sigma where the reference stops before denoising; None: auto
     "fd_step": None,           # finite-difference step; None: by model_dtype (FD_STEPS)
     "model_dtype": None,       # the precision the model computes in; None: the noise's dtype

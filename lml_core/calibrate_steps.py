@@ -26,27 +26,28 @@ PER_STEPS = ("schedules", "samplers", "sampler_schedules")
 
 
 class SharedReferences:
-    """calibrate's ``references``: ``Reference(denoise, x, grid)`` computed once per noise
+    """calibrate's ``references``: ``Reference(denoise, x, grid, flow)`` computed once per noise
     ``x`` and ``grid`` (the same values: compared, not assumed) and handed out as copies, so
     that each fit's robust ``weights`` stay its own.  Valid for one model and its extra_args:
     one calibrate_steps call's.  ``shared_from``: the labels of the fits whose references the
     current one reused."""
 
     def __init__(self):
-        self.built = []  # (label, x, grid, Reference)
+        self.built = []  # (label, x, grid, flow, Reference)
         self.label = None  # the fit being run (its step count)
         self.shared_from = set()
         self.computed = 0
 
-    def __call__(self, denoise, x, grid) -> Reference:
+    def __call__(self, denoise, x, grid, flow=False) -> Reference:
         grid = [float(s) for s in grid]
-        for label, known, known_grid, reference in self.built:
-            if (known_grid == grid and known.shape == x.shape and known.dtype == x.dtype
-                    and known.device == x.device and torch.equal(known, x)):
+        for label, known, known_grid, known_flow, reference in self.built:
+            if (known_grid == grid and known_flow == flow and known.shape == x.shape
+                    and known.dtype == x.dtype and known.device == x.device
+                    and torch.equal(known, x)):
                 self.shared_from.add(label)
                 return self.copy(reference)
-        reference = Reference(denoise, x, grid)
-        self.built.append((self.label, x, grid, reference))
+        reference = Reference(denoise, x, grid, flow)
+        self.built.append((self.label, x, grid, flow, reference))
         self.computed += 1
         return self.copy(reference)
 

@@ -36,7 +36,7 @@ def planned_evaluations(setup, n_lml, n_builtin, move_timesteps, sigma_fits, kin
     lml = (steps + size * steps // 2) * jac + judged if n_lml else 0
     timesteps = sigma_fits * ((steps - 1) * steps * jac + judged)
     lead = 1 if setup.flow else 0  # the reference's first step of a flow start (sigma ~1)
-    return ((4 * (int(opts["reference_steps"]) + lead) + 1) * total + field
+    return ((int(opts["reference_steps"]) + lead + 1) * total + field
             + int(opts["iterations"]) * (lml_fits * lml + timesteps) + 8 * steps * total)
 
 

@@ -140,7 +140,7 @@ def calibration_inputs(names=NODE_OPTIONS) -> list[io.Input]:
                     "only; keeps the fit from compositions that drift)."),
         "reference_steps": lambda: io.Int.Input(
             "reference_steps", default=d["reference_steps"], min=4, max=1000,
-            tooltip="RK4 steps of the converged reference (4 model calls each)."),
+            tooltip="Steps of the converged reference (one model call each)."),
     }
     return [advanced(inputs[name]()) for name in names]
 

@@ -13,6 +13,8 @@
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
+#   bash scripts/bench.sh reference  # the calibration's reference against a 256-step solution,
+#                                    # per model call -> docs/bench/reference.md (~3 min)
 #   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
 #                                    # by side -> docs/bench/options.md (~15 min for two sets;
 #                                    # --name NAME: docs/bench/NAME.md)
@@ -33,6 +35,7 @@ case "${1:-}" in
   memory) module=bench.memory; shift ;;
   transfer) module=bench.transfer; shift ;;
   precision) module=bench.precision; shift ;;
+  reference) module=bench.reference; shift ;;
   options) module=bench.options; shift ;;
   *) module=bench ;;
 esac

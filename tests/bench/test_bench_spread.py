@@ -13,6 +13,7 @@ import torch
 
 from bench import calibrated, memory
 from bench.rss import MB, PeakRSS
+from lml_core import CALIBRATE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,7 +196,8 @@ def test_memory_bench_end_to_end_on_a_tiny_latent(tmp_path):
                            "--iterations", "1"])
     (r,) = results
     assert r["shape"] == [2, 8, 8] and r["repeats"] == 1 and len(r["runs"]) == 1
-    assert r["reference_bytes"] == memory.expected_reference_bytes(6, 128, 32)
+    assert r["reference_bytes"] == memory.expected_reference_bytes(
+        6, 128, CALIBRATE_DEFAULTS["reference_steps"])
     saved = json.loads((tmp_path / "memory.json").read_text())
     assert saved["results"][0]["evaluations"] == r["evaluations"] > 0
     assert "| default | 1 x 0 |" in (tmp_path / "memory.md").read_text()

@@ -78,6 +78,34 @@ def test_reference_is_converged_and_interpolates_its_trajectory():
     assert rms(coarse.at(between), fine.at(between)) < 1e-3 * float(fine.at(between).std())
 
 
+@pytest.mark.parametrize("flow", [False, True])
+def test_reference_converges_to_the_exact_gaussian_solution_at_fourth_order(flow):
+    """For data N(mu, s^2 I) the probability-flow ODE is solved exactly: the noise keeps its
+    quantile, x(sigma) = alpha mu + (x_0 - alpha_0 mu) sqrt((alpha^2 s^2 + sigma^2) /
+    (alpha_0^2 s^2 + sigma_0^2)).  The reference's error falls like the fourth power of its
+    step (the flow's first, first-order step from sigma 1 included)."""
+    model = MixtureDenoiser(dim=DIM, components=1, flow=flow, seed=3)
+    mu, var = model.mixture.means[0], float(model.mixture.variances[0, 0])
+    start, floor = (1.0, 0.002) if flow else (80.0, 0.002)
+    x = noise(5, 4, scale=start)
+
+    def alpha(sigma):
+        return 1.0 - sigma if flow else 1.0
+
+    def spread(sigma):
+        return math.sqrt(alpha(sigma) ** 2 * var + sigma**2)
+
+    exact = alpha(floor) * mu + (x - alpha(start) * mu) * spread(floor) / spread(start)
+    exact_final = model(exact, torch.full((5,), floor, dtype=torch.float64))
+    errors = []
+    for steps in (16, 32, 64):
+        reference = Reference(Evaluator(model, {}, torch.float64), x,
+                              reference_grid(start, floor, steps, flow), flow)
+        errors.append(rms(reference.final, exact_final))
+    assert errors[1] < errors[0] / 10 and errors[2] < errors[1] / 10, errors
+    assert errors[2] < 1e-5 * float(exact_final.std()), errors  # 2e-6 VE, 6e-6 flow
+
+
 def test_forked_jacobian_equals_direct_finite_differences():
     """The Jacobian's columns come from rollouts forked mid-trajectory; they equal whole
     rollouts with the parameter moved."""

@@ -132,10 +132,11 @@ def test_model_dtype_sets_the_default_fd_step(model):
 
 
 def test_reference_steps_sets_the_reference_cost(model):
-    """Each RK4 step is 4 model calls per noise: 8 more steps, 32 more evaluations per noise."""
+    """Each reference step is one model call per noise: 8 more steps, 8 more evaluations per
+    noise (12 noises)."""
     a = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=8)
     b = calibrate(model, noise(), SIGMAS, iterations=0, reference_steps=16)
-    assert b.report["model_evaluations"] - a.report["model_evaluations"] == 32 * 12
+    assert b.report["model_evaluations"] - a.report["model_evaluations"] == 8 * 12
 
 
 def test_test_share_sets_the_noise_that_only_scores(model):
@@ -260,7 +261,7 @@ def test_each_rollout_is_run_once_for_the_fit_the_choice_and_the_report(model):
     n, steps, ref = 16, 3, 8  # 8 fitting, 4 selection, 4 test noises
     calibration = calibrate(model, noise(n), SIGMAS, iterations=0, reference_steps=ref)
     assert calibration.report["samples"] == {"fit": 8, "heldout": 4, "test": 4}
-    reference = (4 * ref + 1) * n
+    reference = (ref + 1) * n  # a model call a step and the denoising call
     field = 3 * 8 * steps
     base_objective = 8 * steps
     selection_and_test = 3 * (4 + 4) * steps

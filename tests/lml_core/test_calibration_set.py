@@ -184,9 +184,9 @@ def test_calibrate_steps_fits_each_step_count_as_calibrate_with_one_reference():
         assert calibration.corrections == expected.corrections
         assert calibration.fitted_on == expected.fitted_on
         assert calibration.report["heldout_rms"] == expected.report["heldout_rms"]
-    # The reference (RK4: 4 calls a step and the denoising call, on all the noise at once) is
+    # The reference (a call a step and the denoising call, on all the noise at once) is
     # computed once: the second fit makes that many calls fewer.
-    reference_calls = 4 * SMALL["reference_steps"] + 1
+    reference_calls = SMALL["reference_steps"] + 1
     assert calls_both == calls_alone[2] + calls_alone[3] - reference_calls
     first, second = both
     assert "reference_shared_from" not in first.report

@@ -111,14 +111,18 @@ def _load_template(page, name):
 def _run(page, server, node_id, run):
     """Press Run; wait for the prompt to finish on the server, the chart of run ``run`` and
     this run's output image in the page."""
-    before = set(server.get_json("/history"))
-    page.locator("[data-testid=queue-button]").first.click()
+    # The prompt is the one this click queued (the id in the answer to the page's POST
+    # /prompt), with nothing else queued: a prompt another test left running once finished
+    # in between, and its image, not this run's, was taken for this run's.
     deadline = time.monotonic() + 180
-    while not set(server.get_json("/history")) - before:
-        assert time.monotonic() < deadline, "the run did not finish"
+    while (queue := server.get_json("/queue"))["queue_running"] or queue["queue_pending"]:
+        assert time.monotonic() < deadline, f"the queue never drained: {queue}"
         time.sleep(0.3)
-    (prompt_id,) = set(server.get_json("/history")) - before
-    entry = server.wait(prompt_id)
+    with page.expect_response(lambda r: r.url.endswith("/prompt")
+                              and r.request.method == "POST", timeout=30_000) as answer:
+        page.locator("[data-testid=queue-button]").first.click()
+    prompt_id = answer.value.json()["prompt_id"]
+    entry = server.wait(prompt_id, timeout=180)
     images = comfy_host.output_files(entry)
     assert len(images) == 1, (f"run {run}: {len(images)} output images, not 1: outputs "
                               f"{entry.get('outputs')}, graph "
