@@ -254,12 +254,14 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
                 function, setup.counted, own, setup.flow, setup.floor, setup.extra_args,
                 move, opts["batch_size"])
             # The LML fit may also start from this pair's own steps (where they are N).
+            # Not where its steps are no LML plan: not identified, or corrections past
+            # MAX_CORRECTION (lms over linear_quadratic's first tiny steps at history 4).
             if projected_starts and name not in bases and len(own) == steps + 1:
-                steps_of = BuiltinSteps(function, model, int(opts["history"]))
-                if steps_of(own) is not None:
-                    starts[f"lml({name}) + {schedule}"] = Fit(
-                        setup.denoise, own, "euler", int(opts["history"]), move, setup.flow,
-                        setup.floor, float(opts["trajectory"]), start=steps_of)
+                fit = Fit(setup.denoise, own, "euler", int(opts["history"]), move, setup.flow,
+                          setup.floor, float(opts["trajectory"]),
+                          start=BuiltinSteps(function, model, int(opts["history"])))
+                if fit.plan(torch.zeros(fit.size, dtype=torch.float64)) is not None:
+                    starts[f"lml({name}) + {schedule}"] = fit
     n_lml = sum(isinstance(fit, Fit) for fit in starts.values())
     kinds = {start_kind(fit) for fit in starts.values()}
     setup.planned = planned_evaluations(setup, n_lml, len(starts) - n_lml, move,

@@ -260,3 +260,26 @@ def test_an_lml_start_that_is_a_pairs_own_sampler_is_not_run_twice():
     assert costs["slow"] - costs["euler"] == 8 * 4  # the fitting rows x the steps
     assert any("lml(euler) + given = euler + given" in text for text in logs["euler"])
     assert not any("own samplers" in text for text in logs["slow"])
+
+
+def test_a_builtin_whose_steps_need_corrections_past_the_limit_is_no_lml_start():
+    """A one-call linear sampler that extrapolates with weight 2000, as lms does over
+    linear_quadratic's first tiny steps: its steps as an LML start would need corrections past
+    MAX_CORRECTION (a calibration could not save them), so it is no LML start; it still runs
+    as itself.  (Such a start once stopped the whole calibration with a TypeError.)"""
+    def wild(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in, old = x.new_ones([x.shape[0]]), None
+        for i in range(len(sigmas) - 1):
+            d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+            step = d if old is None else d + 2000 * (d - old)
+            x, old = x + step * (sigmas[i + 1] - sigmas[i]), d
+        return x
+
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    said = []
+    calibration = calibrate(model, noise(8, 1), karras_sigmas(3).double(),
+                            samplers={"wild": wild, "euler": plain_euler}, iterations=0,
+                            reference_steps=8, screen_rows=0, log=said.append)
+    assert calibration.report["chosen"]
+    assert any("wild + given" in line for line in said)
+    assert not any("lml(wild)" in line for line in said)
