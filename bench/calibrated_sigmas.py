@@ -164,12 +164,13 @@ def summary_lines(points) -> list[str]:
     return lines
 
 
-def write_markdown(out: Path, points, meta):
+def write_markdown(out: Path, points, meta, name="calibrated_sigmas"):
     lines = [
         "# Calibrated sigmas against each sampler's best scheduler",
         "",
         "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
-        f"`lml_core.calibrate_sigmas` on {CALIBRATION_SAMPLES} float32 noises of its own, "
+        f"`lml_core.calibrate_sigmas` on {meta.get('calibration_samples', CALIBRATION_SAMPLES)} "
+        "float32 noises of its own, "
         "started from the sampler's best scheduler on that noise; scored on the benchmark's "
         "noise, which neither fitted nor chose anything, against the same sampler on every "
         "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
@@ -186,7 +187,7 @@ def write_markdown(out: Path, points, meta):
                      f"{p['metric']} | {p['best_scheduler']} | {p['best']:.4f} | "
                      f"{p['calibrated']:.4f} | {p['ratio']:.3f} | {p['chosen']} | "
                      f"{p['cost']['seconds']:.1f}, {p['cost']['evaluations']} |")
-    (out / "calibrated_sigmas.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def parse(argv):
@@ -200,8 +201,12 @@ def parse(argv):
     parser.add_argument("--samplers", nargs="*", default=[*SAMPLERS, *STOCHASTIC])
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
+                        help="noises each calibration fits, selects and tests on")
+    parser.add_argument("--name", default="calibrated_sigmas",
+                        help="writes OUT/NAME.md and NAME.json")
     parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite calibrated_sigmas.md from calibrated_sigmas.json in --out")
+                        help="rewrite OUT/NAME.md from OUT/NAME.json")
     return parser.parse_args(argv)
 
 
@@ -209,8 +214,8 @@ def main(argv=None):
     args = parse(argv)
     out = prepare(args)
     if args.markdown_only:
-        data = json.loads((out / "calibrated_sigmas.json").read_text())
-        return write_markdown(out, data["points"], data["meta"])
+        data = json.loads((out / f"{args.name}.json").read_text())
+        return write_markdown(out, data["points"], data["meta"], args.name)
     started = time.time()
     problems = benchmark_problems(args.data, args.cfg, args.samples, args.ref_steps, log)
     points = []
@@ -218,7 +223,7 @@ def main(argv=None):
         problem.start_sigma = float(field.host_sigmas("euler", "karras", problem.flow, 4)[0])
         generator = torch.Generator().manual_seed(CALIBRATION_SEED)
         noise = initial_noise(problem.kind, torch.randn(
-            CALIBRATION_SAMPLES, problem.x_start[0].numel(), dtype=torch.float64,
+            args.calibration_samples, problem.x_start[0].numel(), dtype=torch.float64,
             generator=generator)).to(torch.float32)
         for name in args.samplers:
             if is_stochastic(name) and problem.distribution_metrics is None:
@@ -230,11 +235,12 @@ def main(argv=None):
                     f"({p['calibrated']:.4f} vs {p['best_scheduler']} {p['best']:.4f}; "
                     f"{p['chosen']})")
     meta = {"samples": args.samples, "nfes": args.nfes, "threads": args.threads,
-            "calibration_samples": CALIBRATION_SAMPLES, "wall_seconds": time.time() - started}
-    (out / "calibrated_sigmas.json").write_text(json.dumps({"meta": meta, "points": points},
-                                                           indent=1))
-    write_markdown(out, points, meta)
-    log(f"done in {time.time() - started:.0f}s; wrote {out / 'calibrated_sigmas.md'}")
+            "calibration_samples": args.calibration_samples,
+            "wall_seconds": time.time() - started}
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "points": points},
+                                                      indent=1))
+    write_markdown(out, points, meta, args.name)
+    log(f"done in {time.time() - started:.0f}s; wrote {out / f'{args.name}.md'}")
     return points
 
 
