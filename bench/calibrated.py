@@ -78,9 +78,14 @@ def calibration_field(problem, nfe):
             schedules[scheduler] = sigmas
     samplers = {name: field.host_function(name) for name in field.DETERMINISTIC}
     steps = {name: steps_for_nfe(name, nfe) for name in samplers}
-    own = {name: {s: field.host_sigmas(name, s, problem.flow, steps[name]).to(torch.float32)
-                  for s in schedules}
-           for name in samplers if field.discards_penultimate(name) or steps[name] != nfe}
+    own = {}
+    for name in samplers:
+        if field.discards_penultimate(name) or steps[name] != nfe:
+            own[name] = {}
+            for s in schedules:  # as LML Calibrate: a schedule with no sigmas at these steps
+                sigmas = field.host_sigmas(name, s, problem.flow, steps[name]).to(torch.float32)
+                if torch.isfinite(sigmas).all() and (sigmas[:-1] > sigmas[1:]).all():
+                    own[name][s] = sigmas  # (kl_optimal's [nan, 0] at 1 step) is left out
     return schedules, samplers, own
 
 

@@ -90,7 +90,7 @@ class Setup:
             return {"given": self.sigmas}
         out = {}
         for name, values in schedules.items():
-            values = checked_schedule(values)
+            values = checked_schedule(values, f"schedules[{name!r}]")
             if len(values) != len(self.sigmas):
                 self.left_out[name] = f"{len(values) - 1} steps, not {self.steps}"
             elif not math.isclose(values[0], self.sigmas[0], rel_tol=1e-4):
@@ -104,7 +104,7 @@ class Setup:
 
     def checked_own(self, sampler, schedule, values) -> list[float]:
         """A sampler's own sigmas: from the noise's sigma, at most N steps (fewer: more calls)."""
-        values = checked_schedule(values)
+        values = checked_schedule(values, f"sampler_schedules[{sampler!r}][{schedule!r}]")
         if len(values) > len(self.sigmas) or not math.isclose(values[0], self.sigmas[0],
                                                                rel_tol=1e-4):
             raise ValueError(f"calibrate: sampler_schedules[{sampler!r}][{schedule!r}] must "

@@ -80,9 +80,11 @@ def fit_options(options: dict) -> dict:
     return opts
 
 
-def checked_schedule(sigmas) -> list[float]:
+def checked_schedule(sigmas, name="sigmas") -> list[float]:
+    """``sigmas`` as floats, or a ValueError naming the input (``name``) that does not decrease
+    strictly to 0."""
     values = [float(s) for s in (sigmas.tolist() if torch.is_tensor(sigmas) else sigmas)]
     if len(values) < 2 or values[-1] != 0 or not all(math.isfinite(s) for s in values) or any(
             a <= b for a, b in zip(values[:-1], values[1:])):
-        raise ValueError(f"calibrate: sigmas must decrease strictly to 0, got {values}")
+        raise ValueError(f"calibrate: {name} must decrease strictly to 0, got {values}")
     return values

@@ -151,6 +151,15 @@ def test_schedules_are_checked():
         calibrate(model, noise(4, 1), sigmas, schedules={"low": karras_sigmas(3) * 0.1})
     with pytest.raises(ValueError, match="sampler_name"):
         calibrate_sigmas(model, noise(4, 1), sigmas, lambda *a, **k: a[1])
+    # A bad schedule is named: kl_optimal gives [nan, 0] at 1 step, which a caller computing a
+    # sampler's own (fewer) steps may pass on.
+    with pytest.raises(ValueError, match=r"calibrate: schedules\['bad'\] must decrease"):
+        calibrate(model, noise(4, 1), sigmas, schedules={"bad": [80.0, float("nan"), 0.0]})
+    with pytest.raises(ValueError, match=r"sampler_schedules\['euler'\]\['karras'\] must "
+                                         r"decrease strictly to 0, got \[nan, 0.0\]"):
+        calibrate(model, noise(4, 1), sigmas, schedules={"karras": sigmas},
+                  samplers={"euler": plain_euler},
+                  sampler_schedules={"euler": {"karras": [float("nan"), 0.0]}})
 
 
 @pytest.mark.parametrize("count", [0, 2])
