@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
+from lml_core.calibrate_options import checked_schedule
 from lml_core.field import lml_start_name
 
 from . import field, report
@@ -82,10 +83,13 @@ def calibration_field(problem, nfe):
     for name in samplers:
         if field.discards_penultimate(name) or steps[name] != nfe:
             own[name] = {}
-            for s in schedules:  # as LML Calibrate: a schedule with no sigmas at these steps
+            for s in schedules:
                 sigmas = field.host_sigmas(name, s, problem.flow, steps[name]).to(torch.float32)
-                if torch.isfinite(sigmas).all() and (sigmas[:-1] > sigmas[1:]).all():
-                    own[name][s] = sigmas  # (kl_optimal's [nan, 0] at 1 step) is left out
+                try:
+                    checked_schedule(sigmas, s)
+                except ValueError:  # as LML Calibrate: no sigmas at these steps (kl_optimal's
+                    continue  # [nan, 0] at 1 step), so this schedule is left out
+                own[name][s] = sigmas
     return schedules, samplers, own
 
 

@@ -169,8 +169,8 @@ def write_markdown(out: Path, points, meta, name="calibrated_sigmas"):
         "# Calibrated sigmas against each sampler's best scheduler",
         "",
         "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
-        f"`lml_core.calibrate_sigmas` on {meta.get('calibration_samples', CALIBRATION_SAMPLES)} "
-        "float32 noises of its own, "
+        f"`lml_core.calibrate_sigmas` on {meta['calibration_samples']} float32 noises of its "
+        "own, "
         "started from the sampler's best scheduler on that noise; scored on the benchmark's "
         "noise, which neither fitted nor chose anything, against the same sampler on every "
         "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "

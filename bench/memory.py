@@ -117,10 +117,10 @@ class References:
 
 
 def expected_reference_bytes(samples, numel, reference_steps, element=4) -> int:
-    """The Reference's states and slopes at the nodes it keeps (every KEEP_EVERY-th of its
-    grid's reference_steps + 1, and the last) and its final sample, for ``samples`` noises of
+    """The Reference's states and slopes at the nodes it keeps (Reference.kept_nodes of its
+    grid's reference_steps + 1) and its final sample, for ``samples`` noises of
     ``numel`` values (VE: no flow lead-in)."""
-    kept = len({*range(0, reference_steps + 1, Reference.KEEP_EVERY), reference_steps})
+    kept = len(Reference.kept_nodes(reference_steps + 1))
     return (2 * kept + 1) * samples * numel * element
 
 

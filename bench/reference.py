@@ -31,6 +31,7 @@ from lml_core.sampling import to_d
 
 from . import calibrated as cal
 from . import field
+from .common import rk4
 from .digits import CFGDigitsModel, load_or_train
 from .exact import EXACT_DATASETS, MixtureModel
 from .suite import SCHEDULES
@@ -43,14 +44,7 @@ MULTISTEP_STEPS = (64, 80, 96)
 def rk4_final(denoise, x, grid):
     """The final sample of classic RK4 of dx/dsigma = (x - D) / sigma over ``grid``, then the
     denoising step (the calibration's reference before the multistep one)."""
-    for s0, s1 in zip(grid[:-1], grid[1:]):
-        h = s1 - s0
-        k1 = to_d(x, s0, denoise(x, s0))
-        k2 = to_d(x + 0.5 * h * k1, s0 + 0.5 * h, denoise(x + 0.5 * h * k1, s0 + 0.5 * h))
-        k3 = to_d(x + 0.5 * h * k2, s0 + 0.5 * h, denoise(x + 0.5 * h * k2, s0 + 0.5 * h))
-        k4 = to_d(x + h * k3, s1, denoise(x + h * k3, s1))
-        x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-    return denoise(x, grid[-1])
+    return denoise(rk4(lambda x, s: to_d(x, s, denoise(x, s)), x, grid), grid[-1])
 
 
 def problems(log):

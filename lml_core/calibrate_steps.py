@@ -38,7 +38,7 @@ class SharedReferences:
         self.shared_from = set()
         self.computed = 0
 
-    def __call__(self, denoise, x, grid, flow=False) -> Reference:
+    def __call__(self, denoise, x, grid, flow) -> Reference:
         grid = [float(s) for s in grid]
         for label, known, known_grid, known_flow, reference in self.built:
             if (known_grid == grid and known_flow == flow and known.shape == x.shape

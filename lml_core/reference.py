@@ -104,13 +104,17 @@ class Reference:
     ORDER = 4
     KEEP_EVERY = 2  # nodes kept for at(): every other one, and the last
 
-    def __init__(self, denoise, x, grid: list[float], flow: bool = False):
+    @classmethod
+    def kept_nodes(cls, count: int) -> list[int]:
+        """The indices of the ``count`` grid nodes whose states and slopes are kept: at(sigma)
+        between every other node, 2 x 0.17 in log-SNR at 64 steps from sigma 80 to 0.002, is
+        as close to the trajectory as the old 32-step RK4 grid's 0.33, and holds 33 states
+        and slopes, not 65 (at SDXL size, 32 noises: 0.55 GB)."""
+        return sorted({*range(0, count, cls.KEEP_EVERY), count - 1})
+
+    def __init__(self, denoise, x, grid: list[float], flow: bool):
         lam = [half_log_snr(s, flow) for s in grid]
-        alpha = [1.0 - s if flow else 1.0 for s in grid]
-        # The kept nodes: at(sigma) between every other node, 2 x 0.17 in log-SNR at 64 steps
-        # from sigma 80 to 0.002, is as close to the trajectory as the old 32-step RK4 grid's
-        # 0.33, and holds 33 states and slopes, not 65 (at SDXL size, 32 noises: 0.55 GB).
-        kept = sorted({*range(0, len(grid), self.KEEP_EVERY), len(grid) - 1})
+        kept = self.kept_nodes(len(grid))
         self.grid = [grid[n] for n in kept]
         self.states, self.slopes = [], []
         history = []  # (lambda, D) of the last nodes, newest last
@@ -121,9 +125,10 @@ class Reference:
                 self.states.append(x)
                 self.slopes.append(to_d(x, s0, denoised))
             if math.isinf(lam[n]):
-                # sigma 1 of a flow: x_1 = alpha_1 D0 + sigma_1 x_0 (first-order step; the one
-                # model call there has no log-SNR to serve as a polynomial node)
-                predicted = alpha[n + 1] * denoised + s1 * x
+                # sigma 1 of a flow: x_1 = alpha_1 D0 + sigma_1 x_0, alpha = 1 - sigma
+                # (first-order step; the one model call there has no log-SNR to serve as a
+                # polynomial node)
+                predicted = (1.0 - s1) * denoised + s1 * x
             else:
                 history = (history + [(lam[n], denoised)])[-self.ORDER:]
                 predicted = self.advance(x, s0, s1, lam[n], lam[n + 1], history)

@@ -68,8 +68,8 @@ def test_reference_is_converged_and_interpolates_its_trajectory():
     model = MixtureDenoiser(dim=DIM, components=3, seed=1)
     x = noise(6, 2)
     evaluator = Evaluator(model, {}, torch.float64)
-    fine = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False))
-    coarse = Reference(evaluator, x, reference_grid(80.0, 0.002, 32, False))
+    fine = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False), False)
+    coarse = Reference(evaluator, x, reference_grid(80.0, 0.002, 32, False), False)
     assert rms(coarse.final, fine.final) < 1e-3 * float(fine.final.std())
     # At a node the trajectory is the stored state; between nodes it matches a finer solve.
     node = fine.grid[10]
@@ -113,7 +113,7 @@ def test_forked_jacobian_equals_direct_finite_differences():
     x = noise(4, 3)
     evaluator = Evaluator(model, {}, torch.float64)
     sigmas = karras_sigmas(5).double().tolist()
-    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 16, False))
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 16, False), False)
     # The floor below the schedule's end, so that every timestep (the last too) moves freely.
     fit = Fit(evaluator, sigmas, "ipndm_v", 3, True, False, 0.001, trajectory=1.0)
     generator = torch.Generator().manual_seed(0)
@@ -135,7 +135,7 @@ def test_calibration_beats_its_base_on_fresh_noise(fitted):
     assert calibration.report["heldout_rms"] < calibration.report["heldout_rms_base"]
     x = noise(200, 99)
     evaluator = Evaluator(model, {}, torch.float64)
-    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False)).final
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 64, False), False).final
     base = zero_calibration(calibration.base, sigmas)
     base_error = rms(sample_lml_calibrated(model, x, sigmas, calibration=base), reference)
     calibrated_error = rms(sample_lml_calibrated(model, x, sigmas, calibration=calibration),
@@ -164,7 +164,7 @@ def test_test_noise_chooses_nothing_and_scores_the_result(fitted):
     assert again.sigmas == calibration.sigmas and again.corrections == calibration.corrections
     assert again.report["test_rms"] != calibration.report["test_rms"]
     grid = reference_grid(float(sigmas[0]), 0.002, CALIBRATE_DEFAULTS["reference_steps"], False)
-    reference = Reference(Evaluator(model, {}, torch.float64), x, grid).final[24:]
+    reference = Reference(Evaluator(model, {}, torch.float64), x, grid, False).final[24:]
     out = sample_lml_calibrated(model, x[24:], sigmas, calibration=again)
     errors = (out - reference).pow(2).mean(1).sqrt()
     assert math.isclose(again.report["test_rms"], float(errors.pow(2).mean().sqrt()),

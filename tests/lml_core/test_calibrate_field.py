@@ -49,7 +49,7 @@ SAMPLERS = {"euler": plain_euler, "dpmpp_2m": plain_dpmpp_2m, "heun": plain_heun
 
 def reference(model, x, floor=0.002):
     return Reference(Evaluator(model, {}, torch.float64), x,
-                     reference_grid(80.0, floor, 64, False)).final
+                     reference_grid(80.0, floor, 64, False), False).final
 
 
 def rms(a, b):

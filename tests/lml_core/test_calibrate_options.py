@@ -73,7 +73,7 @@ def test_regularization_pulls_toward_the_base(model):
 def test_trajectory_zero_fits_the_final_sample_only(model):
     evaluator = Evaluator(model, {}, torch.float64)
     x = noise(4)
-    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 8, False))
+    reference = Reference(evaluator, x, reference_grid(80.0, 0.002, 8, False), False)
     sigmas = SIGMAS.tolist()
     rows = x.numel()
     final_only = Fit(evaluator, sigmas, "ipndm", 3, True, False, 0.002, trajectory=0.0)

@@ -210,16 +210,19 @@ def test_shared_references_recompute_for_another_grid_or_noise():
         return model(x, sigma * x.new_ones([x.shape[0]]))
 
     grid = [80.0, 10.0, 1.0, 0.1]
-    first = references(denoise, x, grid)
+    first = references(denoise, x, grid, False)
     calls = model.calls
-    again = references(denoise, x.clone(), grid)  # equal values: shared
+    again = references(denoise, x.clone(), grid, False)  # equal values: shared
     assert model.calls == calls and references.computed == 1
     assert again is not first and again.states is first.states and again.weights is None
     first.weights = torch.ones(4)  # one fit's weights never reach another's copy
-    assert references(denoise, x, grid).weights is None
-    references(denoise, x + 1, grid)
-    references(denoise, x, [80.0, 10.0, 1.0, 0.2])
+    assert references(denoise, x, grid, False).weights is None
+    references(denoise, x + 1, grid, False)
+    references(denoise, x, [80.0, 10.0, 1.0, 0.2], False)
     assert references.computed == 3
+    references(denoise, x, [0.9, 0.5, 0.1], False)
+    references(denoise, x, [0.9, 0.5, 0.1], True)  # the same grid as a flow's: another ODE
+    assert references.computed == 5
 
 
 @pytest.mark.parametrize("sigmas_by_steps, extra, message", [

@@ -17,7 +17,7 @@ def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
     x = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
     denoise = Evaluator(model, {}, torch.float64)
     floor = sigmas[-2] / 2  # the last nonzero sigma may move either way
-    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False))
+    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
     fit_part, val_part = slice(0, 8), slice(8, 12)
     x_fit, ref_fit = x[fit_part], reference.subset(fit_part, own_scale=True)
     x_val, ref_val = x[val_part], reference.subset(val_part, own_scale=True)
