@@ -252,7 +252,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
             own = values if own is None else setup.checked_own(name, schedule, own)
             starts[f"{name} + {schedule}"] = SigmaFit(
                 function, setup.counted, own, setup.flow, setup.floor, setup.extra_args,
-                move, opts["batch_size"])
+                move, opts["batch_size"], float(opts["trajectory"]))
             # The LML fit may also start from this pair's own steps (where they are N).
             # Not where its steps are no LML plan: not identified, or corrections past
             # MAX_CORRECTION (lms over linear_quadratic's first tiny steps at history 4).
@@ -355,8 +355,8 @@ def calibrate_sigmas(model, noise, sigmas, sampler, extra_args=None, sampler_nam
     sigmas}), from the one it does best on; the fit competes with that schedule unchanged on
     the held-out noise.  The Calibration runs that sampler on its own ``sigmas``.
     ``sampler_name``: the host's name for it (default: the function's name less
-    ``sample_``).  Options as ``calibrate``'s (base, history, trajectory and sigma_fits do not
-    apply)."""
+    ``sample_``).  Options as ``calibrate``'s (base, history and sigma_fits do not apply;
+    trajectory weighs the states the sampler passes through, read off its model calls)."""
     name = sampler_name or getattr(sampler, "__name__", "").removeprefix("sample_")
     if not SAMPLER_NAME.fullmatch(name or ""):
         raise ValueError(f"calibrate_sigmas: give the sampler's name (sampler_name), got "

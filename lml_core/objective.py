@@ -39,6 +39,30 @@ def fd_step_for(model_dtype) -> float:
     return FD_STEPS.get(dtype, FD_STEPS[torch.bfloat16])  # other 8/16-bit types: the coarsest
 
 
+PROBE = 4096  # state coordinates per sample the trajectory term reads (a fixed subset)
+
+
+def state_residuals(states, sig, reference: Reference, trajectory: float, flow: bool) -> list:
+    """The trajectory term's residuals: each state x_n on the way (at the sampler's sigma
+    sig[n], n = 1..N-1) against the reference there, weighted by how much an error there moves
+    the final sample (data scale / sqrt(sigma^2 + alpha^2 scale^2)), all of them together
+    ``trajectory`` times the final sample's weight; [] at weight 0 or without states."""
+    if trajectory <= 0 or not states:
+        return []
+    rows, width = states[0].shape[0], states[0][0].numel()
+    probe = slice(None) if width <= PROBE else torch.linspace(
+        0, width - 1, PROBE, device=states[0].device).long()
+    share = math.sqrt(trajectory / len(states) * width / min(width, PROBE))
+    scale = reference.scale
+    parts = []
+    for n, state in enumerate(states, start=1):
+        alpha = 1 - sig[n] if flow else 1.0
+        weight = share * scale / math.sqrt(sig[n] ** 2 + (alpha * scale) ** 2)
+        diff = reference.weigh(state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
+        parts.append(weight * diff.reshape(-1).to(torch.float64))
+    return parts
+
+
 class Fit:
     """The parameter layout theta = (timestep shifts in log-SNR, then the corrections c_{i,j}
     step by step), rollouts of it, and the residual the fit minimises: the final sample's
@@ -48,8 +72,6 @@ class Fit:
     fit from steering off the trajectory early and back later: a noise near a decision
     boundary would not come back (a different mode), and the few fitting noises rarely show
     that."""
-
-    PROBE = 4096  # state coordinates per sample the trajectory term reads (a fixed subset)
 
     def __init__(self, denoise, sigmas, base, history, move_timesteps, flow, floor,
                  trajectory=0.0, start=None):
@@ -125,21 +147,8 @@ class Fit:
 
     def residual(self, outcome, sig, reference: Reference):
         final, states = outcome
-        parts = [reference.weigh(final - reference.final).reshape(-1).to(torch.float64)]
-        if self.trajectory > 0 and self.steps > 1:
-            rows = final.shape[0]
-            width = final[0].numel()
-            probe = slice(None) if width <= self.PROBE else torch.linspace(
-                0, width - 1, self.PROBE, device=final.device).long()
-            share = math.sqrt(self.trajectory / (self.steps - 1) * width
-                              / (width if width <= self.PROBE else self.PROBE))
-            scale = reference.scale
-            for n, state in enumerate(states, start=1):
-                alpha = 1 - sig[n] if self.flow else 1.0
-                weight = share * scale / math.sqrt(sig[n] ** 2 + (alpha * scale) ** 2)
-                diff = reference.weigh(state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
-                parts.append(weight * diff.reshape(-1).to(torch.float64))
-        return torch.cat(parts)
+        return torch.cat([reference.weigh(final - reference.final).reshape(-1).to(torch.float64),
+                          *state_residuals(states, sig, reference, self.trajectory, self.flow)])
 
     def loss(self, plan, x, reference) -> float:
         """The objective residual's mean square."""

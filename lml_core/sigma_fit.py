@@ -5,8 +5,10 @@ The sampler is a black box ``sampler(model, x, sigmas, extra_args=..., disable=T
 function such as ComfyUI's ``sample_dpmpp_2m``); the parameters are shifts in log-SNR of its
 timesteps s_1 .. s_{N-1} (s_0 and s_N = 0 fixed), each free to move either way while the
 schedule stays strictly decreasing and above the reference's floor (the model's sigma_min).
-The residual is the final sample's distance to the converged reference (the whole rollout);
-each Jacobian column is one more rollout, so an iteration costs N rollouts.
+The residual is the final sample's distance to the converged reference (the whole rollout)
+and, with weight ``trajectory``, the states on the way (as the LML fit's, lml_core.objective:
+the inputs of the sampler's model calls at its own sigmas); each Jacobian column is one more
+rollout, so an iteration costs N rollouts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .adaptive import half_log_snr
+from .objective import state_residuals
 from .reference import Reference, sigma_of
 
 
@@ -37,17 +40,51 @@ class CountedModel:
         return self._model(x, sigma, **extra_args).to(x.dtype)
 
 
-def run_sampler(sampler, model, x, sigmas: list[float], extra_args, batch_size=None):
+class StateRecorder:
+    """The sampler's model, keeping the state it is called at on each of ``nodes`` (the
+    schedule's sigmas between the first and the last): a sampler calls its model at every
+    sigma of its schedule but the last, on the state there (a sampler of two calls a step calls
+    it again at the next sigma on a predicted state; the later call, the step's state, wins)."""
+
+    def __init__(self, model, nodes):
+        self._model, self._nodes = model, list(nodes)
+        self.found = [None] * len(self._nodes)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, x, sigma, **extra_args):
+        value = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
+        for n, node in enumerate(self._nodes):
+            if abs(value - node) <= 1e-5 * node:
+                self.found[n] = x.clone()  # a sampler may update its state in place
+        return self._model(x, sigma, **extra_args)
+
+    def states(self, like):
+        """The states found, a zero state (no residual, no derivative) where none was."""
+        return [torch.zeros_like(like) if s is None else s.to(like.dtype) for s in self.found]
+
+
+def run_sampler(sampler, model, x, sigmas: list[float], extra_args, batch_size=None,
+                states=False):
     """The final sample of ``sampler`` on ``sigmas`` (a fresh tensor each run: some host
-    samplers edit their sigmas in place), in x's dtype, ``batch_size`` rows at a time."""
-    out = torch.cat([
-        sampler(model, part.clone(), torch.tensor(sigmas, dtype=x.dtype, device=x.device),
-                extra_args=dict(extra_args or {}), disable=True)
-        for part in ([x] if not batch_size else torch.split(x, batch_size))])
+    samplers edit their sigmas in place), in x's dtype, ``batch_size`` rows at a time; with
+    ``states``: (the final sample, [the state at each of sigmas[1:-1]])."""
+    finals, found = [], []
+    for part in ([x] if not batch_size else torch.split(x, batch_size)):
+        tensor = torch.tensor(sigmas, dtype=x.dtype, device=x.device)
+        recorder = StateRecorder(model, tensor[1:-1].tolist()) if states else model
+        finals.append(sampler(recorder, part.clone(), tensor,
+                              extra_args=dict(extra_args or {}), disable=True))
+        if states:
+            found.append(recorder.states(part))
+    out = torch.cat(finals)
     if not torch.isfinite(out).all():
         raise FloatingPointError("calibrate: a sampler returned NaN or inf on the calibration "
                                  "noise")
-    return out.to(x.dtype)
+    if not states:
+        return out.to(x.dtype)
+    return out.to(x.dtype), [torch.cat([f[n] for f in found]) for n in range(len(sigmas) - 2)]
 
 
 class SigmaFit:
@@ -56,9 +93,10 @@ class SigmaFit:
     jacobian)."""
 
     def __init__(self, sampler, model, sigmas, flow, floor, extra_args=None,
-                 move_timesteps=True, batch_size=None):
+                 move_timesteps=True, batch_size=None, trajectory=0.0):
         self.sampler, self.model, self.flow, self.floor = sampler, model, flow, floor
         self.batch_size = batch_size
+        self.trajectory = trajectory
         self.extra_args = extra_args or {}
         self.sigmas = list(sigmas)
         self.steps = len(self.sigmas) - 1
@@ -81,11 +119,20 @@ class SigmaFit:
     def final(self, plan, x):
         return run_sampler(self.sampler, self.model, x, plan, self.extra_args, self.batch_size)
 
-    def residual(self, final, reference: Reference):
-        return reference.weigh(final - reference.final).reshape(-1).to(torch.float64)
+    def outcome(self, plan, x):
+        """(the final sample, the states on the way: none without the trajectory term)."""
+        if self.trajectory <= 0:
+            return self.final(plan, x), []
+        return run_sampler(self.sampler, self.model, x, plan, self.extra_args, self.batch_size,
+                           states=True)
+
+    def residual(self, outcome, sig, reference: Reference):
+        final, states = outcome
+        return torch.cat([reference.weigh(final - reference.final).reshape(-1).to(torch.float64),
+                          *state_residuals(states, sig, reference, self.trajectory, self.flow)])
 
     def loss(self, plan, x, reference) -> float:
-        r = self.residual(self.final(plan, x), reference)
+        r = self.residual(self.outcome(plan, x), plan, reference)
         return float((r * r).sum()) / x.numel()
 
     def final_errors(self, theta, x, reference):
@@ -97,7 +144,8 @@ class SigmaFit:
     def jacobian(self, theta, x, reference, eps):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
         is infeasible; a zero column where both are)."""
-        residual = self.residual(self.final(self.plan(theta), x), reference)
+        plan = self.plan(theta)
+        residual = self.residual(self.outcome(plan, x), plan, reference)
         columns = []
         for p in range(self.size):
             column = torch.zeros_like(residual)
@@ -106,7 +154,8 @@ class SigmaFit:
                 moved[p] += step
                 plan = self.plan(moved)
                 if plan is not None:
-                    column = (self.residual(self.final(plan, x), reference) - residual) / step
+                    column = (self.residual(self.outcome(plan, x), plan, reference)
+                              - residual) / step
                     break
             columns.append(column)
         return residual, torch.stack(columns, 1) if columns else residual[:, None] * 0

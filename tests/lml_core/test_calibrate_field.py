@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lml_core import Calibration, calibrate, calibrate_sigmas, sample_lml_calibrated
+from lml_core.objective import Fit
 from lml_core.reference import Evaluator, Reference, reference_grid
+from lml_core.sigma_fit import SigmaFit, run_sampler
 
 from exact_model import MixtureDenoiser, flow_sigmas, karras_sigmas, plain_dpmpp_2m, plain_euler
 
@@ -292,3 +294,57 @@ def test_a_builtin_whose_steps_need_corrections_past_the_limit_is_no_lml_start()
     assert calibration.report["chosen"]
     assert any("wild + given" in line for line in said)
     assert not any("lml(wild)" in line for line in said)
+
+
+def test_a_timestep_fit_reads_the_states_its_sampler_passes_through():
+    """run_sampler(states=True) keeps the state at each sigma between the first and the last:
+    Euler's states written out; for a sampler of two calls a step (Heun), the step's state,
+    not the predicted one it also calls the model at."""
+    model = MixtureDenoiser(dim=DIM, components=3, seed=2)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = noise(6, 7)
+    for sampler in (plain_euler, plain_heun):
+        final, states = run_sampler(sampler, model, x, sigmas, {}, states=True)
+        assert torch.equal(final, sampler(model, x, torch.tensor(sigmas, dtype=torch.float64)))
+        for n in range(1, len(sigmas) - 1):  # the state at sigmas[n]: the first n steps' end
+            assert torch.equal(states[n - 1], _state(sampler, model, x, sigmas, n))
+
+
+def _state(sampler, model, x, sigmas, n):
+    """The state after the first n steps of ``sampler`` on ``sigmas`` (its loop stopped)."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(n):
+        d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        x_2 = x + d * (sigmas[i + 1] - sigmas[i])
+        if sampler is plain_heun:
+            d_2 = (x_2 - model(x_2, sigmas[i + 1] * s_in)) / sigmas[i + 1]
+            x_2 = x + (d + d_2) / 2 * (sigmas[i + 1] - sigmas[i])
+        x = x_2
+    return x
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_a_timestep_fit_has_the_lml_fits_objective(flow):
+    """Euler's timesteps fitted as a black box (SigmaFit) and the LML fit on the euler base
+    with no correction are one sampler: the same residual, the trajectory term included, at
+    any timesteps; without the term only the final sample counts."""
+    model = MixtureDenoiser(dim=DIM, components=3, flow=flow, seed=4, spread=1.0)
+    sigmas = (flow_sigmas(5) if flow else karras_sigmas(5)).double()
+    x = noise(8, 9, scale=1.0 if flow else 80.0)
+    floor = 1e-3 if flow else 0.002
+    ref = Reference(Evaluator(model, {}, torch.float64), x,
+                    reference_grid(float(sigmas[0]), floor, 32, flow), flow)
+    lml = Fit(Evaluator(model, {}, torch.float64), sigmas.tolist(), "euler", 1, True, flow,
+              floor, trajectory=1.0)
+    black_box = SigmaFit(plain_euler, model, sigmas.tolist(), flow, floor, trajectory=1.0)
+    theta = torch.zeros(lml.size, dtype=torch.float64)
+    theta[:lml.n_time] = torch.tensor([0.2, -0.1, 0.1, -0.3])  # moved, the last one up
+    plan = lml.plan(theta)
+    sig = black_box.plan(theta[:lml.n_time])
+    assert sig == plan[0]
+    expected = lml.residual(lml.rollout(plan, x), plan[0], ref)
+    got = black_box.residual(black_box.outcome(sig, x), sig, ref)
+    assert got.numel() == (len(sigmas) - 1) * x.numel()  # the final sample and N - 1 states
+    assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
+    final_only = SigmaFit(plain_euler, model, sigmas.tolist(), flow, floor)
+    assert final_only.residual(final_only.outcome(sig, x), sig, ref).numel() == x.numel()
