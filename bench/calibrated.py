@@ -54,6 +54,7 @@ MEMORY = ("anonymous resident memory (RSS less file-backed and shared pages) abo
           "earlier calibration freed does not hide this one's growth; a peak shorter than 10 ms "
           "can be missed)")
 CALIBRATION_SAMPLES = 32
+DIGITS_NOISE_SEED = 77  # the digits network's test noise (bench.run's)
 CALIBRATION_SEED = 31337  # apart from the benchmark's noise (NOISE_SEED, 77)
 SEEDS = 5  # calibrations per point, each on its own noise (CALIBRATION_SEED + 0, 1, ...)
 # A point's worst seed above WORST_ABOVE, or its median seed above MEDIAN_ABOVE, the best pair's
@@ -409,6 +410,36 @@ def readme_lines(rows, points, meta) -> list[str]:
             *typical_lines(rows, points)]
 
 
+def draw_lines(first, second) -> list[str]:
+    """Two draws of the test noise (``first``, ``second``: each run's points; the same
+    calibrations, other test noise): the summary numbers of each over the points both have,
+    and the points above MEDIAN_ABOVE on one draw only: what of a point's verdict is the
+    test noise's."""
+    key = (lambda p: (p["data"], p["schedule"], p["nfe"]))
+    other = {key(p): p for p in second}
+    pairs = [(p, other[key(p)]) for p in first if key(p) in other]
+    lines = ["| test noise | points | geometric mean of the median ratios | of the worst ratios | "
+             "medians above 1.02 | worst above 1.1 | same best pair as the first draw |",
+             "|---|---|---|---|---|---|---|"]
+    for n, label in enumerate(("first draw (the committed run)", "second draw")):
+        mine = [pair[n] for pair in pairs]
+        same = sum(a["best"] == b["best"] for a, b in pairs)
+        lines.append(f"| {label} | {len(mine)} | "
+                     f"{geometric_mean(p['ratio'] for p in mine):.3f} | "
+                     f"{geometric_mean(p['ratio_max'] for p in mine):.3f} | "
+                     f"{sum(p['ratio'] > MEDIAN_ABOVE for p in mine)} | "
+                     f"{sum(p['ratio_max'] > WORST_ABOVE for p in mine)} | "
+                     f"{'-' if n == 0 else f'{same} of {len(pairs)}'} |")
+
+    def names(selected):
+        return ", ".join(f"{a['data']}/{a['schedule']} {a['nfe']} NFE ({a['ratio']:.2f} / "
+                         f"{b['ratio']:.2f})" for a, b in selected) or "none"
+    both = [(a, b) for a, b in pairs if a["ratio"] > MEDIAN_ABOVE and b["ratio"] > MEDIAN_ABOVE]
+    one = [(a, b) for a, b in pairs if (a["ratio"] > MEDIAN_ABOVE) != (b["ratio"] > MEDIAN_ABOVE)]
+    return [*lines, "", f"Median above 1.02 on both draws (first / second): {names(both)}. "
+            f"On one draw only: {names(one)}."]
+
+
 def write_markdown(out: Path, rows, points, meta):
     seeds = meta.get("seeds", 1)
     lines = [
@@ -425,6 +456,9 @@ def write_markdown(out: Path, rows, points, meta):
         "point's ratio is its calibrated RMS over the best pair's: the median and the worst "
         "over the seeds.",
         "",
+        *([f"**Another draw of the test noise** (--noise-draw {meta['noise_draw']}: its seeds "
+           f"+ {meta['noise_draw']}); the calibrations are the committed run's.", ""]
+          if meta.get("noise_draw") else []),
         f"Samples per problem {meta['samples']}, reference {meta['ref_steps']} RK4 steps, "
         f"{meta['threads']} thread(s); run took {meta['wall_seconds']:.0f} s.",
         "",
@@ -472,24 +506,26 @@ def write_markdown(out: Path, rows, points, meta):
     (out / "calibrated.md").write_text("\n".join(lines) + "\n")
 
 
-def digits_problems(cfgs, samples, ref_steps, log):
+def digits_problems(cfgs, samples, ref_steps, log, draw=0):
     from .digits import load_or_train
 
     net, _ = load_or_train(log)
     for cfg in cfgs:
         for kind in SCHEDULES:
             noise = torch.randn(samples, 64, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(77))
+                                generator=torch.Generator().manual_seed(DIGITS_NOISE_SEED + draw))
             yield Problem(f"digits cfg {cfg:g}", kind, CFGDigitsModel(net, kind == "flow", cfg),
                           noise, ref_steps, log=log)
 
 
-def benchmark_problems(names, cfgs, samples, ref_steps, log) -> list:
+def benchmark_problems(names, cfgs, samples, ref_steps, log, draw=0) -> list:
     """The exact mixtures ``names`` and the digits network at ``cfgs``, each schedule, on the
-    benchmark's noise; ``samples``: a count, or a function of the data set's name."""
+    benchmark's noise (``draw`` > 0: another draw of it, from the seeds + ``draw``);
+    ``samples``: a count, or a function of the data set's name."""
     count = samples if callable(samples) else (lambda _: samples)
-    mixtures = exact_problems(names, count, ref_steps, lambda _: NOISE_SEED, log)
-    return [p for _, p in mixtures] + list(digits_problems(cfgs, count("digits"), ref_steps, log))
+    mixtures = exact_problems(names, count, ref_steps, lambda _: NOISE_SEED + draw, log)
+    return [p for _, p in mixtures] + list(digits_problems(cfgs, count("digits"), ref_steps, log,
+                                                          draw))
 
 
 def cost_200d(log, steps=10, samples=CALIBRATION_SAMPLES):
@@ -535,6 +571,9 @@ def parse(argv):
                         help="calibrate options as JSON (default: lml_core's defaults)")
     parser.add_argument("--seeds", type=int, default=SEEDS,
                         help=f"calibrations per point, each on other noise (default {SEEDS})")
+    parser.add_argument("--noise-draw", type=int, default=0,
+                        help="0: the committed test noise; K: another draw of it (its seeds + K), "
+                        "to see which differences are the test noise's")
     parser.add_argument("--cost-only", action="store_true",
                         help="only time one 200-D, 10-step calibration")
     parser.add_argument("--markdown-only", action="store_true",
@@ -561,7 +600,8 @@ def main(argv=None):
     options = json.loads(args.options)
     started = time.time()
     rows, all_selection, all_failures = [], [], []
-    problems = [p for p in benchmark_problems(names, cfgs, samples, ref_steps, log)
+    problems = [p for p in benchmark_problems(names, cfgs, samples, ref_steps, log,
+                                              args.noise_draw)
                 if args.schedules is None or p.kind in args.schedules]
     pair_samples = {n: 64 if args.quick else PAIR_SAMPLES[n] for n in [*names, "digits"]}
     for problem in problems:
@@ -584,6 +624,7 @@ def main(argv=None):
             "options": {**CALIBRATE_DEFAULTS, **options},
             "samples": {n: samples(n) for n in [*names, "digits"]}, "ref_steps": ref_steps,
             "nfes": nfes, "threads": args.threads, "pair_samples": pair_samples,
+            "noise_draw": args.noise_draw,
             "finalists": FINALISTS, "pair_failures": all_failures,
             "wall_seconds": time.time() - started}
     (out / "calibrated.json").write_text(json.dumps({"meta": meta, "rows": rows,

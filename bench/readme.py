@@ -33,6 +33,12 @@ def calibrated_block(bench: Path) -> list[str]:
     return calibrated.readme_lines(data["rows"], data["points"], data["meta"])
 
 
+def draws_block(bench: Path) -> list[str]:
+    def points(name):
+        return json.loads((bench / name).read_text())["points"]
+    return calibrated.draw_lines(points("calibrated.json"), points("calibrated_draw1.json"))
+
+
 def sigmas_block(bench: Path) -> list[str]:
     data = json.loads((bench / "calibrated_sigmas.json").read_text())
     return calibrated_sigmas.summary_lines(data["points"])
@@ -67,7 +73,8 @@ def digits_block(name: str):
     return lines
 
 
-BLOCKS = {"calibrated": calibrated_block, "calibrated-sigmas": sigmas_block,
+BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
+          "calibrated-sigmas": sigmas_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),

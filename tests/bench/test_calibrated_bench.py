@@ -59,3 +59,18 @@ def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
     default = [r for r in rows if r["sampler"] == point["best_default"] and not r["scheduler"]]
     assert point["ratio_default"] == pytest.approx(cal["rms"] / default[0]["rms"])
     assert cal["rms"] < default[0]["rms"]
+
+
+def test_two_draws_of_the_test_noise_name_the_points_that_lose_on_one_only():
+    from bench.calibrated import draw_lines
+
+    def point(nfe, ratio, worst, best="euler + karras"):
+        return {"data": "mix2d", "schedule": "karras", "nfe": nfe, "ratio": ratio,
+                "ratio_max": worst, "best": best}
+    first = [point(4, 1.05, 1.2), point(6, 0.5, 0.6), point(8, 1.3, 1.4)]
+    second = [point(4, 0.9, 1.0, "deis + beta"), point(6, 0.5, 0.6), point(8, 1.1, 1.2)]
+    lines = draw_lines(first, second)
+    assert lines[2].split(" | ")[1:6] == ["3", "0.880", "1.003", "2", "2"]
+    assert lines[3].split(" | ")[4:7] == ["1", "1", "2 of 3 |"]
+    assert "both draws (first / second): mix2d/karras 8 NFE (1.30 / 1.10)." in lines[-1]
+    assert lines[-1].endswith("On one draw only: mix2d/karras 4 NFE (1.05 / 0.90).")

@@ -19,5 +19,5 @@ def test_a_stale_block_is_rewritten_and_named():
 
 
 def test_a_missing_block_is_named():
-    with pytest.raises(ValueError, match="calibrated-sigmas"):
+    with pytest.raises(ValueError, match=f"'{list(readme.BLOCKS)[1]}'"):
         readme.rewritten("<!-- bench.readme calibrated -->\n<!-- /bench.readme calibrated -->\n")
