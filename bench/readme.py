@@ -78,7 +78,11 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),
-          "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size")}
+          "options-trajectory": lambda bench: [
+              *options_block("options_trajectory_digits")(bench), "",
+              *options_block("options_trajectory_mixtures")(bench)],
+          "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
+          "digits-size-fit96": digits_block("digits_size_fit96")}
 
 
 def block_pattern(name: str):
