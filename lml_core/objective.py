@@ -42,25 +42,27 @@ def fd_step_for(model_dtype) -> float:
 PROBE = 4096  # state coordinates per sample the trajectory term reads (a fixed subset)
 
 
-def state_residuals(states, sig, reference: Reference, trajectory: float, flow: bool) -> list:
-    """The trajectory term's residuals: each state x_n on the way (at the sampler's sigma
-    sig[n], n = 1..N-1) against the reference there, weighted by how much an error there moves
-    the final sample (data scale / sqrt(sigma^2 + alpha^2 scale^2)), all of them together
-    ``trajectory`` times the final sample's weight; [] at weight 0 or without states."""
+def rollout_residual(outcome, sig, reference: Reference, trajectory: float, flow: bool):
+    """The residual a fit minimises for a rollout's ``outcome`` (the final sample, the states
+    x_1..x_{N-1} at the sampler's sigmas ``sig``): the final sample against the reference's,
+    then, with weight ``trajectory``, each state against the reference there, weighted by how
+    much an error there moves the final sample (data scale / sqrt(sigma^2 + alpha^2 scale^2)),
+    all of them together ``trajectory`` times the final sample's weight."""
+    final, states = outcome
+    parts = [reference.weigh(final - reference.final).reshape(-1).to(torch.float64)]
     if trajectory <= 0 or not states:
-        return []
+        return parts[0]
     rows, width = states[0].shape[0], states[0][0].numel()
     probe = slice(None) if width <= PROBE else torch.linspace(
         0, width - 1, PROBE, device=states[0].device).long()
     share = math.sqrt(trajectory / len(states) * width / min(width, PROBE))
     scale = reference.scale
-    parts = []
     for n, state in enumerate(states, start=1):
         alpha = 1 - sig[n] if flow else 1.0
         weight = share * scale / math.sqrt(sig[n] ** 2 + (alpha * scale) ** 2)
         diff = reference.weigh(state - reference.at(sig[n])).reshape(rows, -1)[:, probe]
         parts.append(weight * diff.reshape(-1).to(torch.float64))
-    return parts
+    return torch.cat(parts)
 
 
 class Fit:
@@ -146,9 +148,7 @@ class Fit:
         return final, states
 
     def residual(self, outcome, sig, reference: Reference):
-        final, states = outcome
-        return torch.cat([reference.weigh(final - reference.final).reshape(-1).to(torch.float64),
-                          *state_residuals(states, sig, reference, self.trajectory, self.flow)])
+        return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
 
     def loss(self, plan, x, reference) -> float:
         """The objective residual's mean square."""

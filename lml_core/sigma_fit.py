@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .adaptive import half_log_snr
-from .objective import state_residuals
+from .objective import rollout_residual
 from .reference import Reference, sigma_of
 
 
@@ -127,9 +127,7 @@ class SigmaFit:
                            states=True)
 
     def residual(self, outcome, sig, reference: Reference):
-        final, states = outcome
-        return torch.cat([reference.weigh(final - reference.final).reshape(-1).to(torch.float64),
-                          *state_residuals(states, sig, reference, self.trajectory, self.flow)])
+        return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
 
     def loss(self, plan, x, reference) -> float:
         r = self.residual(self.outcome(plan, x), plan, reference)
