@@ -12,6 +12,14 @@ FLOW_SHIFT = 3.0
 # Karras schedules end at sigma_min (so every sampler's infinite-step limit is exactly the
 # reference); flow schedules end at a last sigma of 3 / (n + 2), whose limit is the ODE at 0.
 FLOW_FLOOR = 1e-4
+DIGITS_NOISE_SEED = 77  # the digits network's test noise: one draw every benchmark shares
+
+
+def digits_noise(samples, draw=0):
+    """``samples`` start noises of the digits network's 64-value latent, the benchmark's test
+    noise (``draw`` > 0: another draw of it, from seed DIGITS_NOISE_SEED + draw)."""
+    return torch.randn(samples, 64, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(DIGITS_NOISE_SEED + draw))
 
 
 def karras_sigmas(n, sigma_min=KARRAS["sigma_min"], sigma_max=KARRAS["sigma_max"],

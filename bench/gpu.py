@@ -37,7 +37,7 @@ import torch
 
 from lml_core import SAMPLERS, calibrate, lm_precondition, sample_lml_calibrated
 
-from .common import initial_noise, reference_solution, rms, schedule
+from .common import digits_noise, initial_noise, reference_solution, rms, schedule
 
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIB = 2**20
@@ -157,8 +157,7 @@ def samplers_part(device, quick):
     samples = 100 if quick else 500
     for kind in ("karras", "flow"):
         flow = kind == "flow"
-        noise = torch.randn(samples, 64, dtype=torch.float64,
-                            generator=torch.Generator().manual_seed(77))
+        noise = digits_noise(samples)
         x_start = initial_noise(kind, noise)
         model = digits_model(3.0, flow, device)
         reference = reference_solution(model, x_start.to(device), kind, 100 if quick else 250)
@@ -217,8 +216,7 @@ def calibrate_part(device, quick):
     schedules = {k: v.to(device) for k, v in schedules.items()}
     own = {s: {k: v.to(device) for k, v in d.items()} for s, d in own.items()}
     sigmas = sigmas_for("euler", kind, nfe).to(torch.float32).to(device)
-    test = initial_noise(kind, torch.randn(100 if quick else 500, 64, dtype=torch.float64,
-                                           generator=torch.Generator().manual_seed(77)))
+    test = initial_noise(kind, digits_noise(100 if quick else 500))
     test = test.to(device, torch.float32)
     reference = reference_solution(model, test, kind, 100 if quick else 250)
     pairs = pair_rms(model, test, reference, nfe, False, schedules, samplers, own)

@@ -12,9 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from . import field, report
+from .common import digits_noise
 from .pairs import FINALISTS, best_pairs
 from .run import PAIR_SAMPLES, SAMPLES, log, prepare
 from .suite import NOISE_SEED, SCHEDULES, Problem, evaluate, exact_problems
@@ -24,8 +23,7 @@ def digits_problem(cfg, kind, samples, ref_steps):
     from .digits import CFGDigitsModel, load_or_train
 
     net, _ = load_or_train(log)
-    noise = torch.randn(samples, 64, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(77))  # bench.run's noise
+    noise = digits_noise(samples)  # bench.run's noise
     return Problem(f"digits cfg {cfg:g}", kind, CFGDigitsModel(net, kind == "flow", cfg), noise,
                    ref_steps, log=log)
 

@@ -30,7 +30,7 @@ from lml_core import calibrate, sample_lml_calibrated
 from lml_core.objective import FD_STEPS
 
 from .calibrated import calibration_field, calibration_noise
-from .common import initial_noise, reference_solution, rms
+from .common import digits_noise, initial_noise, reference_solution, rms
 from .digits import RowLabelledDigitsModel, with_labels
 from .field import HostModel
 from .gpu import PRECISIONS, Autocast, digits_model, pair_rms
@@ -45,8 +45,7 @@ def run(nfes, steps, seeds, samples, log=print) -> dict:
     cpu, kind = torch.device("cpu"), "karras"
     problem = SimpleNamespace(kind=kind, flow=False, x_start=torch.zeros(1, 64))
     model = digits_model(3.0, False, cpu)
-    test = initial_noise(kind, torch.randn(samples, 64, dtype=torch.float64,
-                                           generator=torch.Generator().manual_seed(77)))
+    test = initial_noise(kind, digits_noise(samples))
     test = test.to(torch.float32)
     reference = reference_solution(model, test, kind, 250)
     floors = {p: rms(reference_solution(Autocast(model, d, cpu), test, kind, 250), reference)

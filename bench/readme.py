@@ -58,10 +58,16 @@ def precision_block(bench: Path) -> list[str]:
     return precision.table_lines(json.loads((bench / "precision.json").read_text()))
 
 
-def options_block(name: str):
+def options_block(*names: str):
+    """The option-set tables of the runs ``names`` (docs/bench/NAME.json), one after another."""
     def lines(bench: Path) -> list[str]:
-        data = json.loads((bench / f"{name}.json").read_text())
-        return options.summary_lines(data["meta"]["sets"], data["rows"])
+        out = []
+        for name in names:
+            data = json.loads((bench / f"{name}.json").read_text())
+            if out:
+                out.append("")
+            out += options.summary_lines(data["meta"]["sets"], data["rows"])
+        return out
     return lines
 
 
@@ -78,9 +84,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),
-          "options-trajectory": lambda bench: [
-              *options_block("options_trajectory_digits")(bench), "",
-              *options_block("options_trajectory_mixtures")(bench)],
+          "options-trajectory": options_block("options_trajectory_digits",
+                                              "options_trajectory_mixtures"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
           "digits-size-fit96": digits_block("digits_size_fit96")}
 

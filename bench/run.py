@@ -23,7 +23,7 @@ import torch
 from lml_core import SOLVER_DEFAULTS, classify
 
 from . import field, report
-from .common import FLOW_SHIFT, KARRAS, initial_noise, sliced_w2
+from .common import FLOW_SHIFT, KARRAS, digits_noise, initial_noise, sliced_w2
 from .exact import EXACT_DATASETS
 from .pairs import FINALISTS, best_pairs, placements
 from .results_page import write_markdown
@@ -144,9 +144,7 @@ def digits_suite(args, results, log):
         name = f"digits cfg {cfg:g}"
         for kind in SCHEDULES:
             model = CFGDigitsModel(net, kind == "flow", cfg)
-            noise, fresh = (torch.randn(args.samples("digits"), 64, dtype=torch.float64,
-                                        generator=torch.Generator().manual_seed(seed))
-                            for seed in (77, 78))
+            noise, fresh = (digits_noise(args.samples("digits"), draw) for draw in (0, 1))
             problem = Problem(name, kind, model, noise, args.ref_steps, log=log)
             truth = chunked_reference(model, initial_noise(kind, fresh), kind, args.ref_steps)
             problem.truth, problem.floor = truth, {"sw2": sliced_w2(problem.reference, truth)}

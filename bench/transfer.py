@@ -35,7 +35,7 @@ from lml_core import CALIBRATE_DEFAULTS, calibrate, sample_lml_calibrated
 
 from . import field, pairs
 from .calibrated import CALIBRATION_SAMPLES, CALIBRATION_SEED, calibration_field, calibration_noise
-from .common import rms
+from .common import DIGITS_NOISE_SEED, digits_noise, rms
 from .digits import (
     CLASSES,
     CFGDigitsModel,
@@ -52,7 +52,7 @@ FIT_CFG = 3.0
 FIT_CLASS = 7
 CFGS = [1.0, 2.0, 4.5, 6.0]  # where the cfg-3 calibration is scored (b)
 TEST_SAMPLES = 200  # the benchmark's digits test noise (seed 77): its first 200 rows, 20 a class
-TEST_SEED = 77  # bench.calibrated.digits_problems' noise seed
+TEST_SEED = DIGITS_NOISE_SEED  # bench.calibrated.digits_problems' noise
 SEEDS = 3
 KIND = "karras"
 ALL = "all classes"
@@ -80,8 +80,7 @@ def with_class(noise, label):
 def test_noise(samples):
     """The first ``samples`` rows of the benchmark's digits noise (bench.calibrated's
     digits_problems: SAMPLES["digits"] rows, seed 77)."""
-    return torch.randn(max(samples, SAMPLES["digits"]), 64, dtype=torch.float64,
-                       generator=torch.Generator().manual_seed(TEST_SEED))[:samples]
+    return digits_noise(max(samples, SAMPLES["digits"]))[:samples]
 
 
 def test_problem(net, cfg, label, noise, ref_steps, log):
