@@ -358,10 +358,15 @@ class ComfyServer:
                 self.process = None
                 return False
             try:
-                self.get_json("/system_stats", timeout=2)
-                return True
+                argv = self.get_json("/system_stats", timeout=2).get("system", {}).get("argv", [])
             except (OSError, urllib.error.URLError, ValueError):
-                time.sleep(0.3)
+                argv = None
+            # Only our process counts: another server (a test session of another host run
+            # beside this one) may take the port between free_port's probe and our bind, and
+            # answer here while ours exits with "address already in use".
+            if argv is not None and str(self.base_dir) in argv:
+                return True
+            time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {self.startup_timeout}s:\n"
                            f"{self.log_tail()}")

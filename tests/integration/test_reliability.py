@@ -114,6 +114,37 @@ def test_non_finite_latent_is_an_execution_error(server, fresh_seed):
     assert server.run(txt2img(fresh_seed()))["status"]["status_str"] == "success"
 
 
+def test_another_server_on_the_port_is_not_taken_for_ours(tmp_path):
+    """A server of another test session that holds the port first (both hosts' suites run
+    side by side in CI) answers /system_stats there too; ComfyServer waits for its own
+    process, which cannot bind, and starts on another port."""
+    import http.server
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"system": {"argv": ["main.py", "--base-directory", "/else"]}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    taken = comfy_host.free_port()
+    other = http.server.HTTPServer(("127.0.0.1", taken), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with comfy_host.ComfyServer(base_dir=tmp_path / "base", port=taken) as host:
+            assert host.port != taken
+            argv = host.get_json("/system_stats")["system"]["argv"]
+            assert str(tmp_path / "base") in argv
+            assert host.run(txt2img(11))["status"]["status_str"] == "success"
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
 @pytest.mark.parametrize("flag", ["--bf16-unet", "--fp16-unet"])
 def test_reduced_precision_unet_on_cpu(tmp_path, flag):
     with comfy_host.ComfyServer(base_dir=tmp_path, extra_args=[flag]) as host:
