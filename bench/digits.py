@@ -165,29 +165,38 @@ class CFGDigitsModel:
 class RowLabelledDigitsModel:
     """The guided digits model for a calibration, which runs any subset of its noise rows
     (the field on a few rows, Jacobians on others, row chunks): each row carries its class in
-    one extra, last coordinate, so the class follows the row and not its place in a batch (as
-    in ComfyUI, where one prompt conditions every row).  The model returns that coordinate
-    unchanged, so every deterministic sampler's direction there is 0 and it stays put (to
-    rounding).  The class is stored as class / 1000: small beside the data, so the reference's
-    scale and the error norms barely see it."""
+    two extra, last coordinates, so the class follows the row and not its place in a batch (as
+    in ComfyUI, where one prompt conditions every row).  The model returns them unchanged, so
+    every deterministic sampler's direction there is 0 and they stay put (to rounding).  They
+    hold class / 1000 and 1 / 1000, and the class is read as their ratio: a calibrated sampler
+    whose steps need not keep a constant (lml_core.linear_fit: its rows need not sum to 1)
+    scales both alike.  Small beside the data, so the reference's scale and the error norms
+    barely see them."""
 
     LABEL_SCALE = 1e-3
+    COLUMNS = 2
 
     def __init__(self, model: CFGDigitsModel):
         self.model, self.flow = model, model.flow
 
     def __call__(self, x, sigma, model_options=None, **extra_args):
-        labels = (x[:, -1] / self.LABEL_SCALE).round().long()
-        out = self.model.guided(x[:, :-1], sigma, labels, model_options)
-        return torch.cat([out, x[:, -1:]], 1)
+        labels = (x[:, -2] / x[:, -1]).round().long()
+        out = self.model.guided(x[:, :-2], sigma, labels, model_options)
+        return torch.cat([out, x[:, -2:]], 1)
+
+
+def label_columns(labels, like):
+    """[B, 2] columns that carry ``labels`` (a [B] class tensor) for RowLabelledDigitsModel."""
+    scale = RowLabelledDigitsModel.LABEL_SCALE
+    labels = labels.to(device=like.device, dtype=like.dtype)
+    return torch.stack([labels * scale, torch.full_like(labels, scale)], 1)
 
 
 def with_labels(noise):
-    """``noise`` [B, 64] with the benchmark's class of each row (row i: digit i mod 10) as a
-    last coordinate, for RowLabelledDigitsModel."""
-    labels = (torch.arange(noise.shape[0], device=noise.device) % CLASSES).to(noise.dtype)
-    labels = labels * RowLabelledDigitsModel.LABEL_SCALE
-    return torch.cat([noise, labels[:, None]], 1)
+    """``noise`` [B, 64] with the benchmark's class of each row (row i: digit i mod 10) in two
+    last coordinates, for RowLabelledDigitsModel."""
+    labels = torch.arange(noise.shape[0], device=noise.device) % CLASSES
+    return torch.cat([noise, label_columns(labels, noise)], 1)
 
 
 class FeatureDistance:
@@ -242,7 +251,7 @@ class _FittedSize(logging.Filter):
 
 @contextlib.contextmanager
 def fitted_size_warning_off():
-    """The calibrations are fitted on 65 coordinates (the 64 pixels and the row's class) and
+    """The calibrations are fitted on 66 coordinates (the 64 pixels and two for the class) and
     sample 64: lml_calibrated's warning about the size, once per scoring, says nothing here."""
     flt = _FittedSize()
     logging.getLogger().addFilter(flt)

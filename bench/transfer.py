@@ -41,6 +41,7 @@ from .digits import (
     CFGDigitsModel,
     RowLabelledDigitsModel,
     fitted_size_warning_off,
+    label_columns,
     load_or_train,
     with_labels,
 )
@@ -70,11 +71,9 @@ class ClassDigitsModel:
 
 
 def with_class(noise, label):
-    """``noise`` [B, 64] with every row labelled ``label`` in a last coordinate (as with_labels,
-    for RowLabelledDigitsModel)."""
-    column = torch.full((noise.shape[0], 1), label * RowLabelledDigitsModel.LABEL_SCALE,
-                        dtype=noise.dtype)
-    return torch.cat([noise, column], 1)
+    """``noise`` [B, 64] with every row labelled ``label`` (as with_labels, for
+    RowLabelledDigitsModel)."""
+    return torch.cat([noise, label_columns(torch.full((noise.shape[0],), int(label)), noise)], 1)
 
 
 def test_noise(samples):
