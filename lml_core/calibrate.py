@@ -19,6 +19,7 @@ from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
 from .field import measured_starts, planned_evaluations, start_kind, twin_starts
 from .levenberg import fitted, levenberg_marquardt, raced, rms, scores, theta_key
+from .linear_fit import LinearFit
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
 from .projection import BuiltinSteps
 from .reference import Evaluator, Reference, reference_floor, reference_grid
@@ -193,7 +194,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     sample is left out); ``sampler_schedules``: {sampler: {schedule: sigmas}} where KSampler
     gives a sampler other sigmas (its discard rule; fewer steps at several calls per step).
     The LML starts are its bases on every schedule and, with base "auto", each one-call
-    sampler's own steps as LML coefficients (lml_core.projection); the best start of each of
+    sampler's own steps as LML coefficients (lml_core.projection; with ``linear_fits``, its
+    exact linear map: lml_core.linear_fit); the best start of each of
     those two kinds gets the LML fit (corrections and every timestep), from 6 steps up for
     ``race`` iterations and the better one on the held-out noise to the end; the best ``sigma_fits``
     samplers (default 0) get timestep-only fits; the best pair stays a candidate unchanged;
@@ -220,6 +222,8 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
       computes in, which may be lower than the noise's); batch_size: rows per model call;
     - sigma_fits: how many of ``samplers`` get timestep-only fits;
     - builtin_starts: LML starts from the samplers' own steps (with base "auto");
+    - linear_fits: those starts fit the sampler's exact linear map with free rows
+      (lml_core.linear_fit, saved as "lml_linear") instead of its projection (default off);
     - race: iterations after which only the better of the two LML fits goes on (0: both;
       below levenberg.RACE_FROM_STEPS steps both always).
     """
@@ -257,12 +261,16 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
             # Not where its steps are no LML plan: not identified, or corrections past
             # MAX_CORRECTION (lms over linear_quadratic's first tiny steps at history 4).
             if projected_starts and name not in bases and len(own) == steps + 1:
-                fit = Fit(setup.denoise, own, "euler", int(opts["history"]), move, setup.flow,
-                          setup.floor, float(opts["trajectory"]),
-                          start=BuiltinSteps(function, model, int(opts["history"])))
+                if opts["linear_fits"]:
+                    fit = LinearFit(setup.denoise, function, model, own, int(opts["history"]),
+                                    move, setup.flow, setup.floor, float(opts["trajectory"]))
+                else:
+                    fit = Fit(setup.denoise, own, "euler", int(opts["history"]), move,
+                              setup.flow, setup.floor, float(opts["trajectory"]),
+                              start=BuiltinSteps(function, model, int(opts["history"])))
                 if fit.plan(torch.zeros(fit.size, dtype=torch.float64)) is not None:
                     starts[f"lml({name}) + {schedule}"] = fit
-    n_lml = sum(isinstance(fit, Fit) for fit in starts.values())
+    n_lml = sum(isinstance(fit, (Fit, LinearFit)) for fit in starts.values())
     kinds = {start_kind(fit) for fit in starts.values()}
     setup.planned = planned_evaluations(setup, n_lml, len(starts) - n_lml, move,
                                         min(len(samplers), sigma_fits), len(kinds),
@@ -340,7 +348,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
                              "sigmas": [f"{name} + {schedule}" for name, schedule in
                                         fitted_samplers]}
     fit, theta = chosen["fit"], chosen["theta"]
-    if isinstance(fit, Fit):
+    if isinstance(fit, (Fit, LinearFit)):
         return fit.calibration(theta, setup.fitted_on(model), report)
     return Calibration(sampler=chosen["start"].split(" + ")[0], base="",
                        sigmas=fit.plan(theta), corrections=[],

@@ -37,6 +37,10 @@ CALIBRATE_DEFAULTS = {
     # With samplers and base "auto": LML starts from each built-in's own steps too
     # (lml_core.projection), so the LML fit can start from the best pair.
     "builtin_starts": True,
+    # Those starts fit the built-in's exact linear map with free rows (lml_core.linear_fit,
+    # saved as "lml_linear") instead of its projection onto LML steps: better on the digits
+    # network, worse on the exact mixtures (docs/bench/options_linear_*.md), so off.
+    "linear_fits": False,
     # The LML fit starts from the best LML base and the best built-in's steps; after this
     # many iterations only the one better on the held-out noise goes on (0: both finish;
     # below 6 steps both always finish: levenberg.RACE_FROM_STEPS).

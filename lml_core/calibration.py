@@ -11,6 +11,12 @@ low-rank subspace of the previous directions (the subspace LML's correction uses
 ``ipndm``, ``ipndm_v``: ComfyUI's own methods); ``c``: the fitted corrections (all zero: the
 base itself); ``s_0 .. s_N``: the sampler's own timesteps (``s_N = 0``).  One model call per
 step.
+
+A calibration fitted from a built-in sampler's steps is that sampler's whole linear map, fitted
+(LINEAR_SAMPLER, lml_core.linear_fit): every state a linear combination of the first latent and
+the model's outputs so far, x_{k+1} = r_{k,0} x_0 + sum_m r_{k,m+1} D(x_m, s_m), which any
+one-call-per-step sampler is at zero corrections (uni_pc's corrector and dpmpp_2m's
+exponential steps included, which the multistep form above only approximates).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from .calibration_text import (
     CALIBRATION_BASES,
     CALIBRATION_FORMAT,
+    LINEAR_SAMPLER,
     LML_SAMPLER,
     SET_FORMAT,
     SIGMA_RTOL,
@@ -122,6 +129,14 @@ def multistep_run(denoise, x, sigmas, coefficients, keep, start=0, history=()):
         x = x_next
 
 
+def linear_state(row, x0, outputs):
+    """row[0] x_0 + sum_m row[m + 1] outputs[m]: a LINEAR_SAMPLER state."""
+    x = row[0] * x0
+    for c, denoised in zip(row[1:], outputs):
+        x = x + c * denoised
+    return x
+
+
 # --------------------------------------------------------------------------------------------
 # The calibration
 
@@ -129,13 +144,14 @@ def multistep_run(denoise, x, sigmas, coefficients, keep, start=0, history=()):
 @dataclass(frozen=True)
 class Calibration:
     """Fitted numbers and what they are valid for.  ``sampler``: what runs (LML_SAMPLER, the
-    multistep sampler on ``base`` with ``corrections[i]`` = c_{i,j}; or a built-in sampler's
-    name, with no base and no corrections); ``sigmas``: the sampler's own timesteps (N + 1,
-    ending in 0); ``fitted_on``: what it was fitted on (steps, first and last nonzero sigma,
-    model kind; from format 2 on the whole schedule ``sigmas``, one sample's ``latent_shape``
-    and, from the node, the ``scheduler``); ``report``: errors and cost.  Every field is
-    checked when it is built (lml_core.calibration_text): a ValueError names the first wrong
-    one."""
+    multistep sampler on ``base`` with ``corrections[i]`` = c_{i,j}; LINEAR_SAMPLER, the
+    linear map whose rows ``corrections`` holds (``linear_state``), with no base; or a
+    built-in sampler's name, with no base and no corrections); ``sigmas``: the sampler's own
+    timesteps (N + 1, ending in 0); ``fitted_on``: what it was fitted on (steps, first and
+    last nonzero sigma, model kind; from format 2 on the whole schedule ``sigmas``, one
+    sample's ``latent_shape`` and, from the node, the ``scheduler``); ``report``: errors and
+    cost.  Every field is checked when it is built (lml_core.calibration_text): a ValueError
+    names the first wrong one."""
 
     base: str
     sigmas: list
@@ -304,7 +320,7 @@ def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disa
         logging.warning("lml_calibrated: this calibration was fitted on latents of shape %s; "
                         "sampling latents of shape %s (it runs, but its gain was measured at "
                         "the fitted size only)", fitted_shape, list(x.shape[1:]))
-    if calibration.sampler != LML_SAMPLER:
+    if calibration.sampler not in (LML_SAMPLER, LINEAR_SAMPLER):
         function = (samplers or {}).get(calibration.sampler)
         if function is None:
             raise ValueError(f"this calibration runs the sampler {calibration.sampler!r}, "
@@ -331,6 +347,14 @@ def sample_lml_calibrated(model, x, sigmas, extra_args=None, callback=None, disa
                                      f"(sigma={sigma:.4g})")
         return denoised
 
+    if calibration.sampler == LINEAR_SAMPLER:
+        x0 = x_i = x.to(dtype)
+        outputs = []
+        for i in trange(calibration.steps, disable=disable):
+            outputs.append(denoise(x_i, own[i]))
+            report_step(callback, x_i, i, sigmas[i], outputs[-1], None)
+            x_i = linear_state(calibration.corrections[i], x0, outputs)
+        return x_i.to(out_dtype)
     coefficients = [calibration.coefficients(i) for i in range(calibration.steps)]
     keep = max(len(c) for c in coefficients)
     steps = multistep_run(denoise, x.to(dtype), own, coefficients, keep)

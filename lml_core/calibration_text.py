@@ -25,6 +25,10 @@ OPTIONAL = ("report", "sampler")
 # built-in sampler named by its ComfyUI name (the caller passes the function) on the fitted
 # timesteps, with no base and no corrections.
 LML_SAMPLER = "lml"
+# LINEAR_SAMPLER: the sampler written out as its linear map (lml_core.linear_fit): row k of
+# ``corrections`` is the state at model call k + 2 (the last row: the final sample) as the
+# coefficients of [x_0, D_0, .., D_{k}] (k + 2 numbers), with no base.
+LINEAR_SAMPLER = "lml_linear"
 SAMPLER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 REQUIRED = ("steps", "sigma_max", "sigma_min", "model_kind")
 FITTED_ON = {"lml-calibration/1": (REQUIRED, ()),
@@ -108,24 +112,43 @@ def schedule(values, name: str) -> list[float]:
     return sig
 
 
-def correction_rows(rows, steps: int) -> list[list[float]]:
+def checked_rows(rows, steps: int, length) -> list[list[float]]:
+    """``steps`` rows of finite numbers within MAX_CORRECTION; ``length(k, n)``: None where
+    row k may hold n numbers, else what it must hold (for the message)."""
     rows = listed(rows, "corrections")
     if len(rows) != steps:
         fail(f"corrections must be {steps} rows (one per step), got {len(rows)}")
     checked = []
-    for i, row in enumerate(rows):
-        most = min(i + 1, MAX_HISTORY)
-        row = listed(row, f"corrections[{i}]")
-        if not 1 <= len(row) <= most:
-            fail(f"corrections[{i}] must hold 1 to {most} numbers (step {i + 1} combines at "
-                 f"most {most} directions), got {len(row)}")
-        values = [number(c, f"corrections[{i}][{j}]") for j, c in enumerate(row)]
+    for k, row in enumerate(rows):
+        row = listed(row, f"corrections[{k}]")
+        wanted = length(k, len(row))
+        if wanted is not None:
+            fail(f"corrections[{k}] must hold {wanted}, got {len(row)}")
+        values = [number(c, f"corrections[{k}][{j}]") for j, c in enumerate(row)]
         for j, c in enumerate(values):
             if abs(c) > MAX_CORRECTION:
-                fail(f"corrections[{i}][{j}] = {c:.6g} is beyond +-{MAX_CORRECTION:g}, "
+                fail(f"corrections[{k}][{j}] = {c:.6g} is beyond +-{MAX_CORRECTION:g}, "
                      "more than any fit makes")
         checked.append(values)
     return checked
+
+
+def correction_rows(rows, steps: int) -> list[list[float]]:
+    """An LML_SAMPLER calibration's corrections: row i of 1 to min(i + 1, MAX_HISTORY)."""
+    def length(i, n):
+        most = min(i + 1, MAX_HISTORY)
+        return None if 1 <= n <= most else (
+            f"1 to {most} numbers (step {i + 1} combines at most {most} directions)")
+    return checked_rows(rows, steps, length)
+
+
+def linear_rows(rows, steps: int) -> list[list[float]]:
+    """A LINEAR_SAMPLER calibration's rows: row k of k + 2 numbers."""
+    def length(k, n):
+        return None if n == k + 2 else (
+            f"{k + 2} numbers (the state after step {k + 1} from the first latent and "
+            f"{k + 1} model output(s))")
+    return checked_rows(rows, steps, length)
 
 
 def close(a: float, b: float) -> bool:
@@ -180,15 +203,20 @@ def checked_fields(form, base, sigmas, corrections, fitted_on, report, sampler=L
     if not (isinstance(sampler, str) and SAMPLER_NAME.fullmatch(sampler)):
         fail(f"sampler must be a sampler's name (lower-case letters, digits, _), got "
              f"{shown(sampler)}")
-    builtin = sampler != LML_SAMPLER
+    linear = sampler == LINEAR_SAMPLER
+    builtin = sampler != LML_SAMPLER and not linear
     if builtin and (base != "" or corrections != []):
         fail(f"a calibration of the built-in sampler {sampler!r} has base \"\" and no "
              f"corrections, got base {shown(base)} and corrections {shown(corrections)}")
-    if not builtin and (not isinstance(base, str) or base not in CALIBRATION_BASES):
+    if linear and base != "":
+        fail(f"a calibration of {LINEAR_SAMPLER!r} has base \"\" (its rows are the whole "
+             f"sampler), got base {shown(base)}")
+    if sampler == LML_SAMPLER and (not isinstance(base, str) or base not in CALIBRATION_BASES):
         fail(f"base must be one of {CALIBRATION_BASES}, got {shown(base)}")
     sig = schedule(sigmas, "sigmas")
     steps = len(sig) - 1
-    rows = [] if builtin else correction_rows(corrections, steps)
+    rows = ([] if builtin else linear_rows(corrections, steps) if linear
+            else correction_rows(corrections, steps))
     # A built-in sampler of several model calls per step runs fewer steps of its own than the
     # schedule it was fitted for has (the same model calls).
     own_steps = fitted_on.get("steps") if builtin and isinstance(fitted_on, dict) else None

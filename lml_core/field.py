@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .linear_fit import LinearFit
 from .objective import Fit, robust_loss
 from .projection import identified, linear_map, same_map
 from .sigma_fit import SigmaFit
@@ -57,17 +58,19 @@ def twin_starts(starts: dict, model) -> dict:
     """{LML start: built-in pair} where the two are one sampler: the same linear map of the
     noise and the model's outputs (lml_core.projection.linear_map) on the same schedule, as
     LML's euler, ipndm and ipndm_v bases and its starts from deis's or gradient_estimation's
-    own steps are; the field runs the pair only and gives its twin the same errors."""
+    own steps are, and every LinearFit start (the pair's own linear map); the field runs the
+    pair only and gives its twin the same errors."""
+    twins = {label: label[4:].replace(")", "", 1) for label, fit in starts.items()
+             if isinstance(fit, LinearFit) and label[4:].replace(")", "", 1) in starts}
     lml = {label: fit for label, fit in starts.items() if isinstance(fit, Fit)}
     if not lml:
-        return {}
+        return twins
     pairs = {}  # schedule: [(pair, its map)] (a sampler of more calls a step has no map)
     for label, fit in starts.items():
         if isinstance(fit, SigmaFit):
             found = identified(fit.sampler, model, fit.sigmas)
             if found is not None:
                 pairs.setdefault(label.split(" + ", 1)[1], []).append((label, found))
-    twins = {}
     for label, fit in lml.items():
         candidates = pairs.get(label.split(" + ", 1)[1], [])
         if not candidates:
@@ -97,7 +100,7 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool,
             errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), x,
                                              reference)
         except (RuntimeError, ValueError, ZeroDivisionError) as error:
-            if isinstance(fit, Fit):  # lml_core's own sampler: a real error
+            if isinstance(fit, (Fit, LinearFit)):  # lml_core's own sampler: a real error
                 raise
             setup.say(f"{label}: cannot run here ({error}); left out")
             continue
@@ -116,6 +119,8 @@ def lml_start_name(label: str) -> str | None:
 def start_kind(fit) -> str:
     """"lml" (an LML base), "lml from a built-in" (the LML sampler on a built-in's steps) or
     "built-in" (a sampler as it is)."""
+    if isinstance(fit, LinearFit):
+        return "lml from a built-in"
     if not isinstance(fit, Fit):
         return "built-in"
     return "lml" if fit.start is None else "lml from a built-in"

@@ -65,7 +65,58 @@ def rollout_residual(outcome, sig, reference: Reference, trajectory: float, flow
     return torch.cat(parts)
 
 
-class Fit:
+def moved_schedule(fit, values) -> list[float] | None:
+    """``fit.sigmas`` with s_k (k in ``fit.moved``) shifted by values[p] in log-SNR (``fit.t``
+    the start's); None where they are not strictly decreasing or fall below ``fit.floor``."""
+    sig = list(fit.sigmas)
+    for p, k in enumerate(fit.moved):
+        sig[k] = sigma_of(fit.t[k] + values[p], fit.flow)
+    nonzero = sig[:-1]
+    if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
+            nonzero[-1] < fit.floor * (1 - 1e-9)):
+        return None
+    return sig
+
+
+def per_sample_rms(final, reference: Reference):
+    """Per-sample RMS of a final sample against the reference's."""
+    return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
+        final.shape[0], -1).pow(2).mean(1).sqrt()
+
+
+def difference_column(fit, theta, p: int, eps: float, residual, residual_at):
+    """Jacobian column p by a forward difference: (residual_at(plan of theta + eps e_p) -
+    residual) / eps, with -eps where +eps is infeasible (``fit.plan`` None), zeros where both
+    are."""
+    for step in (eps, -eps):
+        moved = theta.clone()
+        moved[p] += step
+        plan = fit.plan(moved)
+        if plan is not None:
+            return (residual_at(plan) - residual) / step
+    return torch.zeros_like(residual)
+
+
+class RolloutObjective:
+    """The objective of a fit whose plans are (sigmas, ...) and whose ``rollout(plan, x)`` is
+    (the final sample, the states x_1..x_{N-1}): Fit's and LinearFit's.  Needs ``trajectory``,
+    ``flow``, ``plan`` and ``rollout``."""
+
+    def residual(self, outcome, sig, reference: Reference):
+        return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
+
+    def loss(self, plan, x, reference) -> float:
+        """The objective residual's mean square."""
+        outcome = self.rollout(plan, x)
+        r = self.residual(outcome, plan[0], reference)
+        return float((r * r).sum()) / outcome[0].numel()
+
+    def final_errors(self, theta, x, reference):
+        """Per-sample RMS of the final sample against the reference."""
+        return per_sample_rms(self.rollout(self.plan(theta), x)[0], reference)
+
+
+class Fit(RolloutObjective):
     """The parameter layout theta = (timestep shifts in log-SNR, then the corrections c_{i,j}
     step by step), rollouts of it, and the residual the fit minimises: the final sample's
     distance to the reference plus, with weight ``trajectory``, the distance of the states on
@@ -103,12 +154,8 @@ class Fit:
         """(sigmas, coefficient lists) for ``theta``; None where the timesteps are not strictly
         decreasing or fall below the floor, or a correction is beyond MAX_CORRECTION."""
         values = theta.tolist()
-        sig = list(self.sigmas)
-        for p, k in enumerate(self.moved):
-            sig[k] = sigma_of(self.t[k] + values[p], self.flow)
-        nonzero = sig[:-1]
-        if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
-                nonzero[-1] < self.floor * (1 - 1e-9)):
+        sig = moved_schedule(self, values)
+        if sig is None:
             return None
         # Corrections past MAX_CORRECTION are not a calibration (one could not be saved).
         if any(abs(v) > MAX_CORRECTION for v in values[self.n_time:]):
@@ -146,21 +193,6 @@ class Fit:
             if i < self.steps - 1:
                 states.append(final)
         return final, states
-
-    def residual(self, outcome, sig, reference: Reference):
-        return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
-
-    def loss(self, plan, x, reference) -> float:
-        """The objective residual's mean square."""
-        outcome = self.rollout(plan, x)
-        r = self.residual(outcome, plan[0], reference)
-        return float((r * r).sum()) / outcome[0].numel()
-
-    def final_errors(self, theta, x, reference):
-        """Per-sample RMS of the final sample against the reference."""
-        final = self.rollout(self.plan(theta), x)[0]
-        return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
-            final.shape[0], -1).pow(2).mean(1).sqrt()
 
     def jacobian(self, theta, x, reference, eps):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from .adaptive import half_log_snr
-from .objective import rollout_residual
-from .reference import Reference, sigma_of
+from .objective import difference_column, moved_schedule, per_sample_rms, rollout_residual
+from .reference import Reference
 
 
 class CountedModel:
@@ -107,14 +107,7 @@ class SigmaFit:
     def plan(self, theta):
         """The sigmas for ``theta``; None where they are not strictly decreasing or fall
         below the floor."""
-        sig = list(self.sigmas)
-        for p, k in enumerate(theta.tolist()):
-            sig[self.moved[p]] = sigma_of(self.t[self.moved[p]] + k, self.flow)
-        nonzero = sig[:-1]
-        if any(a <= b for a, b in zip(nonzero[:-1], nonzero[1:])) or (
-                nonzero[-1] < self.floor * (1 - 1e-9)):
-            return None
-        return sig
+        return moved_schedule(self, theta.tolist())
 
     def final(self, plan, x):
         return run_sampler(self.sampler, self.model, x, plan, self.extra_args, self.batch_size)
@@ -135,25 +128,13 @@ class SigmaFit:
 
     def final_errors(self, theta, x, reference):
         """Per-sample RMS of the final sample against the reference."""
-        final = self.final(self.plan(theta), x)
-        return (final.to(torch.float64) - reference.final.to(torch.float64)).reshape(
-            final.shape[0], -1).pow(2).mean(1).sqrt()
+        return per_sample_rms(self.final(self.plan(theta), x), reference)
 
     def jacobian(self, theta, x, reference, eps):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
         is infeasible; a zero column where both are)."""
         plan = self.plan(theta)
         residual = self.residual(self.outcome(plan, x), plan, reference)
-        columns = []
-        for p in range(self.size):
-            column = torch.zeros_like(residual)
-            for step in (eps, -eps):
-                moved = theta.clone()
-                moved[p] += step
-                plan = self.plan(moved)
-                if plan is not None:
-                    column = (self.residual(self.outcome(plan, x), plan, reference)
-                              - residual) / step
-                    break
-            columns.append(column)
+        columns = [difference_column(self, theta, p, eps, residual, lambda moved: self.residual(
+            self.outcome(moved, x), moved, reference)) for p in range(self.size)]
         return residual, torch.stack(columns, 1) if columns else residual[:, None] * 0

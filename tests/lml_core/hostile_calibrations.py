@@ -8,6 +8,12 @@ from lml_core.calibration_text import MAX_TEXT_CHARS
 SIGMAS = [14.6, 7.9, 4.0, 1.9, 0.83, 0.32, 0.11, 0.029, 0.0]
 
 
+# An "lml_linear" calibration's rows for SIGMAS: euler's map (x_{k+1} from x_0 and D_0 .. D_k).
+LINEAR_ROWS = [[SIGMAS[k + 1] / SIGMAS[0]] + [SIGMAS[k + 1] * (1 / SIGMAS[m + 1] - 1 / SIGMAS[m])
+                                              for m in range(k + 1)] for k in range(7)]
+LINEAR_ROWS.append([0.0] * 8 + [1.0])
+
+
 def good(**changes) -> dict:
     """A valid format-2 calibration (zero corrections, history 3) as a dict, with ``changes``;
     a key ``fitted_on.x`` changes one field of fitted_on."""
@@ -118,4 +124,18 @@ HOSTILE = [
      text(format="lml-calibration/1", fitted_on={"steps": 8}), "fitted_on.sigma_max is missing"),
     ("format 1 with format 2's fields", text(format="lml-calibration/1"),
      "fitted_on has unknown field(s) ['latent_shape', 'scheduler', 'sigmas']"),
+    # LINEAR_SAMPLER ("lml_linear"): row k holds the state after step k + 1 as k + 2 numbers
+    ("a linear calibration with a base", text(sampler="lml_linear", corrections=LINEAR_ROWS),
+     "a calibration of 'lml_linear' has base \"\""),
+    ("a linear row of the wrong length",
+     text(sampler="lml_linear", base="", corrections=LINEAR_ROWS[:3] + [[0.0] * 4]
+          + LINEAR_ROWS[4:]),
+     "corrections[3] must hold 5 numbers (the state after step 4 from the first latent and 4 "
+     "model output(s)), got 4"),
+    ("a linear coefficient of 1e300",
+     text(sampler="lml_linear", base="", corrections=[[1e300, 1.0]] + LINEAR_ROWS[1:]),
+     "corrections[0][0] = 1e+300 is beyond"),
+    ("linear rows too few", text(sampler="lml_linear", base="", corrections=LINEAR_ROWS[:7]),
+     "corrections must be 8 rows"),
 ]
+

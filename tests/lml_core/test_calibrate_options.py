@@ -38,6 +38,7 @@ def test_every_option_is_tested_here_or_in_test_calibrate():
                "fd_step", "batch_size"}
     tested |= {"sigma_fits"}  # test_calibrate_field
     tested |= {"builtin_starts", "race"}  # test_projection
+    tested |= {"linear_fits"}  # test_linear_fit
     tested |= {"test", "jacobian_rows", "screen_rows", "finalists", "tolerance", "model_dtype"}
     assert set(CALIBRATE_DEFAULTS) == tested
 

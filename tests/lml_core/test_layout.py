@@ -23,7 +23,8 @@ CORE = ROOT / "lml_core"
 # Each module may import only modules to its left.
 CHAIN = ["gram", "options", "adaptive", "precondition", "sampling", "wrap", "sampler_kinds",
          "calibration_text", "calibration", "reference", "objective", "sigma_fit", "projection",
-         "levenberg", "field", "calibrate_options", "calibrate", "calibrate_steps", "__init__"]
+         "linear_fit", "levenberg", "field", "calibrate_options", "calibrate", "calibrate_steps",
+         "__init__"]
 SHIPPED = [CORE / f"{name}.py" for name in CHAIN] + sorted((ROOT / "nodes").glob("*.py")) + [
     ROOT / "__init__.py"]
 

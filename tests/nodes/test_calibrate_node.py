@@ -218,6 +218,23 @@ def test_lab_measures_the_calibrated_sampler_like_any_other_row(pack, sd15, cond
     assert "calibration_evaluations" not in rows["euler"]
 
 
+def test_a_linear_calibration_runs_in_sampler_lml_calibrated(pack, sd15, sample_custom):
+    """An "lml_linear" calibration (lml_core.linear_fit; calibrate's linear_fits) pasted into
+    Sampler LML Calibrated runs its rows: euler's rows sample as the host's euler."""
+    sig = schedule(sd15, "karras", 3)
+    rows = [[sig[k + 1] / sig[0]] + [sig[k + 1] * (1 / sig[m + 1] - 1 / sig[m])
+                                     for m in range(k + 1)] for k in range(2)]
+    rows.append([0.0, 0.0, 0.0, 1.0])
+    text = Calibration(base="", sigmas=sig, corrections=rows, sampler="lml_linear",
+                       fitted_on={"steps": 3, "sigma_max": sig[0], "sigma_min": sig[-2],
+                                  "model_kind": "eps", "sigmas": sig,
+                                  "latent_shape": [4, 8, 8]}).to_json()
+    sampler = node(pack, "SamplerLMLCalibrated").execute(calibration=text).result[0]
+    ours = sample_custom(sampler, 3)
+    euler = sample_custom(comfy.samplers.sampler_object("euler"), 3)
+    assert torch.allclose(ours, euler, rtol=0, atol=1e-4 * float(euler.abs().max()))
+
+
 def test_the_default_field_measures_every_pair_and_runs_what_won(pack, sd15, conds,
                                                                  sample_custom, user_dir):
     """field 'all pairs' (the default): the host's schedulers and deterministic samplers are
