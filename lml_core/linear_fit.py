@@ -18,10 +18,11 @@ they are theta; the residual and loss are Fit's.
 calibrate uses it with the option ``linear_fits`` (off by default).  Against the projection,
 same benchmark and noise (docs/bench/options_linear_*.md, 3 calibration seeds): the digits
 network 0.357 -> 0.344 of the best pair (cfg 6 0.448 -> 0.416), the exact mixtures
-0.798 -> 0.834.  What gains on the digits is that freedom, not the exact start: LML's own
-consistent directions (x_m - D_m) on the exact rows fitted as the projection does, and without
-the x_0 column, or without it in the final row, both problems did worse (digits 0.363 / 0.351,
-mixtures 0.903 / 0.872).
+0.798 -> 0.834.  What gains on the digits is that freedom, not the exact start: with LML's own
+consistent directions (x_m - D_m) in place of the free output columns, or without the x_0
+column, or without it in the final row, the digits did no better than the projection and the
+mixtures worse (digits 0.360 / 0.363 / 0.351, mixtures 0.843 / 0.903 / 0.872; variants run
+once through the same benchmark, not kept).
 """
 
 from __future__ import annotations
