@@ -174,7 +174,6 @@ class RowLabelledDigitsModel:
     barely see them."""
 
     LABEL_SCALE = 1e-3
-    COLUMNS = 2
 
     def __init__(self, model: CFGDigitsModel):
         self.model, self.flow = model, model.flow

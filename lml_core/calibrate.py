@@ -17,7 +17,7 @@ import torch
 from .calibrate_options import checked_schedule, fit_options
 from .calibration import CALIBRATION_BASES, Calibration, model_kind
 from .calibration_text import SAMPLER_NAME
-from .field import measured_starts, planned_evaluations, start_kind, twin_starts
+from .field import LML_FITS, measured_starts, planned_evaluations, start_kind, twin_starts
 from .levenberg import fitted, levenberg_marquardt, raced, rms, scores, theta_key
 from .linear_fit import LinearFit
 from .objective import Fit, fd_step_for, robust_loss, robust_weights
@@ -270,7 +270,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
                               start=BuiltinSteps(function, model, int(opts["history"])))
                 if fit.plan(torch.zeros(fit.size, dtype=torch.float64)) is not None:
                     starts[f"lml({name}) + {schedule}"] = fit
-    n_lml = sum(isinstance(fit, (Fit, LinearFit)) for fit in starts.values())
+    n_lml = sum(isinstance(fit, LML_FITS) for fit in starts.values())
     kinds = {start_kind(fit) for fit in starts.values()}
     setup.planned = planned_evaluations(setup, n_lml, len(starts) - n_lml, move,
                                         min(len(samplers), sigma_fits), len(kinds),
@@ -348,7 +348,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
                              "sigmas": [f"{name} + {schedule}" for name, schedule in
                                         fitted_samplers]}
     fit, theta = chosen["fit"], chosen["theta"]
-    if isinstance(fit, (Fit, LinearFit)):
+    if isinstance(fit, LML_FITS):
         return fit.calibration(theta, setup.fitted_on(model), report)
     return Calibration(sampler=chosen["start"].split(" + ")[0], base="",
                        sigmas=fit.plan(theta), corrections=[],

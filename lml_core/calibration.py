@@ -12,11 +12,12 @@ low-rank subspace of the previous directions (the subspace LML's correction uses
 base itself); ``s_0 .. s_N``: the sampler's own timesteps (``s_N = 0``).  One model call per
 step.
 
-A calibration fitted from a built-in sampler's steps is that sampler's whole linear map, fitted
-(LINEAR_SAMPLER, lml_core.linear_fit): every state a linear combination of the first latent and
-the model's outputs so far, x_{k+1} = r_{k,0} x_0 + sum_m r_{k,m+1} D(x_m, s_m), which any
-one-call-per-step sampler is at zero corrections (uni_pc's corrector and dpmpp_2m's
-exponential steps included, which the multistep form above only approximates).
+With calibrate's ``linear_fits``, a calibration fitted from a built-in sampler's steps is that
+sampler's whole linear map, fitted (LINEAR_SAMPLER, lml_core.linear_fit): every state a linear
+combination of the first latent and the model's outputs so far, x_{k+1} = r_{k,0} x_0 + sum_m
+r_{k,m+1} D(x_m, s_m), which any one-call-per-step sampler is at zero corrections (uni_pc's
+corrector and dpmpp_2m's exponential steps included, which the multistep form above only
+approximates).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ from .objective import Fit, robust_loss
 from .projection import identified, linear_map, same_map
 from .sigma_fit import SigmaFit
 
+# lml_core's own samplers among the starts (the others are built-in pairs)
+LML_FITS = (Fit, LinearFit)
+
 
 def parameter_count(steps: int, history: int, move_timesteps: bool) -> int:
     return (steps - 1 if move_timesteps and steps >= 2 else 0) + sum(
@@ -60,8 +63,12 @@ def twin_starts(starts: dict, model) -> dict:
     LML's euler, ipndm and ipndm_v bases and its starts from deis's or gradient_estimation's
     own steps are, and every LinearFit start (the pair's own linear map); the field runs the
     pair only and gives its twin the same errors."""
-    twins = {label: label[4:].replace(")", "", 1) for label, fit in starts.items()
-             if isinstance(fit, LinearFit) and label[4:].replace(")", "", 1) in starts}
+    twins = {}
+    for label, fit in starts.items():
+        if isinstance(fit, LinearFit):
+            pair = f"{lml_start_name(label)} + {label.split(' + ', 1)[1]}"
+            if pair in starts:
+                twins[label] = pair
     lml = {label: fit for label, fit in starts.items() if isinstance(fit, Fit)}
     if not lml:
         return twins
@@ -100,7 +107,7 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool,
             errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), x,
                                              reference)
         except (RuntimeError, ValueError, ZeroDivisionError) as error:
-            if isinstance(fit, (Fit, LinearFit)):  # lml_core's own sampler: a real error
+            if isinstance(fit, LML_FITS):  # lml_core's own sampler: a real error
                 raise
             setup.say(f"{label}: cannot run here ({error}); left out")
             continue

@@ -33,7 +33,7 @@ from .adaptive import half_log_snr
 from .calibration import Calibration, linear_state
 from .calibration_text import LINEAR_SAMPLER, MAX_CORRECTION
 from .objective import RolloutObjective, difference_column, moved_schedule
-from .projection import identified
+from .projection import BuiltinRows
 
 
 class LinearFit(RolloutObjective):
@@ -51,24 +51,11 @@ class LinearFit(RolloutObjective):
         self.moved = list(range(1, self.steps)) if move_timesteps else []
         self.n_time = len(self.moved)
         # (row k, column) of each correction: x_0's (column 0), then D_k, D_{k-1}, ..
-        # (row k, column) of each correction: x_0's (column 0), then D_k, D_{k-1}, ..
         self.slots = [(k, column) for k in range(self.steps)
                       for column in (0, *range(k + 1, max(k + 1 - history, 0), -1))]
         self.size = self.n_time + len(self.slots)
-        self.maps = {}  # the sampler's rows by timesteps (the corrections leave them alone)
-
-    def rows_at(self, sig):
-        """The sampler's rows on ``sig`` (lists of floats), or None where it is not identified
-        there (another number of model calls, other sigmas, not linear)."""
-        key = tuple(sig)
-        if key not in self.maps:
-            if len(self.maps) > 256:
-                self.maps.clear()
-            found = identified(self.sampler, self.model, list(sig))
-            self.maps[key] = None if found is None else [
-                [float(v) for v in row[:k + 2]]
-                for k, row in enumerate([*found[0][1:], found[1]])]
-        return self.maps[key]
+        # the sampler's rows by timesteps (the corrections leave them alone)
+        self.rows_at = BuiltinRows(sampler, model)
 
     def plan(self, theta):
         """(sigmas, rows) for ``theta``; None where the timesteps are not strictly decreasing

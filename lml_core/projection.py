@@ -139,6 +139,24 @@ class BuiltinSteps:
         if key not in self.tables:
             if len(self.tables) > 256:
                 self.tables.clear()
-            self.tables[key] = sampler_coefficients(self.sampler, self.model, list(key),
-                                                    self.history)
+            self.tables[key] = self.table(list(key))
         return self.tables[key]
+
+    def table(self, sigmas: list[float]):
+        return sampler_coefficients(self.sampler, self.model, sigmas, self.history)
+
+
+class BuiltinRows(BuiltinSteps):
+    """``sampler``'s exact linear map as a function of the timesteps (lml_core.linear_fit):
+    row k is the state after step k + 1 (the last: the final sample) as its k + 2 coefficients
+    of [x_0, D_0 .. D_k]; None where it is not identified there.  Cached as BuiltinSteps."""
+
+    def __init__(self, sampler, model):
+        super().__init__(sampler, model, history=0)
+
+    def table(self, sigmas: list[float]):
+        found = identified(self.sampler, self.model, sigmas)
+        if found is None:
+            return None
+        return [[float(v) for v in row[:k + 2]]
+                for k, row in enumerate([*found[0][1:], found[1]])]
