@@ -26,9 +26,12 @@ from .suite import geometric_mean
 
 def run_point(problem, nfe, options, seeds, best_rms) -> dict:
     """One point with one option set (bench.calibrated's calibrations and scoring): per seed
-    the test ratio and the evaluations."""
-    row, = cal.calibrated_rows(problem, [nfe], cal.CALIBRATION_SAMPLES, options,
-                               lambda *_: None, seeds)
+    the test ratio and the evaluations.  A set's ``samples`` (not a calibrate option) is the
+    calibration's noise count, as LML Calibrate's widget of that name (default
+    CALIBRATION_SAMPLES)."""
+    options = dict(options)
+    samples = options.pop("samples", cal.CALIBRATION_SAMPLES)
+    row, = cal.calibrated_rows(problem, [nfe], samples, options, lambda *_: None, seeds)
     ratios = [s["rms"] / best_rms for s in row["seeds"]]
     evaluations = [s["cost"]["evaluations"] for s in row["seeds"]]
     return {"ratio": statistics.median(ratios), "ratio_max": max(ratios),

@@ -86,6 +86,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "options-thorough": options_block("options_thorough"),
           "options-trajectory": options_block("options_trajectory_digits",
                                               "options_trajectory_mixtures"),
+          "options-samples": options_block("options_samples_digits",
+                                           "options_samples_mixtures"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
           "digits-size-fit96": digits_block("digits_size_fit96")}
 

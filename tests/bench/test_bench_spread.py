@@ -106,6 +106,16 @@ def test_markdown_has_the_spread_columns(tmp_path):
     assert "| mix2d | karras | 5 | uni_pc + kl_optimal | 0.2000 | 0.2000 | 1.000 | 1.500 |" in text
     assert "| 3.0 | 2000 (1000-3000) | 200 | 50 (70) |" in text
     assert "| exact mixtures (Karras + flow), NFE 5 | 1 | 1.000 | 1.500 |" in text
+    assert "The best pair:" not in text  # a run that did not record how it chose
+
+
+def test_the_page_says_how_the_best_pair_was_chosen():
+    meta = {"samples": {"mix2d": 2000, "digits": 500}, "finalists": 3,
+            "pair_samples": {"mix2d": 2000, "digits": 500}}
+    assert "on all the samples." in calibrated.pair_choice(meta)
+    meta["pair_samples"] = {"mix2d": 500, "digits": 125}
+    sentence = calibrated.pair_choice(meta)
+    assert "{'mix2d': 500, 'digits': 125} samples, the 3 best per NFE on all" in sentence
 
 
 def test_calibration_noise_differs_per_seed_and_seed_0_is_the_old_noise():
