@@ -52,7 +52,8 @@ SAMPLES = {"mix2d": 2000, "mix64d": 1000, "sub3072d": 500, "digits": 500}
 # Samples of each data set on which every (sampler, scheduler) pair runs to choose the finalists
 # (bench.pairs): a quarter of SAMPLES; all of sub3072d's, whose pairs' errors are carried by a
 # few samples: a tenth (50) missed its best pair at 6 of 10 points, by up to 1.21x
-# (docs/bench/pair_check.md), and all 500 cost ~2 minutes of one core more.
+# (docs/bench/pair_check.md); all 500 find it at every point (pair_check_sub3072d.md) for
+# about 2.5 minutes more of one core.
 PAIR_SAMPLES = {"mix2d": 500, "mix64d": 250, "sub3072d": 500, "digits": 125}
 # The pairs run at the budgets up to 10 NFE, where the schedule matters most and the calibrated
 # sampler competes: up to 20 NFE the mix2d/karras problem's pairs alone took 93 s

@@ -1,6 +1,8 @@
 """The field is pairs (bench.pairs): every host sampler with every host scheduler, the sigmas the
 host's KSampler would give, every scheduler placed, and the best pair the minimum over pairs."""
 
+import math
+
 import comfy.samplers
 import pytest
 import torch
@@ -147,3 +149,17 @@ def test_every_pair_makes_the_model_calls_its_steps_were_chosen_for(kind):
                                    scheduler=scheduler)
             steps = steps_for_nfe(name, 6, scheduler, kind)
             assert calls == nfe_of(name, steps, scheduler, kind) <= 6, (name, scheduler)
+
+
+def test_split_choice_scores_the_pair_chosen_on_the_other_half():
+    from bench.pair_check import split_choice
+
+    def row(*squared):
+        return {"squared": torch.tensor(squared, dtype=torch.float64)}
+
+    # A is best on the even rows (RMS 1 against 2), B on the odd rows (2 against 10): each
+    # half's choice scores 5x and 2x the best pair on the other half.
+    lucky, steady = row(1.0, 100.0, 1.0, 100.0), row(4.0, 4.0, 4.0, 4.0)
+    assert split_choice([lucky, steady]) == pytest.approx(math.sqrt(5.0 * 2.0))
+    # One pair best on both halves: no optimism.
+    assert split_choice([row(1.0, 1.0, 2.0, 2.0), steady]) == 1.0
