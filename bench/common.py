@@ -106,11 +106,15 @@ def rms(x, ref):
     return float(((x.to(torch.float64) - ref.to(torch.float64)) ** 2).mean().sqrt())
 
 
+def squared_errors(x, ref):
+    """Each sample's mean squared distance to its reference, [B] in float64."""
+    return ((x.to(torch.float64) - ref.to(torch.float64)) ** 2).reshape(x.shape[0], -1).mean(1)
+
+
 def median_error(x, ref):
     """The median over the samples of each sample's RMS distance: the typical error, which a
     few samples far off (another mode) do not move."""
-    per_sample = ((x.to(torch.float64) - ref.to(torch.float64)) ** 2).reshape(x.shape[0], -1)
-    return float(per_sample.mean(1).sqrt().median())
+    return float(squared_errors(x, ref).sqrt().median())
 
 
 def sliced_w2(a, b, projections=128, seed=1234):

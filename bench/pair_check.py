@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import field, report
-from .common import digits_noise
+from .common import digits_noise, squared_errors
 from .pairs import FINALISTS, best_pairs
 from .run import PAIR_SAMPLES, SAMPLES, log, prepare
 from .suite import NOISE_SEED, SCHEDULES, Problem, evaluate, exact_problems, geometric_mean
@@ -35,26 +35,21 @@ def digits_problem(cfg, kind, samples, ref_steps):
                    ref_steps, log=log)
 
 
-def squared_errors(problem):
+def with_squared_errors(problem):
     """extra_metrics for evaluate: each sample's mean squared error ("squared", a tensor)."""
-    def metrics(x):
-        return {"squared": ((x.double() - problem.reference.double()) ** 2).reshape(
-            x.shape[0], -1).mean(1)}
-    return metrics
+    return lambda x: {"squared": squared_errors(x, problem.reference)}
 
 
 def split_choice(rows) -> float:
     """How much worse the pair chosen on one half of the samples is on the other half than the
     best pair there: the geometric mean over the two directions (even rows choose, odd rows
     score; then the other way).  ``rows``: every pair at one NFE, each with "squared"."""
-    n = rows[0]["squared"].shape[0]
-    halves = [slice(0, n, 2), slice(1, n, 2)]
+    # each pair's RMS on the even rows, then on the odd rows
+    halves = [[float(r["squared"][first::2].mean().sqrt()) for r in rows] for first in (0, 1)]
     ratios = []
     for choose, score in ((0, 1), (1, 0)):
-        on = [{id(r): float(r["squared"][h].mean().sqrt()) for r in rows}
-              for h in (halves[choose], halves[score])]
-        pick = min(rows, key=lambda r: on[0][id(r)])
-        ratios.append(on[1][id(pick)] / min(on[1].values()))
+        pick = min(range(len(rows)), key=halves[choose].__getitem__)
+        ratios.append(halves[score][pick] / min(halves[score]))
     return math.sqrt(ratios[0] * ratios[1])
 
 
@@ -64,7 +59,7 @@ def check(problem, nfes, subset):
     everything = []
     for scheduler in field.scheduler_names():
         specs = {name: (name, {}) for name in field.DETERMINISTIC}
-        everything += evaluate(problem, specs, nfes, squared_errors(problem),
+        everything += evaluate(problem, specs, nfes, with_squared_errors(problem),
                                log=lambda _: None, scheduler=scheduler)
     chosen, _, _ = best_pairs(problem, field.DETERMINISTIC, nfes, subset, log=log)
     return everything, chosen

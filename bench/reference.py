@@ -31,7 +31,7 @@ from lml_core.sampling import to_d
 
 from . import calibrated as cal
 from . import field
-from .common import rk4
+from .common import rk4, squared_errors
 from .digits import CFGDigitsModel, load_or_train
 from .exact import EXACT_DATASETS, MixtureModel
 from .suite import SCHEDULES
@@ -60,7 +60,7 @@ def problems(log):
 
 
 def errors(final, truth) -> dict:
-    per_noise = (final - truth).reshape(final.shape[0], -1).pow(2).mean(1).sqrt()
+    per_noise = squared_errors(final, truth).sqrt()
     return {"rms": float(per_noise.pow(2).mean().sqrt()),
             "median": float(per_noise.median())}
 

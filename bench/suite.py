@@ -16,6 +16,7 @@ from . import field
 from .common import (
     SIGMA_START,
     initial_noise,
+    median_error,
     mode_weight_error,
     reference_solution,
     rms,
@@ -225,11 +226,9 @@ def evaluate(problem, samplers, nfes, extra_metrics=None, log=print, scheduler=N
                                    options, scheduler=scheduler)
             if not torch.isfinite(x).all():
                 raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
-            per_sample = ((x.double() - problem.reference.double()) ** 2).reshape(
-                x.shape[0], -1).mean(1).sqrt()
             row = {**_row(problem, label, nfe, calls, scheduler),
                    "rms": rms(x, problem.reference),
-                   "median": float(per_sample.median())}
+                   "median": median_error(x, problem.reference)}
             if extra_metrics is not None:
                 row.update(extra_metrics(x))
             rows.append(row)
