@@ -1,6 +1,7 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
-the calibrated and calibrated-sigmas summaries, the memory, transfer, precision and option-set
-tables, and the digits checkpoint's tables (harness.digits_field).
+the default benchmark's field summary (results.json), the calibrated and calibrated-sigmas
+summaries, the memory, transfer, precision and option-set tables, and the digits checkpoint's
+tables (harness.digits_field).
 
 README marks each generated block::
 
@@ -21,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import calibrated, calibrated_sigmas, memory, options, precision, transfer
+from . import calibrated, calibrated_sigmas, memory, options, precision, results_page, transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -37,6 +38,11 @@ def draws_block(bench: Path) -> list[str]:
     def points(name):
         return json.loads((bench / name).read_text())["points"]
     return calibrated.draw_lines(points("calibrated.json"), points("calibrated_draw1.json"))
+
+
+def field_block(bench: Path) -> list[str]:
+    data = json.loads((bench / "results.json").read_text())
+    return results_page.readme_lines(data["deterministic"], data["stochastic"], data["meta"])
 
 
 def sigmas_block(bench: Path) -> list[str]:
@@ -80,7 +86,7 @@ def digits_block(name: str):
 
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
-          "calibrated-sigmas": sigmas_block,
+          "calibrated-sigmas": sigmas_block, "field": field_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),

@@ -125,31 +125,53 @@ def ratio_table(rows, metric="rms", num="lml", den="pair"):
     schedule (the host's karras is it to float32 rounding, flow's simple nearly, on integer
     timesteps), so the best pair can only lower the denominator.  Returns (markdown,
     {nfe: geometric mean ratio})."""
-    points, nfes = _points(rows), _nfes(rows)
+    found, geo, bound = ratios_of(rows, metric, num, den)
+    nfes = _nfes(rows)
     lines = ["| data / schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|" + "---|" * len(nfes)]
-    ratios, bound = defaultdict(list), set()
     for problem in problems_of(rows):
         cells = []
         for n in nfes:
+            r = found.get(problem + (n,))
+            cells.append("" if r is None else f"{'>= ' if r['bound'] else ''}{r['ratio']:.2f} "
+                         f"({label(r['top'])} / {label(r['bottom'])})")
+        lines.append(f"| {problem[0]} / {problem[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [geometric_row(geo, bound, nfes, "*geometric mean*")]), geo
+
+
+def ratios_of(rows, metric="rms", num="lml", den="pair"):
+    """ratio_table's numbers: ({(data, schedule, nfe): {"ratio", "top", "bottom", "bound"}},
+    {nfe: geometric mean over the problems}, {the NFEs where some ratio is only a bound})."""
+    points = _points(rows)
+    found, ratios, bound = {}, defaultdict(list), set()
+    for problem in problems_of(rows):
+        for n in _nfes(rows):
             top = best(points[problem + (n,)], num, metric)
             bottom = best(points[problem + (n,)], den, metric)
-            mark = ""
+            is_bound = False
             if bottom is None and den == "pair":
-                bottom, mark = best(points[problem + (n,)], "default", metric), ">= "
+                bottom, is_bound = best(points[problem + (n,)], "default", metric), True
             if top is None or bottom is None or bottom[metric] <= 0:
-                cells.append("")
                 continue
             ratio = top[metric] / bottom[metric]
+            found[problem + (n,)] = {"ratio": ratio, "top": top, "bottom": bottom,
+                                     "bound": is_bound}
             ratios[n].append(ratio)
-            if mark:
+            if is_bound:
                 bound.add(n)
-            cells.append(f"{mark}{ratio:.2f} ({label(top)} / {label(bottom)})")
-        lines.append(f"| {problem[0]} / {problem[1]} | " + " | ".join(cells) + " |")
-    geo = {n: geometric_mean(v) for n, v in ratios.items() if v}
-    lines.append("| *geometric mean* | " + " | ".join(
-        f"{'>= ' if n in bound else ''}{geo[n]:.2f}" if n in geo else "" for n in nfes) + " |")
-    return "\n".join(lines), geo
+    return found, {n: geometric_mean(v) for n, v in ratios.items() if v}, bound
+
+
+def geometric_row(geo, bound, nfes, title, bold=False):
+    """A table row of the geometric means per NFE (">= " where a ratio is only a bound; bold
+    where it is not, with ``bold``)."""
+    def cell(n):
+        if n not in geo:
+            return ""
+        if n in bound:
+            return f">= {geo[n]:.2f}"
+        return f"**{geo[n]:.2f}**" if bold else f"{geo[n]:.2f}"
+    return f"| {title} | " + " | ".join(cell(n) for n in nfes) + " |"
 
 
 def headline(rows, metric="rms"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from lml_core import DEFAULTS, SOLVER_DEFAULTS
 
 from . import report
@@ -122,3 +124,56 @@ def write_markdown(out, det, sto, meta):
                          f"{100 * v:.2f}% |")
         lines += ["", f"History memory: {c['history_note']}.", ""]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def _ahead(found) -> list[str]:
+    """The points (not bounds) where the best LML sampler is below the best pair."""
+    return [f"{data}/{schedule} {nfe} NFE {r['ratio']:.2f}"
+            for (data, schedule, nfe), r in found.items() if not r["bound"] and r["ratio"] < 1]
+
+
+def readme_lines(det, sto, meta) -> list[str]:
+    """README's "Against the whole field" numbers (bench.readme's block "field"): the best LML
+    sampler over the best pair and over the best sampler on the fixed schedule per NFE, what
+    the schedule alone gives, the run's time, and where LML is ahead of the best pair."""
+    tables = [("deterministic (RMS)", det, "rms"), ("stochastic (sliced W2)", sto, "sw2")]
+    nfes = sorted({r["nfe_budget"] for _, rows, _ in tables for r in rows})
+    lines = ["| | " + " | ".join(f"NFE {n}" if i == 0 else str(n) for i, n in enumerate(nfes))
+             + " |", "|---|" + "---|" * len(nfes)]
+    ahead, counts = [], []
+    for what, rows, metric in tables:
+        if not rows:
+            continue
+        found, geo, bound = report.ratios_of(rows, metric, "lml", "pair")
+        lines.append(report.geometric_row(geo, bound, nfes, f"{what}, vs the best pair", True))
+        _, geo, bound = report.ratios_of(rows, metric, "lml", "default")
+        lines.append(report.geometric_row(geo, bound, nfes,
+                                          f"{what.split(' ')[0]}, vs the best on one schedule"))
+        paired = [r for r in found.values() if not r["bound"]]
+        ahead.append(_ahead(found))
+        counts.append(len(paired))
+    share, share_geo, _ = report.ratios_of(det, "rms", "pair", "default")
+    det_share = [share_geo[n] for n in meta["pair_nfes"] if n in share_geo]
+    schedulers = Counter(r["top"]["scheduler"] for r in share.values())
+    scheduler, times = schedulers.most_common(1)[0]
+    parts = [f"{min(det_share):.2f}-{max(det_share):.2f}x the best sampler on the problem's "
+             f"schedule at {meta['pair_nfes'][0]}-{meta['pair_nfes'][-1]} NFE (deterministic"]
+    if sto:
+        _, sto_geo, _ = report.ratios_of(sto, "sw2", "pair", "default")
+        stochastic = [n for n in meta["pair_stochastic_nfes"] if n in sto_geo]
+        parts.append(" / ".join(f"{sto_geo[n]:.2f}" for n in stochastic) + " stochastic at "
+                     + " / ".join(map(str, stochastic)))
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in meta.get("stage_seconds", {}).items())
+    load = meta.get("load_average")
+    lines += ["", "The schedule alone gives much of that margin: the best pair is "
+              + "; ".join(parts) + f"), most often with `{scheduler}` ({times} of "
+              f"{len(share)} deterministic points). Run: `bash scripts/bench.sh` "
+              f"({meta['wall_seconds']:.0f} s wall, {meta['cpu_seconds']:.0f} s CPU: {stages}"
+              + (f"; load average {load[0]:.1f} on {meta['cores']} cores at the end" if load
+                 else "") + ")."]
+    where = [f"{len(a)} of {n} {kind} points ({', '.join(a) or 'none'})"
+             for a, n, kind in zip(ahead, counts, ("deterministic", "stochastic"))]
+    lines += ["", "**Where LML is ahead** of the best pair (where every pair ran, NFE "
+              f"{meta['pair_nfes'][0]}-{meta['pair_nfes'][-1]}): at " + " and ".join(where)
+              + "."]
+    return lines

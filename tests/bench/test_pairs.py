@@ -163,3 +163,30 @@ def test_split_choice_scores_the_pair_chosen_on_the_other_half():
     assert split_choice([lucky, steady]) == pytest.approx(math.sqrt(5.0 * 2.0))
     # One pair best on both halves: no optimism.
     assert split_choice([row(1.0, 1.0, 2.0, 2.0), steady]) == 1.0
+
+
+def test_readmes_field_summary_is_the_ratio_to_the_best_pair_per_nfe():
+    from bench import results_page
+
+    def row(data, sampler, nfe, rms, scheduler=None):
+        return {"data": data, "schedule": "karras", "sampler": sampler, "scheduler": scheduler,
+                "nfe_budget": nfe, "nfe": nfe, "rms": rms}
+
+    det = []
+    for data, lml, pair, default in (("a", 0.5, 1.0, 2.0), ("b", 4.0, 1.0, 1.0)):
+        det += [row(data, "lml_euler", 4, lml), row(data, "euler", 4, default),
+                row(data, "ipndm", 4, pair, "kl_optimal"), row(data, "ipndm", 4, 9.0, "beta"),
+                # above the pairs' NFEs only the fixed schedule ran: a bound
+                row(data, "lml_euler", 20, lml), row(data, "euler", 20, default)]
+    meta = {"pair_nfes": [4], "pair_stochastic_nfes": [], "wall_seconds": 10.0,
+            "cpu_seconds": 9.0, "stage_seconds": {"pairs": 3.0}}
+    lines = results_page.readme_lines(det, [], meta)
+    # LML over the best pair: sqrt(0.5 * 4) at 4 NFE; over the fixed schedule's best there
+    # sqrt(0.25 * 4); at 20 NFE only the bound sqrt(0.25 * 4)
+    assert lines[2] == (f"| deterministic (RMS), vs the best pair | **{math.sqrt(2):.2f}** | "
+                        ">= 1.00 |")
+    assert lines[3] == "| deterministic, vs the best on one schedule | 1.00 | 1.00 |"
+    text = "\n".join(lines)
+    assert "the best pair is 0.71-0.71x the best sampler" in text  # sqrt(0.5 * 1)
+    assert "`kl_optimal` (2 of 2 deterministic points)" in text
+    assert "at 1 of 2 deterministic points (a/karras 4 NFE 0.50)." in text
