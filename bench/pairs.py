@@ -10,6 +10,8 @@ All pairs on all samples would cost ~9x the fixed-schedule rows, so the choice h
    stochastic pairs one noise seed);
 2. final: the ``finalists`` best pairs of each NFE on all the samples (every seed), side by side
    with the fixed-schedule rows and the LML samplers; the lowest of them is the best pair.
+   Where the subset is all the samples (deterministic pairs), the selection's own runs are
+   the final rows: nothing runs twice.
 
 A scheduler the host cannot give a usable schedule for, or a pair that raises or returns
 non-finite samples, is recorded with its reason, never dropped silently.
@@ -23,8 +25,15 @@ import time
 import torch
 
 from . import field
-from .common import rms
-from .suite import evaluate, evaluate_stochastic, run_sampler, sigmas_for, steps_for_nfe
+from .common import median_error, rms
+from .suite import (
+    evaluate,
+    evaluate_stochastic,
+    point_row,
+    run_sampler,
+    sigmas_for,
+    steps_for_nfe,
+)
 
 FINALISTS = 3  # pairs per NFE taken from the selection to the full samples
 TOP = 5  # pairs per point kept in results.json's selection record
@@ -99,10 +108,13 @@ def one_thread():
 
 
 @one_thread()
-def select(problem, samplers, schedulers, nfes, subset, stochastic=False):
+def select(problem, samplers, schedulers, nfes, subset, stochastic=False, rows=None):
     """Every pair on the first ``subset`` samples.  Returns ({nfe: [(score, sampler,
-    scheduler)] ascending}, failures [{sampler, scheduler, nfe, why}])."""
+    scheduler)] ascending}, failures [{sampler, scheduler, nfe, why}]).  ``rows``: a dict
+    that gets each deterministic pair's final row {(sampler, scheduler, nfe): row}, as
+    suite.evaluate writes it (only where the subset is every sample)."""
     x_start = problem.x_start[:subset]
+    whole = rows is not None and not stochastic and len(x_start) == len(problem.x_start)
     ranking, failures = {nfe: [] for nfe in nfes}, []
     for sampler in samplers:
         for scheduler in schedulers:
@@ -120,6 +132,10 @@ def select(problem, samplers, schedulers, nfes, subset, stochastic=False):
                                      "why": why})
                 else:
                     ranking[nfe].append((score, sampler, scheduler))
+                    if whole:
+                        rows[(sampler, scheduler, nfe)] = {
+                            **point_row(problem, sampler, nfe, calls, scheduler), "rms": score,
+                            "median": median_error(x, problem.reference)}
     return {nfe: sorted(found) for nfe, found in ranking.items()}, failures
 
 
@@ -138,9 +154,13 @@ def best_pairs(problem, samplers, nfes, subset, stochastic=False, seeds=(0,),
     records per NFE, failures)."""
     t0 = time.time()
     schedulers = runnable(problem.flow, nfes)
-    ranking, failures = select(problem, samplers, schedulers, nfes, subset, stochastic)
+    kept = {}  # the selection's rows, where it ran every sample
+    ranking, failures = select(problem, samplers, schedulers, nfes, subset, stochastic, kept)
     rows = []
     for (sampler, scheduler), at in finalist_nfes(ranking, finalists).items():
+        if kept:
+            rows += [kept[(sampler, scheduler, nfe)] for nfe in sorted(at)]
+            continue
         spec = {sampler: (sampler, {})}
         try:
             if stochastic:

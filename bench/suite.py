@@ -207,7 +207,7 @@ def exact_problems(names, samples, ref_steps, seed, log=print):
             yield mixture, problem
 
 
-def _row(problem, label, nfe, calls, scheduler=None):
+def point_row(problem, label, nfe, calls, scheduler=None):
     """``scheduler``: None for the problem's fixed schedule, else the host scheduler's name."""
     return {"data": problem.name, "schedule": problem.kind, "sampler": label,
             "scheduler": scheduler, "nfe_budget": nfe, "nfe": calls}
@@ -226,7 +226,7 @@ def evaluate(problem, samplers, nfes, extra_metrics=None, log=print, scheduler=N
                                    options, scheduler=scheduler)
             if not torch.isfinite(x).all():
                 raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
-            row = {**_row(problem, label, nfe, calls, scheduler),
+            row = {**point_row(problem, label, nfe, calls, scheduler),
                    "rms": rms(x, problem.reference),
                    "median": median_error(x, problem.reference)}
             if extra_metrics is not None:
@@ -252,7 +252,7 @@ def evaluate_stochastic(problem, samplers, nfes, seeds, log=print, scheduler=Non
                 finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
                 bad += int((~finite).sum())
                 per_seed.append(problem.distribution_metrics(x[finite]))
-            row = {**_row(problem, label, nfe, calls, scheduler), "seeds": len(seeds),
+            row = {**point_row(problem, label, nfe, calls, scheduler), "seeds": len(seeds),
                    "non_finite": bad}
             for metric in per_seed[0]:
                 values = sorted(m[metric] for m in per_seed)

@@ -116,6 +116,16 @@ def test_best_pair_is_the_minimum_over_pairs(kind):
     winner = report.best(rows, "pair", "rms")
     assert (winner["sampler"], winner["scheduler"]) == tuple(record["top"][0][:2])
     assert winner["rms"] == pytest.approx(scores[0], rel=1e-12)
+    # the selection ran every sample: its rows are the final ones, as evaluate writes them
+    from bench.suite import evaluate
+
+    for row in rows:
+        again, = evaluate(problem, {row["sampler"]: (row["sampler"], {})}, [5],
+                          log=lambda _: None, scheduler=row["scheduler"])
+        errors = ("rms", "median")
+        assert {k: v for k, v in again.items() if k not in errors} == {
+            k: v for k, v in row.items() if k not in errors}
+        assert [again[k] for k in errors] == pytest.approx([row[k] for k in errors], rel=1e-9)
     # the pair rows carry their scheduler; LML, CFG++, fixed-schedule and NaN rows never win
     others = [{**winner, "sampler": "lml_euler", "scheduler": None, "rms": 0.0},
               {**winner, "sampler": "euler_cfg_pp", "rms": 0.0},
