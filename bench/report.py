@@ -179,6 +179,14 @@ def headline(rows, metric="rms"):
     return ratio_table(rows, metric, "lml", "pair")
 
 
+def wrapped_ratios(rows, lml, base, metric="rms") -> dict:
+    """{(data, schedule, nfe): ``lml``'s metric over ``base``'s}, both on the fixed schedule,
+    where both ran."""
+    idx = _index(rows)
+    return {(d, s, n): idx[(d, s, lml, n)][metric] / idx[(d, s, base, n)][metric]
+            for (d, s, name, n) in idx if name == lml and (d, s, base, n) in idx}
+
+
 def wrapped_table(rows, wrapped, metric="rms"):
     """Each LML sampler's metric over the solver it wraps (both on the fixed schedule), per
     problem and NFE."""

@@ -177,3 +177,28 @@ def readme_lines(det, sto, meta) -> list[str]:
               f"{meta['pair_nfes'][0]}-{meta['pair_nfes'][-1]}): at " + " and ".join(where)
               + "."]
     return lines
+
+
+def wrapped_lines(det, sto) -> list[str]:
+    """README's "Against the solver each LML sampler wraps" (bench.readme's block "wrapped"):
+    each LML sampler's error over its solver's, both on the fixed schedule, over every point:
+    the geometric mean, per NFE, the worst point and how many points are within 1.02x."""
+    lines = ["| | geometric mean | by NFE | worst | within 1.02x |", "|---|---|---|---|---|"]
+    for rows, metric, note in ((det, "rms", ""), (sto, "sw2", " (W2)")):
+        for lml, base in WRAPPED.items():
+            ratios = report.wrapped_ratios(rows, lml, base, metric)
+            if not ratios:
+                continue
+            by_nfe = {}
+            for (_, _, nfe), ratio in ratios.items():
+                by_nfe.setdefault(nfe, []).append(ratio)
+            (data, schedule, nfe), worst = max(ratios.items(), key=lambda item: item[1])
+            mean = report.geometric_mean(ratios.values())
+            lines.append(
+                f"| `{lml}` / `{base}`{note} | " + (f"**{mean:.2f}**" if mean < 1 else
+                                                     f"{mean:.2f}") + " | "
+                + ", ".join(f"{report.geometric_mean(v):.2f} at {n}"
+                            for n, v in sorted(by_nfe.items()))
+                + f" | {worst:.2f} ({data}/{schedule}, {nfe}) | "
+                f"{sum(r <= 1.02 for r in ratios.values())} of {len(ratios)} points |")
+    return lines

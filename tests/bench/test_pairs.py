@@ -200,3 +200,20 @@ def test_readmes_field_summary_is_the_ratio_to_the_best_pair_per_nfe():
     assert "the best pair is 0.71-0.71x the best sampler" in text  # sqrt(0.5 * 1)
     assert "`kl_optimal` (2 of 2 deterministic points)" in text
     assert "at 1 of 2 deterministic points (a/karras 4 NFE 0.50)." in text
+
+
+def test_readmes_wrapped_summary_is_each_lml_sampler_over_its_solver():
+    from bench import results_page
+
+    def row(data, sampler, nfe, rms):
+        return {"data": data, "schedule": "flow", "sampler": sampler, "scheduler": None,
+                "nfe_budget": nfe, "nfe": nfe, "rms": rms}
+
+    det = [row("a", "lml_euler", 4, 0.5), row("a", "euler", 4, 1.0),
+           row("a", "lml_euler", 8, 2.0), row("a", "euler", 8, 1.0),
+           row("b", "lml_euler", 4, 1.01), row("b", "euler", 4, 1.0)]
+    lines = results_page.wrapped_lines(det, [])
+    assert len(lines) == 3  # header, rule, lml_euler (no lml_dpmpp_2m rows)
+    assert lines[2] == (f"| `lml_euler` / `euler` | {(0.5 * 2.0 * 1.01) ** (1 / 3):.2f} | "
+                        f"{math.sqrt(0.5 * 1.01):.2f} at 4, 2.00 at 8 | 2.00 (a/flow, 8) | "
+                        "2 of 3 points |")
