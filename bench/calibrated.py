@@ -30,7 +30,14 @@ from lml_core.calibrate_options import checked_schedule
 from lml_core.field import lml_start_name
 
 from . import field, report
-from .common import digits_noise, initial_noise, median_error, rms
+from .common import (
+    bootstrap_ratio,
+    digits_noise,
+    initial_noise,
+    median_error,
+    rms,
+    squared_errors,
+)
 from .digits import CFGDigitsModel, RowLabelledDigitsModel, fitted_size_warning_off, with_labels
 from .exact import EXACT_DATASETS
 from .pairs import FINALISTS, best_pairs
@@ -43,6 +50,7 @@ from .suite import (
     evaluate,
     exact_problems,
     geometric_mean,
+    run_sampler,
     sigmas_for,
     steps_for_nfe,
 )
@@ -162,10 +170,12 @@ def seeds_row(problem, nfe, seeds) -> dict:
             "median_seed": middle["seed"], "cost": cost, "seeds": seeds}
 
 
-def calibrated_rows(problem, nfes, samples, options, log, seeds=1):
+def calibrated_rows(problem, nfes, samples, options, log, seeds=1, errors=None):
     """Rows of the calibrated sampler (fitted per NFE and calibration seed on its own noise in
     float32, as ComfyUI runs it, starting from the best pair it measures; sampling the
-    problem's noise), one per NFE over the ``seeds`` calibrations (``seeds_row``)."""
+    problem's noise), one per NFE over the ``seeds`` calibrations (``seeds_row``).
+    ``errors``: a dict that gets each point's per-sample squared errors, one tensor per seed,
+    {(data, schedule, nfe): [...]}."""
     rows = []
     noises = [calibration_noise(problem, samples, seed) for seed in range(seeds)]
     for nfe in nfes:
@@ -184,6 +194,9 @@ def calibrated_rows(problem, nfes, samples, options, log, seeds=1):
                                           sigmas, calibration=calibration, samplers=samplers,
                                           disable=True)
             records.append(seed_row(problem, nfe, seed, calibration, memory, sampler_host, x))
+            if errors is not None:
+                errors.setdefault((problem.name, problem.kind, nfe), []).append(
+                    squared_errors(x, problem.reference))
             s = records[-1]
             log(f"    {LABEL} {nfe:>2} NFE seed {seed}: rms {s['rms']:.4f} ({s['chosen']}, "
                 f"{s['iterations']} LM steps, {s['cost']['seconds']:.1f}s, "
@@ -215,6 +228,45 @@ def comparison(rows):
                     "ratio_default": cal["rms"] / default["rms"], "base": cal["base"],
                     "chosen_bases": chosen_bases(seeds), "cost": cal["cost"]})
     return out
+
+
+def add_intervals(points, problems, errors):
+    """Each point's "ratio_interval": the 90% bootstrap interval, over the benchmark's test
+    samples, of its median ratio (bench.common.bootstrap_ratio; the best pair rerun here for
+    its per-sample errors).  ``problems``: {(data, schedule): Problem}; ``errors``:
+    calibrated_rows' per-sample squared errors."""
+    for p in points:
+        problem = problems[(p["data"], p["schedule"])]
+        x, _ = run_sampler(problem.model, problem.x_start, problem.kind, p["best_sampler"],
+                           p["nfe"], scheduler=p["best_scheduler"])
+        best = squared_errors(x, problem.reference)
+        if abs(float(best.mean().sqrt()) / p["best_rms"] - 1) > 1e-6:
+            raise RuntimeError(f"{p['best']} at {p['data']}/{p['schedule']} {p['nfe']} NFE: "
+                               "its rerun differs from its row")
+        p["ratio_interval"] = bootstrap_ratio(errors[(p["data"], p["schedule"], p["nfe"])],
+                                              best)
+
+
+def interval_lines(points) -> list[str]:
+    """What of the points' verdicts the test noise decides (their ratio_interval)."""
+    points = [p for p in points if "ratio_interval" in p]
+    if not points:
+        return []
+    above = [p for p in points if p["ratio"] > MEDIAN_ABOVE]
+    sure = [p for p in above if p["ratio_interval"][0] > MEDIAN_ABOVE]
+    below = [p for p in points if p["ratio_interval"][1] <= MEDIAN_ABOVE]
+
+    def names(selected):
+        return ", ".join(f"{p['data']}/{p['schedule']} {p['nfe']} NFE {p['ratio']:.2f} "
+                         f"({p['ratio_interval'][0]:.2f}-{p['ratio_interval'][1]:.2f})"
+                         for p in selected) or "none"
+    return ["", "**How much the test noise decides** (a 90% bootstrap interval of each point's "
+            "median ratio, resampling the benchmark's test samples; the same rows for the "
+            f"calibrated samplers and the best pair): {len(below)} of {len(points)} points "
+            f"are below {MEDIAN_ABOVE} over the whole interval; of the {len(above)} with the "
+            f"median above {MEDIAN_ABOVE}, {len(sure)} are above it over the whole interval "
+            f"({names(sure)}), the others' intervals reach below it "
+            f"({names([p for p in above if p not in sure])})."]
 
 
 def chosen_bases(seeds) -> str:
@@ -405,8 +457,8 @@ def summary_table(points, meta) -> list[str]:
 def readme_lines(rows, points, meta) -> list[str]:
     """What README shows of this benchmark (bench.readme): the summary table, the cost, the
     report's test ratio as a guide and the typical error against the tail."""
-    return [*summary_table(points, meta), *cost_lines(points), *guide_lines(rows, points),
-            *typical_lines(rows, points)]
+    return [*summary_table(points, meta), *interval_lines(points), *cost_lines(points),
+            *guide_lines(rows, points), *typical_lines(rows, points)]
 
 
 def draw_lines(first, second) -> list[str]:
@@ -492,10 +544,12 @@ def write_markdown(out: Path, rows, points, meta):
         "seeds",
         "",
         *summary_table(points, meta),
+        *interval_lines(points),
     ]
     lines += ["", "## Per point", "",
               "| data | schedule | NFE | best pair | its RMS | calibrated RMS (median) | ratio "
-              "(median) | ratio (worst) | best on default schedule | its RMS | / best on "
+              "(median; 90% interval over the test samples) | ratio (worst) | best on default "
+              "schedule | its RMS | / best on "
               "default schedule | runs (over the seeds) | seconds (median) | per-sample "
               "evaluations: median (min-max) | model calls (median) | peak RSS above start, "
               "MiB: median (max) |",
@@ -506,9 +560,11 @@ def write_markdown(out: Path, rows, points, meta):
                        if "evaluations_min" in c else f"{c['evaluations']}")
         memory = (f"{c['peak_rss_mb']:.0f} ({c['peak_rss_mb_max']:.0f})"
                   if "peak_rss_mb" in c else "")
+        interval = (" ({:.2f}-{:.2f})".format(*p["ratio_interval"])
+                    if "ratio_interval" in p else "")
         lines.append(f"| {p['data']} | {p['schedule']} | {p['nfe']} | {p['best']} | "
-                     f"{p['best_rms']:.4f} | {p['calibrated']:.4f} | {p['ratio']:.3f} | "
-                     f"{p.get('ratio_max', p['ratio']):.3f} | "
+                     f"{p['best_rms']:.4f} | {p['calibrated']:.4f} | {p['ratio']:.3f}"
+                     f"{interval} | {p.get('ratio_max', p['ratio']):.3f} | "
                      f"{p['best_default']} | {p['best_default_rms']:.4f} | "
                      f"{p['ratio_default']:.3f} | {p.get('chosen_bases', p['base'])} | "
                      f"{c['seconds']:.1f} | {evaluations} | {c['model_calls']:.0f} | "
@@ -619,6 +675,7 @@ def main(argv=None):
     # then FINALISTS) missed the best pair at 6 sub3072d points (50 samples chose the
     # finalists there), by up to 1.21x: docs/bench/pair_check.md.
     pair_samples = {n: samples(n) for n in [*names, "digits"]}
+    errors = {}  # each point's per-sample squared errors per seed: its ratio's interval
     for problem in problems:
         guided = problem.name.startswith("digits")
         log(f"  {problem.name}/{problem.kind}")
@@ -629,8 +686,10 @@ def main(argv=None):
         rows += pair_rows
         all_selection += selection
         all_failures += failures
-        rows += calibrated_rows(problem, nfes, CALIBRATION_SAMPLES, options, log, args.seeds)
+        rows += calibrated_rows(problem, nfes, CALIBRATION_SAMPLES, options, log, args.seeds,
+                                errors)
     points = comparison(rows)
+    add_intervals(points, {(p.name, p.kind): p for p in problems}, errors)
     cost = cost_200d(log)
     meta = {"cost_200d": cost, "calibration_samples": CALIBRATION_SAMPLES,
             "seeds": args.seeds,

@@ -111,6 +111,20 @@ def squared_errors(x, ref):
     return ((x.to(torch.float64) - ref.to(torch.float64)) ** 2).reshape(x.shape[0], -1).mean(1)
 
 
+def bootstrap_ratio(squared, best_squared, resamples=2000, seed=0) -> list[float]:
+    """The 5th and 95th percentiles, over bootstrap resamples of the test samples (the same
+    rows for all), of the median over ``squared`` (each a [B] tensor of per-sample squared
+    errors: one per calibration seed) of RMS / RMS(``best_squared``): how much of a ratio the
+    test noise decides."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(best_squared), (resamples, len(best_squared)),
+                         generator=generator)
+    best = best_squared.double()[rows].mean(1)
+    ratios = torch.stack([(s.double()[rows].mean(1) / best).sqrt() for s in squared])
+    medians = ratios.median(0).values if len(squared) % 2 else ratios.quantile(0.5, dim=0)
+    return [float(q) for q in medians.quantile(torch.tensor([0.05, 0.95], dtype=torch.float64))]
+
+
 def median_error(x, ref):
     """The median over the samples of each sample's RMS distance: the typical error, which a
     few samples far off (another mode) do not move."""

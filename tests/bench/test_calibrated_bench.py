@@ -44,8 +44,14 @@ def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
     rows = evaluate(problem, {"euler": ("euler", {}), "ipndm_v": ("ipndm_v", {})}, [5],
                     log=lambda _: None)
     rows += pairs.best_pairs(problem, ("euler", "ipndm_v"), [5], 16, log=lambda _: None)[0]
-    rows += calibrated.calibrated_rows(problem, [5], 16, {"iterations": 3}, lambda _: None)
+    errors = {}
+    rows += calibrated.calibrated_rows(problem, [5], 16, {"iterations": 3}, lambda _: None,
+                                       errors=errors)
     (point,) = calibrated.comparison(rows)
+    # the interval of the ratio over resamples of the test samples holds the ratio itself
+    calibrated.add_intervals([point], {("mix64d", "karras"): problem}, errors)
+    low, high = point["ratio_interval"]
+    assert low < point["ratio"] < high
     pair_rows = [r for r in rows if r.get("scheduler")]
     best = min(pair_rows, key=lambda r: r["rms"])
     assert point["best"] == f"{best['sampler']} + {best['scheduler']}" and point["nfe"] == 5
@@ -74,3 +80,45 @@ def test_two_draws_of_the_test_noise_name_the_points_that_lose_on_one_only():
     assert lines[3].split(" | ")[4:7] == ["1", "1", "2 of 3 |"]
     assert "both draws (first / second): mix2d/karras 8 NFE (1.30 / 1.10)." in lines[-1]
     assert lines[-1].endswith("On one draw only: mix2d/karras 4 NFE (1.05 / 0.90).")
+
+
+def test_the_bootstrap_interval_is_wide_where_a_few_samples_carry_the_rms():
+    from bench.calibrated import interval_lines
+    from bench.common import bootstrap_ratio
+
+    best = torch.full((400,), 1.0, dtype=torch.float64)
+    assert bootstrap_ratio([best.clone()], best) == pytest.approx([1.0, 1.0])
+    typical = torch.full((400,), 0.25, dtype=torch.float64)  # ratio 0.5 everywhere
+    low, high = bootstrap_ratio([typical], best)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    tail = typical.clone()
+    tail[:2] = 200.0  # two samples of 400 in another mode: RMS ratio 1.12, 0.50 without them
+    low, high = bootstrap_ratio([tail], best)
+    assert low < 0.9 and high > 1.2
+    # the median over seeds: two seeds at 0.5 outvote one with the tail
+    low, high = bootstrap_ratio([typical, typical, tail], best)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    points = [{"data": "mix2d", "schedule": "flow", "nfe": 4, "ratio": 1.06,
+               "ratio_interval": [low, 1.4]},
+              {"data": "mix2d", "schedule": "flow", "nfe": 5, "ratio": 1.3,
+               "ratio_interval": [1.1, 1.5]},
+              {"data": "mix2d", "schedule": "flow", "nfe": 6, "ratio": 0.5,
+               "ratio_interval": [0.4, 0.6]}]
+    line = interval_lines(points)[1]
+    assert "1 of 3 points are below 1.02 over the whole interval" in line
+    assert "of the 2 with the median above 1.02, 1 are above it over the whole interval " \
+        "(mix2d/flow 5 NFE 1.30 (1.10-1.50))" in line
+    assert line.endswith("(mix2d/flow 4 NFE 1.06 (0.50-1.40)).")
+
+
+def test_the_tail_record_counts_the_far_samples_and_their_share():
+    from bench.tail import described, restricted
+
+    errors = torch.tensor([0.1, 0.1, 0.1, 2.0], dtype=torch.float64)
+    record = described(errors, far_at=1.0)
+    assert record["far"] == 1 and record["far_rows"] == [3]
+    assert record["far_share"] == pytest.approx(4.0 / 4.03)
+    assert record["median"] == pytest.approx(0.1)
+    schedules, samplers, own = restricted(({"karras": 1, "beta": 2}, {"euler": 3},
+                                           {"dpm_2": {"karras": 4, "beta": 5}}), ["beta"])
+    assert (schedules, samplers, own) == ({"beta": 2}, {"euler": 3}, {"dpm_2": {"beta": 5}})

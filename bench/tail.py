@@ -1,0 +1,161 @@
+"""Where a calibrated sampler's RMS comes from at one benchmark point: python -m bench.tail
+--data mix2d --schedule karras --nfe 10 -> docs/bench/tail_mix2d_karras_10.md.
+
+bench.calibrated's calibrations of the point (same calibration noises and seeds, same field,
+``--schedules``: only those host schedulers in it), each scored on the benchmark's noise against
+the point's best pair (docs/bench/calibrated.json names it; rerun here): per seed the RMS, the
+median per-sample error, the samples that end far from the reference ("far": a per-sample
+error above FAR times the reference's spread, on the exact mixtures a sample in another
+component) and their share of the squared error, how many of them the best pair has too, what
+the calibration chose and the timesteps it runs.  On the mixtures a few far samples carry the
+RMS; which ones, and how many, follows the timesteps more than the fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lml_core import calibrate, sample_lml_calibrated
+
+from . import calibrated as cal
+from . import field
+from .common import bootstrap_ratio, squared_errors
+from .digits import fitted_size_warning_off
+from .run import SAMPLES, log, prepare
+from .suite import run_sampler, sigmas_for
+
+FAR = 0.25  # a sample is far when its error is above this times the reference's spread
+
+
+def best_pair(bench: Path, problem, nfe) -> tuple[str, str]:
+    """(sampler, scheduler) of the point's best pair in bench/calibrated.json."""
+    points = json.loads((bench / "calibrated.json").read_text())["points"]
+    point, = (p for p in points if (p["data"], p["schedule"], p["nfe"]) == (
+        problem.name, problem.kind, nfe))
+    return point["best_sampler"], point["best_scheduler"]
+
+
+def described(errors, far_at) -> dict:
+    """RMS, median, the far samples (their indices) and their share of the squared error."""
+    far = errors > far_at
+    squared = errors.pow(2)
+    return {"rms": float(squared.mean().sqrt()), "median": float(errors.median()),
+            "far": int(far.sum()), "far_share": float(squared[far].sum() / squared.sum()),
+            "far_rows": far.nonzero().flatten().tolist()}
+
+
+def restricted(field_of, schedulers):
+    """bench.calibrated.calibration_field's (schedules, samplers, own sigmas) with only the
+    host schedulers ``schedulers`` (None: all)."""
+    schedules, samplers, own = field_of
+    if not schedulers:
+        return schedules, samplers, own
+    keep = lambda table: {k: v for k, v in table.items() if k in schedulers}  # noqa: E731
+    return keep(schedules), samplers, {name: keep(table) for name, table in own.items()}
+
+
+def tail(problem, nfe, seeds, pair, schedulers=None) -> dict:
+    """The point's record: the best pair's per-sample picture and each calibration seed's."""
+    errors_of = lambda x: squared_errors(x, problem.reference).sqrt()  # noqa: E731
+    far_at = FAR * float(problem.reference.std())
+    x, _ = run_sampler(problem.model, problem.x_start, problem.kind, pair[0], nfe,
+                       scheduler=pair[1])
+    pair_errors = errors_of(x)
+    best = {"pair": " + ".join(pair), **described(pair_errors, far_at)}
+    sigmas = sigmas_for("euler", problem.kind, nfe)
+    schedules, samplers, own = restricted(cal.calibration_field(problem, nfe), schedulers)
+    records = []
+    for seed in range(seeds):
+        model, noise = cal.for_calibration(
+            problem, cal.calibration_noise(problem, cal.CALIBRATION_SAMPLES, seed))
+        calibration = calibrate(field.HostModel(model, flow=problem.flow), noise, sigmas,
+                                schedules=schedules, samplers=samplers, sampler_schedules=own)
+        with fitted_size_warning_off():
+            x = sample_lml_calibrated(field.HostModel(problem.model, flow=problem.flow),
+                                      problem.x_start.to(torch.float32), sigmas,
+                                      calibration=calibration, samplers=samplers, disable=True)
+        errors = errors_of(x)
+        record = described(errors, far_at)
+        record.update(seed=seed, interval=bootstrap_ratio([errors.pow(2)], pair_errors.pow(2)),
+                      chosen=calibration.report["chosen"],
+                      sigmas=[round(s, 4) for s in calibration.sigmas],
+                      far_with_pair=len(set(record["far_rows"]) & set(best["far_rows"])),
+                      ratio=record["rms"] / best["rms"])
+        records.append(record)
+        log(f"  seed {seed}: ratio {record['ratio']:.3f}, {record['far']} far "
+            f"({record['far_share']:.0%} of the squared error), {record['chosen']}")
+    return {"data": problem.name, "schedule": problem.kind, "nfe": nfe,
+            "samples": len(problem.x_start), "far_at": far_at, "schedulers": schedulers,
+            "best_pair": best, "seeds": records,
+            "median_ratio": statistics.median(r["ratio"] for r in records)}
+
+
+def markdown(record, command, seconds) -> str:
+    best = record["best_pair"]
+    fields = (f"{record['data']}/{record['schedule']}, {record['nfe']} NFE, "
+              f"{record['samples']} samples")
+    only = (f" LML Calibrate's field restricted to the scheduler(s) "
+            f"{', '.join(record['schedulers'])}." if record["schedulers"] else "")
+    lines = [f"# Where the calibrated sampler's RMS comes from: {fields}", "",
+             f"`{command}` ({seconds:.0f} s). Far: a per-sample error above {FAR} x the "
+             f"reference's spread ({record['far_at']:.3g}).{only} Median ratio to the best pair "
+             f"over the seeds: **{record['median_ratio']:.3f}**.", "",
+             "| | RMS | ratio to the best pair (90% bootstrap interval over the test samples) | "
+             "median error | far samples | their share of "
+             "the squared error | far for the best pair too | runs | its timesteps |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| best pair {best['pair']} | {best['rms']:.4f} | 1 | {best['median']:.4f} | "
+             f"{best['far']} | {best['far_share']:.0%} | | | |"]
+    for r in record["seeds"]:
+        low, high = r["interval"]
+        lines.append(f"| calibration seed {r['seed']} | {r['rms']:.4f} | {r['ratio']:.3f} "
+                     f"({low:.2f}-{high:.2f}) | "
+                     f"{r['median']:.4f} | {r['far']} | {r['far_share']:.0%} | "
+                     f"{r['far_with_pair']} | {r['chosen']} | "
+                     f"{', '.join(f'{s:.4g}' for s in r['sigmas'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mix2d")
+    parser.add_argument("--cfg", type=float, default=None, help="the digits network at this cfg")
+    parser.add_argument("--schedule", default="karras", choices=["karras", "flow"])
+    parser.add_argument("--nfe", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=cal.SEEDS)
+    parser.add_argument("--schedulers", nargs="*", default=None,
+                        help="only these host schedulers in the calibration's field")
+    parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    out = prepare(args)
+    started = time.time()
+    names, cfgs = ([], [args.cfg]) if args.cfg is not None else ([args.data], [])
+    problem, = (p for p in cal.benchmark_problems(names, cfgs, lambda n: SAMPLES[n],
+                                                    args.ref_steps, log)
+                if p.kind == args.schedule)
+    record = tail(problem, args.nfe, args.seeds, best_pair(out, problem, args.nfe),
+                  args.schedulers)
+    name = args.name or "tail_" + "_".join(
+        [problem.name.replace(" ", ""), problem.kind, str(args.nfe)]
+        + (args.schedulers or []))
+    command = "python -m bench.tail " + " ".join(argv if argv is not None else __import__(
+        "sys").argv[1:])
+    seconds = time.time() - started
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "seconds": seconds,
+                                                  **record}, indent=1) + "\n")
+    (out / f"{name}.md").write_text(markdown(record, command, seconds))
+    log(f"wrote {out / name}.md")
+    return record
+
+
+if __name__ == "__main__":
+    main()
