@@ -33,7 +33,7 @@ from .calibrated import (
     benchmark_problems,
     for_calibration,
 )
-from .common import initial_noise, median_error, rms
+from .common import bootstrap_ratio, initial_noise, median_error, rms, squared_errors
 from .run import log, prepare
 from .suite import geometric_mean, steps_for_nfe
 
@@ -72,21 +72,23 @@ def run(name, problem, sigmas, seed=0):
 
 
 def score(name, problem, sigmas):
-    """(RMS to the reference, the median per-sample error) for a deterministic sampler; (the
-    median sliced W2 over SEEDS, None) for a stochastic one."""
+    """(RMS to the reference, the median per-sample error, the per-sample squared errors) for
+    a deterministic sampler; (the median sliced W2 over SEEDS, None, None) for a stochastic
+    one."""
     if not is_stochastic(name):
         x = run(name, problem, sigmas)[0]
-        return rms(x, problem.reference), median_error(x, problem.reference)
+        return (rms(x, problem.reference), median_error(x, problem.reference),
+                squared_errors(x, problem.reference))
     values = sorted(problem.distribution_metrics(run(name, problem, sigmas, seed)[0])["sw2"]
                     for seed in SEEDS)
-    return values[len(values) // 2], None
+    return values[len(values) // 2], None, None
 
 
 def point(problem, name, nfe, noise):
     steps = steps_for_nfe(name, nfe)
     schedules = pair_schedules(problem, name, steps)
     scored = {scheduler: score(name, problem, sigmas) for scheduler, sigmas in schedules.items()}
-    field_scores = {scheduler: value for scheduler, (value, _) in scored.items()}
+    field_scores = {scheduler: value for scheduler, (value, _, _) in scored.items()}
     best = min(field_scores, key=field_scores.get)
     model, noise = for_calibration(problem, noise)
     host = field.HostModel(model, flow=problem.flow)
@@ -95,15 +97,17 @@ def point(problem, name, nfe, noise):
                                    sampler_name=name, schedules=schedules)
     seconds = time.perf_counter() - started
     fitted = torch.tensor(calibration.sigmas, dtype=torch.float32)
-    calibrated, calibrated_median = score(name, problem, fitted)
+    calibrated, calibrated_median, squared = score(name, problem, fitted)
     r = calibration.report
-    medians = {scheduler: m for scheduler, (_, m) in scored.items() if m is not None}
+    medians = {scheduler: m for scheduler, (_, m, _) in scored.items() if m is not None}
+    # how much of the ratio the test noise decides (deterministic samplers)
+    interval = None if squared is None else bootstrap_ratio([squared], scored[best][2])
     return {"data": problem.name, "schedule": problem.kind, "sampler": name, "nfe": nfe,
             "steps": steps, "metric": "sw2" if is_stochastic(name) else "rms",
             "best_scheduler": best, "best": field_scores[best], "calibrated": calibrated,
             "ratio": calibrated / field_scores[best], "chosen": r["chosen"],
             "schedulers": field_scores, "medians": medians,
-            "calibrated_median": calibrated_median,
+            "calibrated_median": calibrated_median, "ratio_interval": interval,
             "cost": {"seconds": round(seconds, 2), "evaluations": r["model_evaluations"]}}
 
 
@@ -137,6 +141,21 @@ def typical_line(points) -> str:
             + ", ".join(cells) + ".")
 
 
+def interval_lines(points) -> list[str]:
+    """Of the points above 1.02, those above it over their whole bootstrap interval (the
+    test noise resampled): what the test noise does not decide."""
+    above = [p for p in points if p["ratio"] > 1.02 and p.get("ratio_interval")]
+    if not above:
+        return []
+    sure = [p for p in above if p["ratio_interval"][0] > 1.02]
+    names = ", ".join(f"{p['sampler']} {p['data']}/{p['schedule']} {p['nfe']} NFE "
+                      f"{p['ratio']:.2f} ({p['ratio_interval'][0]:.2f}-"
+                      f"{p['ratio_interval'][1]:.2f})" for p in sure) or "none"
+    return [f"Of the {len(above)} points above 1.02, {len(sure)} are above it over the whole "
+            "90% bootstrap interval of the ratio (the benchmark's test samples resampled, the "
+            f"same rows for both): {names}.", ""]
+
+
 def summary_lines(points) -> list[str]:
     """The summary: deterministic samplers (geometric mean, worst, points above 1.02, by
     problem and by sampler) and the stochastic ones' range (also README's, bench.readme)."""
@@ -149,6 +168,7 @@ def summary_lines(points) -> list[str]:
                   f"worst {worst['ratio']:.3f} ({worst['sampler']}, {worst['data']}/"
                   f"{worst['schedule']}, {worst['nfe']} NFE), "
                   f"{sum(r > 1.02 for r in ratios)} of {len(ratios)} points above 1.02.**", ""]
+        lines += interval_lines(deterministic)
         lines += [breakdown(deterministic, lambda p: f"{p['data']} {p['schedule']}",
                             "By problem"), "",
                   breakdown(deterministic, lambda p: p["sampler"], "By sampler"), ""]
@@ -180,12 +200,15 @@ def write_markdown(out: Path, points, meta, name="calibrated_sigmas"):
     ]
     lines += summary_lines(points)
     lines += ["| data | schedule | sampler | NFE | metric | best scheduler | its error | "
-              "calibrated | ratio | chosen | cost (s, evaluations) |",
+              "calibrated | ratio (90% interval over the test samples) | chosen | cost (s, "
+              "evaluations) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
+        interval = (" ({:.2f}-{:.2f})".format(*p["ratio_interval"])
+                    if p.get("ratio_interval") else "")
         lines.append(f"| {p['data']} | {p['schedule']} | {p['sampler']} | {p['nfe']} | "
                      f"{p['metric']} | {p['best_scheduler']} | {p['best']:.4f} | "
-                     f"{p['calibrated']:.4f} | {p['ratio']:.3f} | {p['chosen']} | "
+                     f"{p['calibrated']:.4f} | {p['ratio']:.3f}{interval} | {p['chosen']} | "
                      f"{p['cost']['seconds']:.1f}, {p['cost']['evaluations']} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 

@@ -289,3 +289,19 @@ def test_calibrated_sigmas_typical_line_from_known_points():
     # median 0.1 / 0.05; RMS / median 0.6 / 0.1 and the best scheduler's 0.4 / 0.2
     assert "mix64d flow 2.000 (RMS / median 6.00 against 2.00)" in (
         calibrated_sigmas.typical_line(points))
+
+
+def test_calibrated_sigmas_name_the_points_the_test_noise_does_not_decide():
+    from bench import calibrated_sigmas
+
+    def point(nfe, ratio, interval):
+        return {"data": "mix64d", "schedule": "flow", "sampler": "deis", "nfe": nfe,
+                "ratio": ratio, "ratio_interval": interval}
+    lines = calibrated_sigmas.interval_lines([point(4, 1.3, [1.1, 1.6]),
+                                              point(6, 1.05, [0.6, 1.4]),
+                                              point(8, 0.7, [0.6, 0.8])])
+    assert lines[0] == ("Of the 2 points above 1.02, 1 are above it over the whole 90% "
+                        "bootstrap interval of the ratio (the benchmark's test samples "
+                        "resampled, the same rows for both): deis mix64d/flow 4 NFE 1.30 "
+                        "(1.10-1.60).")
+    assert calibrated_sigmas.interval_lines([point(8, 0.7, [0.6, 0.8])]) == []
