@@ -1,5 +1,5 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
-the default benchmark's field and wrapped-solver summaries (results.json), the calibrated and
+the default benchmark's field, wrapped-solver and cost summaries (results.json), the calibrated and
 calibrated-sigmas summaries, the memory, transfer, precision and option-set tables, and the
 digits checkpoint's tables (harness.digits_field).
 
@@ -43,6 +43,10 @@ def draws_block(bench: Path) -> list[str]:
 def field_block(bench: Path) -> list[str]:
     data = json.loads((bench / "results.json").read_text())
     return results_page.readme_lines(data["deterministic"], data["stochastic"], data["meta"])
+
+
+def cost_block(bench: Path) -> list[str]:
+    return results_page.cost_lines(json.loads((bench / "results.json").read_text())["meta"])
 
 
 def wrapped_block(bench: Path) -> list[str]:
@@ -92,7 +96,7 @@ def digits_block(name: str):
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "calibrated-sigmas": sigmas_block, "field": field_block,
-          "wrapped": wrapped_block,
+          "wrapped": wrapped_block, "cost": cost_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),

@@ -202,3 +202,20 @@ def wrapped_lines(det, sto) -> list[str]:
                 + f" | {worst:.2f} ({data}/{schedule}, {nfe}) | "
                 f"{sum(r <= 1.02 for r in ratios.values())} of {len(ratios)} points |")
     return lines
+
+
+def cost_lines(meta) -> list[str]:
+    """README's cost of the LM correction (bench.readme's block "cost"): the run's medians
+    side by side with one model call, and the history's memory."""
+    c = meta.get("cost")
+    if not c:
+        return ["Not measured in the committed run (`--no-cost`)."]
+    seconds, share = c["median_seconds"], c["overhead_vs_model_call"]
+    cells = [f"{seconds[k] * 1e3:.2f} ms ({k}) = " + (f"**{100 * v:.2f}%**" if n == 0 else
+                                                       f"{100 * v:.2f}%")
+             for n, (k, v) in enumerate(share.items())]
+    return [f"Side by side in one process ({c['latent']} latent, a UNet-like conv stack of "
+            f"{c['model_gflops']:.1f} GFLOP per call, {c['threads']} threads, medians of "
+            f"{c['repeats']}; `bash scripts/bench.sh`): one model call "
+            f"{seconds['model call'] * 1e3:.1f} ms; the LM correction " + ", ".join(cells)
+            + f". History memory: {c['history_note']}."]
