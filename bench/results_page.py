@@ -154,8 +154,15 @@ def readme_lines(det, sto, meta) -> list[str]:
         counts.append(len(paired))
     share, share_geo, _ = report.ratios_of(det, "rms", "pair", "default")
     det_share = [share_geo[n] for n in meta["pair_nfes"] if n in share_geo]
-    schedulers = Counter(r["top"]["scheduler"] for r in share.values())
-    scheduler, times = schedulers.most_common(1)[0]
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in meta.get("stage_seconds", {}).items())
+    load = meta.get("load_average")
+    run = (f"Run: `bash scripts/bench.sh` ({meta['wall_seconds']:.0f} s wall, "
+           f"{meta['cpu_seconds']:.0f} s CPU: {stages}"
+           + (f"; load average {load[0]:.1f} on {meta['cores']} cores at the end" if load
+              else "") + ").")
+    if not det_share:  # a run without pairs
+        return lines + ["", run]
+    scheduler, times = Counter(r["top"]["scheduler"] for r in share.values()).most_common(1)[0]
     parts = [f"{min(det_share):.2f}-{max(det_share):.2f}x the best sampler on the problem's "
              f"schedule at {meta['pair_nfes'][0]}-{meta['pair_nfes'][-1]} NFE (deterministic"]
     if sto:
@@ -163,14 +170,9 @@ def readme_lines(det, sto, meta) -> list[str]:
         stochastic = [n for n in meta["pair_stochastic_nfes"] if n in sto_geo]
         parts.append(" / ".join(f"{sto_geo[n]:.2f}" for n in stochastic) + " stochastic at "
                      + " / ".join(map(str, stochastic)))
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in meta.get("stage_seconds", {}).items())
-    load = meta.get("load_average")
     lines += ["", "The schedule alone gives much of that margin: the best pair is "
               + "; ".join(parts) + f"), most often with `{scheduler}` ({times} of "
-              f"{len(share)} deterministic points). Run: `bash scripts/bench.sh` "
-              f"({meta['wall_seconds']:.0f} s wall, {meta['cpu_seconds']:.0f} s CPU: {stages}"
-              + (f"; load average {load[0]:.1f} on {meta['cores']} cores at the end" if load
-                 else "") + ")."]
+              f"{len(share)} deterministic points). " + run]
     where = [f"{len(a)} of {n} {kind} points ({', '.join(a) or 'none'})"
              for a, n, kind in zip(ahead, counts, ("deterministic", "stochastic"))]
     lines += ["", "**Where LML is ahead** of the best pair (where every pair ran, NFE "

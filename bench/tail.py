@@ -2,8 +2,9 @@
 --data mix2d --schedule karras --nfe 10 -> docs/bench/tail_mix2d_karras_10.md.
 
 bench.calibrated's calibrations of the point (same calibration noises and seeds, same field,
-``--schedules``: only those host schedulers in it), each scored on the benchmark's noise against
-the point's best pair (docs/bench/calibrated.json names it; rerun here): per seed the RMS, the
+``--schedulers``: only those host schedulers in it), each scored on the benchmark's noise
+against the point's best pair (named by calibrated.json in ``--out``, docs/bench by default;
+rerun here): per seed the RMS, the
 median per-sample error, the samples that end far from the reference ("far": a per-sample
 error above FAR times the reference's spread, on the exact mixtures a sample in another
 component) and their share of the squared error, how many of them the best pair has too, what

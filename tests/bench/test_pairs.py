@@ -200,6 +200,10 @@ def test_readmes_field_summary_is_the_ratio_to_the_best_pair_per_nfe():
     assert "the best pair is 0.71-0.71x the best sampler" in text  # sqrt(0.5 * 1)
     assert "`kl_optimal` (2 of 2 deterministic points)" in text
     assert "at 1 of 2 deterministic points (a/karras 4 NFE 0.50)." in text
+    # a run without pairs (bench --quick at other budgets) still says how long it ran
+    fixed = [r for r in det if r["scheduler"] is None]
+    lines = results_page.readme_lines(fixed, [], meta)
+    assert lines[-1].startswith("Run: `bash scripts/bench.sh` (10 s wall")
 
 
 def test_readmes_wrapped_summary_is_each_lml_sampler_over_its_solver():
