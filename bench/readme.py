@@ -49,6 +49,21 @@ def cost_block(bench: Path) -> list[str]:
     return results_page.cost_lines(json.loads((bench / "results.json").read_text())["meta"])
 
 
+def host_timing_block(bench: Path) -> list[str]:
+    """The end-to-end timing in the real host (python -m harness.host_timing, its JSON saved
+    as docs/bench/host_timing.json)."""
+    data = json.loads((bench / "host_timing.json").read_text())
+    r = data["results"]
+    runs = len(next(iter(r.values()))["runs"])
+    cells = [f"{name.replace('KSamplerLML', 'KSampler (LML)')} {v['median_s']:.2f} s"
+             + ("" if v["ratio_vs_KSampler_euler"] == 1 else
+                f" ({v['ratio_vs_KSampler_euler']:.2f}x)") for name, v in r.items()]
+    return [f"End to end in the real host (`python -m harness.host_timing --repeats {runs} "
+            f"--steps {data['steps']} --size {data['size']} --threads {data['threads']}`, "
+            f"saved as docs/bench/host_timing.json; test checkpoint, alternating in one server, "
+            f"medians of {runs}): " + ", ".join(cells) + ", within this shared machine's noise."]
+
+
 def wrapped_block(bench: Path) -> list[str]:
     data = json.loads((bench / "results.json").read_text())
     return results_page.wrapped_lines(data["deterministic"], data["stochastic"])
@@ -97,6 +112,7 @@ def digits_block(name: str):
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "calibrated-sigmas": sigmas_block, "field": field_block,
           "wrapped": wrapped_block, "cost": cost_block,
+          "host-timing": host_timing_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
           "options": options_block("options"),
           "options-thorough": options_block("options_thorough"),
