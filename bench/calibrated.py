@@ -101,6 +101,16 @@ def calibration_field(problem, nfe):
     return schedules, samplers, own
 
 
+def restricted(field_of, schedulers):
+    """calibration_field's (schedules, samplers, own sigmas) with only the host schedulers
+    ``schedulers`` (None: all)."""
+    schedules, samplers, own = field_of
+    if not schedulers:
+        return schedules, samplers, own
+    keep = lambda table: {k: v for k, v in table.items() if k in schedulers}  # noqa: E731
+    return keep(schedules), samplers, {name: keep(table) for name, table in own.items()}
+
+
 def calibration_noise(problem, samples, seed):
     """The calibration's own noise for ``seed`` (0, 1, ...), float32 at the first sigma."""
     generator = torch.Generator().manual_seed(CALIBRATION_SEED + seed)
@@ -134,11 +144,13 @@ def lml_start(calibration) -> str:
 
 
 def seed_row(problem, nfe, seed, calibration, memory, sampler_host, x) -> dict:
-    """One calibration seed's record: its test RMS, what it chose, its cost."""
+    """One calibration seed's record: its test RMS, what it chose and the timesteps it runs,
+    its cost."""
     r = calibration.report
     return {"seed": seed, "nfe": sampler_host.calls, "rms": rms(x, problem.reference),
             "median": median_error(x, problem.reference), "base": lml_start(calibration),
             "runs": calibration.sampler, "chosen": r["chosen"],
+            "sigmas": list(calibration.sigmas),
             "calibrated": r["calibrated"], "iterations": r["iterations"],
             "heldout_rms": r.get("heldout_rms"), "heldout_rms_base": r.get("heldout_rms_base"),
             **{k: v for k, v in r.items() if k.startswith("test")},  # the report's test scores
@@ -170,17 +182,19 @@ def seeds_row(problem, nfe, seeds) -> dict:
             "median_seed": middle["seed"], "cost": cost, "seeds": seeds}
 
 
-def calibrated_rows(problem, nfes, samples, options, log, seeds=1, errors=None):
+def calibrated_rows(problem, nfes, samples, options, log, seeds=1, errors=None,
+                    schedulers=None):
     """Rows of the calibrated sampler (fitted per NFE and calibration seed on its own noise in
     float32, as ComfyUI runs it, starting from the best pair it measures; sampling the
     problem's noise), one per NFE over the ``seeds`` calibrations (``seeds_row``).
     ``errors``: a dict that gets each point's per-sample squared errors, one tensor per seed,
-    {(data, schedule, nfe): [...]}."""
+    {(data, schedule, nfe): [...]}; ``schedulers``: only these host schedulers in the
+    calibration's field (None: all)."""
     rows = []
     noises = [calibration_noise(problem, samples, seed) for seed in range(seeds)]
     for nfe in nfes:
         sigmas = sigmas_for("euler", problem.kind, nfe)
-        schedules, samplers, own = calibration_field(problem, nfe)
+        schedules, samplers, own = restricted(calibration_field(problem, nfe), schedulers)
         records = []
         for seed, noise in enumerate(noises):
             model, noise = for_calibration(problem, noise)
@@ -230,6 +244,13 @@ def comparison(rows):
     return out
 
 
+def pair_squared_errors(problem, sampler, scheduler, nfe):
+    """Each sample's squared error of a (sampler, scheduler) pair on the problem's noise."""
+    x, _ = run_sampler(problem.model, problem.x_start, problem.kind, sampler, nfe,
+                       scheduler=scheduler)
+    return squared_errors(x, problem.reference)
+
+
 def add_intervals(points, problems, errors):
     """Each point's "ratio_interval": the 90% bootstrap interval, over the benchmark's test
     samples, of its median ratio (bench.common.bootstrap_ratio; the best pair rerun here for
@@ -237,9 +258,7 @@ def add_intervals(points, problems, errors):
     calibrated_rows' per-sample squared errors."""
     for p in points:
         problem = problems[(p["data"], p["schedule"])]
-        x, _ = run_sampler(problem.model, problem.x_start, problem.kind, p["best_sampler"],
-                           p["nfe"], scheduler=p["best_scheduler"])
-        best = squared_errors(x, problem.reference)
+        best = pair_squared_errors(problem, p["best_sampler"], p["best_scheduler"], p["nfe"])
         if abs(float(best.mean().sqrt()) / p["best_rms"] - 1) > 1e-6:
             raise RuntimeError(f"{p['best']} at {p['data']}/{p['schedule']} {p['nfe']} NFE: "
                                "its rerun differs from its row")

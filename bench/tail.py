@@ -20,16 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
-from lml_core import calibrate, sample_lml_calibrated
-
 from . import calibrated as cal
-from . import field
-from .common import bootstrap_ratio, squared_errors
-from .digits import fitted_size_warning_off
+from .common import bootstrap_ratio
 from .run import SAMPLES, log, prepare
-from .suite import run_sampler, sigmas_for
 
 FAR = 0.25  # a sample is far when its error is above this times the reference's spread
 
@@ -51,45 +44,24 @@ def described(errors, far_at) -> dict:
             "far_rows": far.nonzero().flatten().tolist()}
 
 
-def restricted(field_of, schedulers):
-    """bench.calibrated.calibration_field's (schedules, samplers, own sigmas) with only the
-    host schedulers ``schedulers`` (None: all)."""
-    schedules, samplers, own = field_of
-    if not schedulers:
-        return schedules, samplers, own
-    keep = lambda table: {k: v for k, v in table.items() if k in schedulers}  # noqa: E731
-    return keep(schedules), samplers, {name: keep(table) for name, table in own.items()}
-
-
 def tail(problem, nfe, seeds, pair, schedulers=None) -> dict:
-    """The point's record: the best pair's per-sample picture and each calibration seed's."""
-    errors_of = lambda x: squared_errors(x, problem.reference).sqrt()  # noqa: E731
+    """The point's record: the best pair's per-sample picture and each calibration seed's
+    (bench.calibrated's calibrated_rows: the same calibrations and scoring)."""
     far_at = FAR * float(problem.reference.std())
-    x, _ = run_sampler(problem.model, problem.x_start, problem.kind, pair[0], nfe,
-                       scheduler=pair[1])
-    pair_errors = errors_of(x)
-    best = {"pair": " + ".join(pair), **described(pair_errors, far_at)}
-    sigmas = sigmas_for("euler", problem.kind, nfe)
-    schedules, samplers, own = restricted(cal.calibration_field(problem, nfe), schedulers)
+    pair_squared = cal.pair_squared_errors(problem, *pair, nfe)
+    best = {"pair": " + ".join(pair), **described(pair_squared.sqrt(), far_at)}
+    errors = {}
+    row, = cal.calibrated_rows(problem, [nfe], cal.CALIBRATION_SAMPLES, {}, log, seeds, errors,
+                               schedulers)
     records = []
-    for seed in range(seeds):
-        model, noise = cal.for_calibration(
-            problem, cal.calibration_noise(problem, cal.CALIBRATION_SAMPLES, seed))
-        calibration = calibrate(field.HostModel(model, flow=problem.flow), noise, sigmas,
-                                schedules=schedules, samplers=samplers, sampler_schedules=own)
-        with fitted_size_warning_off():
-            x = sample_lml_calibrated(field.HostModel(problem.model, flow=problem.flow),
-                                      problem.x_start.to(torch.float32), sigmas,
-                                      calibration=calibration, samplers=samplers, disable=True)
-        errors = errors_of(x)
-        record = described(errors, far_at)
-        record.update(seed=seed, interval=bootstrap_ratio([errors.pow(2)], pair_errors.pow(2)),
-                      chosen=calibration.report["chosen"],
-                      sigmas=[round(s, 4) for s in calibration.sigmas],
+    for s, squared in zip(row["seeds"], errors[(problem.name, problem.kind, nfe)]):
+        record = described(squared.sqrt(), far_at)
+        record.update(seed=s["seed"], interval=bootstrap_ratio([squared], pair_squared),
+                      chosen=s["chosen"], sigmas=[round(v, 4) for v in s["sigmas"]],
                       far_with_pair=len(set(record["far_rows"]) & set(best["far_rows"])),
                       ratio=record["rms"] / best["rms"])
         records.append(record)
-        log(f"  seed {seed}: ratio {record['ratio']:.3f}, {record['far']} far "
+        log(f"  seed {s['seed']}: ratio {record['ratio']:.3f}, {record['far']} far "
             f"({record['far_share']:.0%} of the squared error), {record['chosen']}")
     return {"data": problem.name, "schedule": problem.kind, "nfe": nfe,
             "samples": len(problem.x_start), "far_at": far_at, "schedulers": schedulers,

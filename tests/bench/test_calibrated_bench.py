@@ -112,7 +112,8 @@ def test_the_bootstrap_interval_is_wide_where_a_few_samples_carry_the_rms():
 
 
 def test_the_tail_record_counts_the_far_samples_and_their_share():
-    from bench.tail import described, restricted
+    from bench.calibrated import restricted
+    from bench.tail import described
 
     errors = torch.tensor([0.1, 0.1, 0.1, 2.0], dtype=torch.float64)
     record = described(errors, far_at=1.0)
