@@ -22,7 +22,15 @@ import re
 import sys
 from pathlib import Path
 
-from . import calibrated, calibrated_sigmas, memory, options, precision, results_page, transfer
+from . import (
+    calibrated_page,
+    calibrated_sigmas,
+    memory,
+    options,
+    precision,
+    results_page,
+    transfer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -31,13 +39,13 @@ BENCH = ROOT / "docs" / "bench"
 
 def calibrated_block(bench: Path) -> list[str]:
     data = json.loads((bench / "calibrated.json").read_text())
-    return calibrated.readme_lines(data["rows"], data["points"], data["meta"])
+    return calibrated_page.readme_lines(data["rows"], data["points"], data["meta"])
 
 
 def draws_block(bench: Path) -> list[str]:
     def points(name):
         return json.loads((bench / name).read_text())["points"]
-    return calibrated.draw_lines(points("calibrated.json"), points("calibrated_draw1.json"))
+    return calibrated_page.draw_lines(points("calibrated.json"), points("calibrated_draw1.json"))
 
 
 def field_block(bench: Path) -> list[str]:

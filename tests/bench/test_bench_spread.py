@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import calibrated, memory
+from bench import calibrated, calibrated_page, memory
 from bench.rss import MB, PeakRSS
 from lml_core import CALIBRATE_DEFAULTS
 
@@ -75,10 +75,10 @@ def test_summary_per_family_from_known_points():
     points = [point("mix2d", 1.0, 1.2), point("mix64d", 1.03, 1.05),
               point("sub3072d", 0.5, 2.0, nfe=8), point("digits cfg 1", 0.4, 0.9),
               point("digits cfg 3", 0.8, 1.15)]
-    groups = calibrated.families(points)
+    groups = calibrated_page.families(points)
     assert list(groups) == ["exact mixtures (Karras + flow)", "digits cfg 1 (Karras + flow)",
                             "digits cfg 3 (Karras + flow)"]
-    n = calibrated.summary_numbers(groups["exact mixtures (Karras + flow)"])
+    n = calibrated_page.summary_numbers(groups["exact mixtures (Karras + flow)"])
     assert n["points"] == 3
     assert n["median"] == pytest.approx((1.0 * 1.03 * 0.5) ** (1 / 3))
     assert n["worst"] == pytest.approx((1.2 * 1.05 * 2.0) ** (1 / 3))
@@ -86,9 +86,9 @@ def test_summary_per_family_from_known_points():
     assert n["median_above"] == 1  # 1.03 > 1.02
     assert n["worst_above"] == 2  # 1.2 and 2.0 > 1.1
     assert n["default"] == pytest.approx(0.5)
-    everything = calibrated.summary_numbers(points)
+    everything = calibrated_page.summary_numbers(points)
     assert (everything["median_above"], everything["worst_above"]) == (1, 3)
-    line = calibrated.summary(groups["exact mixtures (Karras + flow)"], "exact")
+    line = calibrated_page.summary(groups["exact mixtures (Karras + flow)"], "exact")
     assert line.startswith("| exact | 3 | ") and "2.000 (sub3072d/karras, 8 NFE) | 1 | 2 |" in line
 
 
@@ -101,7 +101,7 @@ def test_markdown_has_the_spread_columns(tmp_path):
     meta = {"calibration_samples": 32, "seeds": 3, "calibration_seeds": [31337, 31338, 31339],
             "samples": {"mix2d": 10}, "ref_steps": 10, "threads": 1, "wall_seconds": 1.0,
             "nfes": [5], "memory": calibrated.MEMORY}
-    calibrated.write_markdown(tmp_path, rows, points, meta)
+    calibrated_page.write_markdown(tmp_path, rows, points, meta)
     text = (tmp_path / "calibrated.md").read_text()
     assert "| mix2d | karras | 5 | uni_pc + kl_optimal | 0.2000 | 0.2000 | 1.000 | 1.500 |" in text
     assert "| 3.0 | 2000 (1000-3000) | 200 | 50 (70) |" in text
@@ -112,9 +112,9 @@ def test_markdown_has_the_spread_columns(tmp_path):
 def test_the_page_says_how_the_best_pair_was_chosen():
     meta = {"samples": {"mix2d": 2000, "digits": 500}, "finalists": 3,
             "pair_samples": {"mix2d": 2000, "digits": 500}}
-    assert "on all the samples." in calibrated.pair_choice(meta)
+    assert "on all the samples." in calibrated_page.pair_choice(meta)
     meta["pair_samples"] = {"mix2d": 500, "digits": 125}
-    sentence = calibrated.pair_choice(meta)
+    sentence = calibrated_page.pair_choice(meta)
     assert "{'mix2d': 500, 'digits': 125} samples, the 3 best per NFE on all" in sentence
 
 
@@ -222,13 +222,13 @@ def test_cost_against_the_baseline_from_known_points(tmp_path):
     points = [{"data": "a", "schedule": "karras", "nfe": nfe, "ratio": ratio, "best_rms": 0.1,
                "cost": {"evaluations": evaluations}}
               for nfe, ratio, evaluations in ((4, 0.5, 1), (8, 0.5, 100), (10, 0.2, 100))]
-    cost = calibrated.cost_against_baseline(points, baseline)
+    cost = calibrated_page.cost_against_baseline(points, baseline)
     assert cost["points"] == 2  # NFE 8 and 10 only
     assert cost["fewer"] == pytest.approx(6.0)  # sqrt(3 x 12)
     assert (cost["fewer_min"], cost["fewer_max"]) == (3.0, 12.0)
     assert cost["ratio"] == pytest.approx(0.1 ** 0.5)
     assert cost["ratio_baseline"] == pytest.approx(8 ** 0.5)  # sqrt(4 x 2)
-    assert calibrated.cost_against_baseline(points, tmp_path / "none.json") is None
+    assert calibrated_page.cost_against_baseline(points, tmp_path / "none.json") is None
 
 
 def test_report_guide_divides_the_reports_test_ratio_by_the_benchmarks():
@@ -236,7 +236,7 @@ def test_report_guide_divides_the_reports_test_ratio_by_the_benchmarks():
     seeds = [{**seed(i, value, 1.0, 100, 1.0), "test_rms": test, "test_rms_best_pair": 0.2}
              for i, (value, test) in enumerate(((0.1, 0.1), (0.2, 0.1), (0.4, 0.8)))]
     rows = field_rows("mix2d", 0.2, 0.4) + [calibrated.seeds_row(problem, 5, seeds)]
-    guide = calibrated.report_guide(rows, calibrated.comparison(rows))
+    guide = calibrated_page.report_guide(rows, calibrated.comparison(rows))
     # report ratios 0.5, 0.5, 4; benchmark ratios 0.5, 1, 2: quotients 1, 0.5, 2
     assert guide == {"exact mixtures": {"calibrations": 3, "median": 1.0, "p10": 0.5,
                                         "p90": 2.0, "min": 0.5, "max": 2.0}}
@@ -248,14 +248,14 @@ def test_typical_errors_divide_by_the_lowest_median_of_any_pair():
     rows[0]["median"], rows[1]["median"] = 0.1, 0.05  # the RMS-best pair, another pair
     rows += [calibrated.seeds_row(problem, 5, [seed(i, v, 1.0, 100, 1.0)
                                                for i, v in enumerate((0.1, 0.3, 0.2))])]
-    typical = calibrated.typical_errors(rows, calibrated.comparison(rows))
+    typical = calibrated_page.typical_errors(rows, calibrated.comparison(rows))
     # calibrated median error 0.1 (the median of 0.05, 0.15, 0.1) over the lowest pair median
     # 0.05; its RMS / median 0.2 / 0.1; the best pair's 0.2 / 0.1
     assert typical == {"exact mixtures (Karras + flow)": {
         "points": 1, "median": pytest.approx(2.0), "median_max": pytest.approx(2.0),
         "tail": pytest.approx(2.0), "tail_best": pytest.approx(2.0)}}
     rows[0]["median"] = 0.02
-    assert calibrated.typical_errors(rows, calibrated.comparison(rows))[
+    assert calibrated_page.typical_errors(rows, calibrated.comparison(rows))[
         "exact mixtures (Karras + flow)"]["tail_best"] == pytest.approx(10.0)
 
 

@@ -68,7 +68,7 @@ def test_calibrated_rows_are_scored_on_noise_they_were_not_fitted_on():
 
 
 def test_two_draws_of_the_test_noise_name_the_points_that_lose_on_one_only():
-    from bench.calibrated import draw_lines
+    from bench.calibrated_page import draw_lines
 
     def point(nfe, ratio, worst, best="euler + karras"):
         return {"data": "mix2d", "schedule": "karras", "nfe": nfe, "ratio": ratio,
@@ -83,7 +83,7 @@ def test_two_draws_of_the_test_noise_name_the_points_that_lose_on_one_only():
 
 
 def test_the_bootstrap_interval_is_wide_where_a_few_samples_carry_the_rms():
-    from bench.calibrated import interval_lines
+    from bench.calibrated_page import interval_lines
     from bench.common import bootstrap_ratio
 
     best = torch.full((400,), 1.0, dtype=torch.float64)
