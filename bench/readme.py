@@ -1,7 +1,7 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
 the default benchmark's field, wrapped-solver and cost summaries (results.json), the calibrated and
-calibrated-sigmas summaries, the memory, transfer, precision and option-set tables, and the
-digits checkpoint's tables (harness.digits_field).
+calibrated-sigmas summaries, the oracles of a better choice, the memory, transfer, precision and
+option-set tables, and the digits checkpoint's tables (harness.digits_field).
 
 README marks each generated block::
 
@@ -27,6 +27,7 @@ from . import (
     calibrated_sigmas,
     memory,
     options,
+    oracle,
     precision,
     results_page,
     transfer,
@@ -92,6 +93,10 @@ def transfer_block(bench: Path) -> list[str]:
             *transfer.cfg_table(data)]
 
 
+def oracle_block(bench: Path) -> list[str]:
+    return oracle.summary_lines(json.loads((bench / "oracle.json").read_text())["points"])
+
+
 def precision_block(bench: Path) -> list[str]:
     return precision.table_lines(json.loads((bench / "precision.json").read_text()))
 
@@ -118,7 +123,7 @@ def digits_block(name: str):
 
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
-          "calibrated-sigmas": sigmas_block, "field": field_block,
+          "calibrated-sigmas": sigmas_block, "oracle": oracle_block, "field": field_block,
           "wrapped": wrapped_block, "cost": cost_block,
           "host-timing": host_timing_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,

@@ -10,6 +10,8 @@
 #   bash scripts/bench.sh sigmas     # calibrated sigmas vs each sampler's best scheduler
 #   bash scripts/bench.sh transfer   # a calibration on other classes / other cfg (issue 25 item 7)
 #                                    # -> docs/bench/transfer.md (~7 min on one busy core)
+#   bash scripts/bench.sh oracle     # how far a better choice could take LML Calibrate (choices
+#                                    # by the test noise itself) -> docs/bench/oracle.md (~15 min)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
@@ -18,7 +20,7 @@
 #   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
 #                                    # by side -> docs/bench/options.md (~15 min for two sets;
 #                                    # --name NAME: docs/bench/NAME.md)
-#   (calibrated and sigmas then rewrite README's generated blocks: python -m bench.readme)
+#   (calibrated, sigmas and oracle then rewrite README's generated blocks: python -m bench.readme)
 #   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +35,7 @@ case "${1:-}" in
   calibrated) module=bench.calibrated; shift ;;
   sigmas) module=bench.calibrated_sigmas; shift ;;
   memory) module=bench.memory; shift ;;
+  oracle) module=bench.oracle; shift ;;
   transfer) module=bench.transfer; shift ;;
   precision) module=bench.precision; shift ;;
   reference) module=bench.reference; shift ;;
@@ -41,5 +44,5 @@ case "${1:-}" in
 esac
 "$PY" -m "$module" "$@"
 case "$module" in  # README's numbers come from the JSON just written (bench/readme.py)
-  bench.calibrated|bench.calibrated_sigmas) "$PY" -m bench.readme ;;
+  bench.calibrated|bench.calibrated_sigmas|bench.oracle) "$PY" -m bench.readme ;;
 esac
