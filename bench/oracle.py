@@ -1,5 +1,6 @@
 """How far a better choice could take LML Calibrate where it loses to the best pair (the exact
-mixtures): python -m bench.oracle -> docs/bench/oracle.md / .json.
+mixtures; ``--cfg``: the digits network too): python -m bench.oracle -> docs/bench/oracle.md /
+.json.
 
 Two oracles choose by the benchmark's own test noise, which no calibration may see: neither is
 a sampler, they bound what any choice made on a calibration's 32 noises could reach.
@@ -11,6 +12,11 @@ a sampler, they bound what any choice made on a calibration's 32 noises could re
   (the LML starts and the pairs alike: bench.calibrated.restricted), for every scheduler:
   "oracle" the best of these and the whole field for each calibration seed, "best fixed" the
   one scheduler whose median over the seeds is lowest at the point.
+- **In sample.** One calibration fitted and selected on the test noise itself (calibrate's
+  split of it: half fits, a quarter selects, a quarter only scores; every start measured on
+  all of its part, screen_rows 0), scored on all of it: what the fit reaches with the scored
+  samples in hand; with the default robust loss and with plain least squares (ROBUST_SCALE so
+  large that no noise is down-weighted, in the fit and in every choice).
 
 Each on bench.calibrated's problems, calibration noises and seeds; ratios to the best pair of
 docs/bench/calibrated.json (the same test noise).  A point's number is the median over the
@@ -30,8 +36,13 @@ from types import SimpleNamespace
 
 import torch
 
+from lml_core import calibrate, sample_lml_calibrated
+
 from . import calibrated as cal
+from . import field
 from .calibrated_page import MEDIAN_ABOVE
+from .common import rms
+from .digits import fitted_size_warning_off
 from .run import SAMPLES, log, prepare
 from .suite import geometric_mean
 
@@ -58,12 +69,48 @@ def recorded_candidates():
         setup.report = original
 
 
+@contextmanager
+def least_squares():
+    """calibrate by plain least squares for the duration: lml_core.objective.ROBUST_SCALE so
+    large that the robust weights are 1 and the robust loss is the mean square (in the fit,
+    the start ranking and the choice), restored after."""
+    objective = importlib.import_module("lml_core.objective")
+    scale = objective.ROBUST_SCALE
+    objective.ROBUST_SCALE = 1e6
+    try:
+        yield
+    finally:
+        objective.ROBUST_SCALE = scale
+
+
+def in_sample(problem, nfe, best_rms: float) -> float:
+    """The ratio of one calibration fitted and selected on the problem's test noise itself
+    (every start measured on all of its fitting part), scored on all of it."""
+    sigmas = cal.sigmas_for("euler", problem.kind, nfe)
+    schedules, samplers, own = cal.calibration_field(problem, nfe)
+    x = problem.x_start.to(torch.float32)
+    model, noise = cal.for_calibration(problem, x)
+    calibration = calibrate(field.HostModel(model, flow=problem.flow), noise, sigmas,
+                            schedules=schedules, samplers=samplers, sampler_schedules=own,
+                            screen_rows=0)
+    with fitted_size_warning_off():
+        y = sample_lml_calibrated(field.HostModel(problem.model, flow=problem.flow), x, sigmas,
+                                  calibration=calibration, samplers=samplers, disable=True)
+    return rms(y, problem.reference) / best_rms
+
+
+@torch.no_grad()
 def test_ratio(fit, theta, problem, best_rms: float) -> float:
-    """A candidate's RMS on the problem's test noise over the best pair's (``final_errors``
-    reads only the reference's final sample)."""
-    errors = fit.final_errors(theta, problem.x_start.to(torch.float32),
-                              SimpleNamespace(final=problem.reference))
-    return float(errors.pow(2).mean().sqrt()) / best_rms
+    """A candidate's RMS on the problem's test noise over the best pair's.  The rows as the
+    calibration ran them (the digits network's carry their class in two last coordinates,
+    which the model keeps: bench.calibrated.for_calibration), against the reference with the
+    same class coordinates, so the mean square is rescaled to the scored coordinates;
+    ``final_errors`` reads only the reference's final sample."""
+    _, x = cal.for_calibration(problem, problem.x_start.to(torch.float32))
+    _, reference = cal.for_calibration(problem, problem.reference.to(torch.float32))
+    errors = fit.final_errors(theta, x, SimpleNamespace(final=reference))
+    share = x[0].numel() / problem.x_start[0].numel()
+    return float((errors.pow(2).mean() * share).sqrt()) / best_rms
 
 
 def point(problem, nfe, seeds, best_rms, schedulers=None) -> dict:
@@ -75,6 +122,11 @@ def point(problem, nfe, seeds, best_rms, schedulers=None) -> dict:
     chosen = [s["rms"] / best_rms for s in row["seeds"]]
     candidates = [{label: test_ratio(fit, theta, problem, best_rms)
                    for label, (fit, theta) in call["candidates"].items()} for call in calls]
+    for ratio, call, scored in zip(chosen, calls, candidates):
+        if abs(scored[call["chosen"]] / ratio - 1) > 1e-3:
+            raise RuntimeError(f"{problem.name}/{problem.kind} {nfe} NFE: the chosen candidate "
+                               f"{call['chosen']} scores {scored[call['chosen']]:.6g}, its "
+                               f"sampler {ratio:.6g}")
     field_schedulers = [s for s in cal.calibration_field(problem, nfe)[0]
                         if schedulers is None or s in schedulers]
     by_scheduler = {}
@@ -82,16 +134,20 @@ def point(problem, nfe, seeds, best_rms, schedulers=None) -> dict:
         only, = cal.calibrated_rows(problem, [nfe], cal.CALIBRATION_SAMPLES, {},
                                     lambda *_: None, seeds, schedulers=[scheduler])
         by_scheduler[scheduler] = [s["rms"] / best_rms for s in only["seeds"]]
+    robust = in_sample(problem, nfe, best_rms)
+    with least_squares():
+        squares = in_sample(problem, nfe, best_rms)
     return {"data": problem.name, "schedule": problem.kind, "nfe": nfe, "chosen": chosen,
             "chosen_labels": [call["chosen"] for call in calls], "candidates": candidates,
-            "by_scheduler": by_scheduler}
+            "by_scheduler": by_scheduler, "in_sample": robust, "in_sample_squares": squares}
 
 
 def oracles(p) -> dict:
     """A point's medians over the seeds: calibrated ("chosen"), the best candidate
     ("candidates"), the better of the whole field and the best one-scheduler field per seed
     ("schedulers") and the best fixed one-scheduler field ("fixed", its scheduler in
-    "fixed_scheduler")."""
+    "fixed_scheduler"); and the in-sample calibrations' ratios ("in_sample", with the robust
+    loss; "in_sample_squares", by least squares)."""
     seeds = range(len(p["chosen"]))
     medians = {s: statistics.median(v) for s, v in p["by_scheduler"].items()}
     fixed = min(medians, key=medians.get)
@@ -99,12 +155,15 @@ def oracles(p) -> dict:
             "candidates": statistics.median(min(c.values()) for c in p["candidates"]),
             "schedulers": statistics.median(min(p["chosen"][i], *(
                 v[i] for v in p["by_scheduler"].values())) for i in seeds),
-            "fixed": medians[fixed], "fixed_scheduler": fixed}
+            "fixed": medians[fixed], "fixed_scheduler": fixed,
+            "in_sample": p["in_sample"], "in_sample_squares": p["in_sample_squares"]}
 
 
 COLUMNS = (("chosen", "LML Calibrate"), ("candidates", "oracle: best candidate"),
            ("schedulers", "oracle: best field (whole or one scheduler) per seed"),
-           ("fixed", "oracle: best fixed start scheduler"))
+           ("fixed", "oracle: best fixed start scheduler"),
+           ("in_sample", "fitted on the test noise"),
+           ("in_sample_squares", "fitted on the test noise, least squares"))
 
 
 def summary_lines(points) -> list[str]:
@@ -132,9 +191,11 @@ def markdown(data) -> str:
              "seeds, NFE " + ", ".join(map(str, meta["nfes"])) + "). Ratios: RMS on the "
              "benchmark's test noise over the best pair's (docs/bench/calibrated.json), the "
              "median over the seeds; the summary's geometric means over the points, in brackets "
-             f"the points above {MEDIAN_ABOVE}. Both oracles choose by the test noise itself "
-             "(bench/oracle.py says how): they bound what a choice on the calibration's own "
-             "noise could reach, and are not samplers.", "",
+             f"the points above {MEDIAN_ABOVE}. The three oracle columns choose "
+             "by the test noise itself (bench/oracle.py says how): they bound what a choice on "
+             "the calibration's own noise could reach, and are not samplers. The last two "
+             "columns are one calibration each, fitted and selected on the test noise itself.",
+             "",
              *summary_lines(points), "",
              "| point | " + " | ".join(title for _, title in COLUMNS) + " | best fixed "
              "scheduler | calibrate's choices |",
@@ -150,6 +211,8 @@ def markdown(data) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="*", default=["mix2d", "mix64d", "sub3072d"])
+    parser.add_argument("--cfg", nargs="*", type=float, default=[],
+                        help="the digits network at these cfg values too")
     parser.add_argument("--nfes", nargs="*", type=int, default=[4, 6, 10])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--schedulers", nargs="*", default=None,
@@ -169,7 +232,7 @@ def main(argv=None):
     best = {(p["data"], p["schedule"], p["nfe"]): p["best_rms"] for p in json.loads(
         (Path(out) / "calibrated.json").read_text())["points"]}
     points = []
-    for problem in cal.benchmark_problems(args.data, [], lambda name: SAMPLES[name],
+    for problem in cal.benchmark_problems(args.data, args.cfg, lambda name: SAMPLES[name],
                                           args.ref_steps, log):
         for nfe in args.nfes:
             points.append(point(problem, nfe, args.seeds, best[(problem.name, problem.kind, nfe)],

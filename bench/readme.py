@@ -93,8 +93,10 @@ def transfer_block(bench: Path) -> list[str]:
             *transfer.cfg_table(data)]
 
 
-def oracle_block(bench: Path) -> list[str]:
-    return oracle.summary_lines(json.loads((bench / "oracle.json").read_text())["points"])
+def oracle_block(name: str):
+    def lines(bench: Path) -> list[str]:
+        return oracle.summary_lines(json.loads((bench / f"{name}.json").read_text())["points"])
+    return lines
 
 
 def precision_block(bench: Path) -> list[str]:
@@ -123,7 +125,8 @@ def digits_block(name: str):
 
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
-          "calibrated-sigmas": sigmas_block, "oracle": oracle_block, "field": field_block,
+          "calibrated-sigmas": sigmas_block, "oracle": oracle_block("oracle"),
+          "oracle-digits": oracle_block("oracle_digits"), "field": field_block,
           "wrapped": wrapped_block, "cost": cost_block,
           "host-timing": host_timing_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
