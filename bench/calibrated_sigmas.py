@@ -16,6 +16,7 @@ same sampler's best scheduler by that metric: reported, not a target.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import inspect
 import json
@@ -34,6 +35,7 @@ from .calibrated import (
     for_calibration,
 )
 from .common import bootstrap_ratio, initial_noise, median_error, rms, squared_errors
+from .oracle import least_squares
 from .run import log, prepare
 from .suite import geometric_mean, steps_for_nfe
 
@@ -84,7 +86,7 @@ def score(name, problem, sigmas):
     return values[len(values) // 2], None, None
 
 
-def point(problem, name, nfe, noise):
+def point(problem, name, nfe, noise, **options):
     steps = steps_for_nfe(name, nfe)
     schedules = pair_schedules(problem, name, steps)
     scored = {scheduler: score(name, problem, sigmas) for scheduler, sigmas in schedules.items()}
@@ -94,7 +96,7 @@ def point(problem, name, nfe, noise):
     host = field.HostModel(model, flow=problem.flow)
     started = time.perf_counter()
     calibration = calibrate_sigmas(host, noise, schedules[best], quiet(name),
-                                   sampler_name=name, schedules=schedules)
+                                   sampler_name=name, schedules=schedules, **options)
     seconds = time.perf_counter() - started
     fitted = torch.tensor(calibration.sigmas, dtype=torch.float32)
     calibrated, calibrated_median, squared = score(name, problem, fitted)
@@ -118,6 +120,15 @@ def breakdown(points, key, title) -> str:
         groups.setdefault(key(p), []).append(p["ratio"])
     return f"{title}: " + ", ".join(f"{name} {geometric_mean(r):.3f} (worst {max(r):.2f})"
                                     for name, r in groups.items()) + "."
+
+
+def short_line(points) -> str:
+    """The deterministic samplers in one line: geometric mean, points above 1.02, by problem."""
+    points = [p for p in points if p["metric"] == "rms"]
+    ratios = [p["ratio"] for p in points]
+    return (f"geometric mean {geometric_mean(ratios):.3f}, {sum(r > 1.02 for r in ratios)} of "
+            f"{len(ratios)} points above 1.02; "
+            + breakdown(points, lambda p: f"{p['data']} {p['schedule']}", "by problem"))
 
 
 def typical_line(points) -> str:
@@ -185,14 +196,19 @@ def summary_lines(points) -> list[str]:
 
 
 def write_markdown(out: Path, points, meta, name="calibrated_sigmas"):
+    noise = (f"{meta['calibration_samples']} float32 noises of its own" if not meta.get(
+        "in_sample") else "the benchmark's test noise itself (an oracle, not a sampler: "
+                          "--in-sample; every start measured on all of its fitting part)"
+                          + (", by plain least squares" if meta.get("least_squares") else ""))
+    scored = ("the benchmark's noise, which neither fitted nor chose anything" if not meta.get(
+        "in_sample") else "the same noise")
     lines = [
         "# Calibrated sigmas against each sampler's best scheduler",
         "",
         "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
-        f"`lml_core.calibrate_sigmas` on {meta['calibration_samples']} float32 noises of its "
-        "own, "
-        "started from the sampler's best scheduler on that noise; scored on the benchmark's "
-        "noise, which neither fitted nor chose anything, against the same sampler on every "
+        f"`lml_core.calibrate_sigmas` on {noise}, "
+        f"started from the sampler's best scheduler on that noise; scored on {scored}, "
+        "against the same sampler on every "
         "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
         f"Samples per problem {meta['samples']}; run took {meta['wall_seconds']:.0f} s on "
         f"{meta['threads']} thread(s) of a shared 2-core machine.",
@@ -226,6 +242,11 @@ def parse(argv):
     parser.add_argument("--ref-steps", type=int, default=100)
     parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
                         help="noises each calibration fits, selects and tests on")
+    parser.add_argument("--in-sample", action="store_true",
+                        help="fit and select on the benchmark's test noise itself (an oracle: "
+                             "what the fit reaches with the scored samples in hand)")
+    parser.add_argument("--least-squares", action="store_true",
+                        help="calibrate by plain least squares (bench.oracle.least_squares)")
     parser.add_argument("--name", default="calibrated_sigmas",
                         help="writes OUT/NAME.md and NAME.json")
     parser.add_argument("--markdown-only", action="store_true",
@@ -242,28 +263,41 @@ def main(argv=None):
     started = time.time()
     problems = benchmark_problems(args.data, args.cfg, args.samples, args.ref_steps, log)
     points = []
-    for problem in problems:
-        problem.start_sigma = float(field.host_sigmas("euler", "karras", problem.flow, 4)[0])
-        generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-        noise = initial_noise(problem.kind, torch.randn(
-            args.calibration_samples, problem.x_start[0].numel(), dtype=torch.float64,
-            generator=generator)).to(torch.float32)
-        for name in args.samplers:
-            if is_stochastic(name) and problem.distribution_metrics is None:
-                continue  # no stochastic metric on this problem
-            for nfe in args.nfes:
-                points.append(point(problem, name, nfe, noise))
-                p = points[-1]
-                log(f"  {problem.name}/{problem.kind} {name} {nfe} NFE: {p['ratio']:.3f} "
-                    f"({p['calibrated']:.4f} vs {p['best_scheduler']} {p['best']:.4f}; "
-                    f"{p['chosen']})")
+    with least_squares() if args.least_squares else contextlib.nullcontext():
+        for problem in problems:
+            points += problem_points(problem, args)
     meta = {"samples": args.samples, "nfes": args.nfes, "threads": args.threads,
-            "calibration_samples": args.calibration_samples,
-            "wall_seconds": time.time() - started}
+            "calibration_samples": args.calibration_samples, "in_sample": args.in_sample,
+            "least_squares": args.least_squares, "wall_seconds": time.time() - started}
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "points": points},
                                                       indent=1))
     write_markdown(out, points, meta, args.name)
     log(f"done in {time.time() - started:.0f}s; wrote {out / f'{args.name}.md'}")
+    return points
+
+
+def problem_points(problem, args) -> list[dict]:
+    """The points of one problem: every sampler of ``args`` at every NFE, calibrated on its
+    own noise (or, ``--in-sample``, on the test noise with every start measured on all of it)."""
+    problem.start_sigma = float(field.host_sigmas("euler", "karras", problem.flow, 4)[0])
+    if args.in_sample:
+        noise, options = problem.x_start.to(torch.float32), {"screen_rows": 0}
+    else:
+        generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+        noise = initial_noise(problem.kind, torch.randn(
+            args.calibration_samples, problem.x_start[0].numel(), dtype=torch.float64,
+            generator=generator)).to(torch.float32)
+        options = {}
+    points = []
+    for name in args.samplers:
+        if is_stochastic(name) and problem.distribution_metrics is None:
+            continue  # no stochastic metric on this problem
+        for nfe in args.nfes:
+            points.append(point(problem, name, nfe, noise, **options))
+            p = points[-1]
+            log(f"  {problem.name}/{problem.kind} {name} {nfe} NFE: {p['ratio']:.3f} "
+                f"({p['calibrated']:.4f} vs {p['best_scheduler']} {p['best']:.4f}; "
+                f"{p['chosen']})")
     return points
 
 

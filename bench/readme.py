@@ -83,6 +83,18 @@ def sigmas_block(bench: Path) -> list[str]:
     return calibrated_sigmas.summary_lines(data["points"])
 
 
+def sigmas_in_sample_block(bench: Path) -> list[str]:
+    """Calibrated sigmas fitted on the test noise itself (bench.calibrated_sigmas --in-sample),
+    with the robust loss and by least squares."""
+    lines = []
+    for name, label in (("calibrated_sigmas_in_sample", "robust loss (the default)"),
+                        ("calibrated_sigmas_in_sample_lsq", "least squares")):
+        data = json.loads((bench / f"{name}.json").read_text())
+        lines.append(f"- Fitted on the test noise, {label}: "
+                     + calibrated_sigmas.short_line(data["points"]))
+    return lines
+
+
 def memory_block(bench: Path) -> list[str]:
     return memory.table_lines(json.loads((bench / "memory.json").read_text())["results"])
 
@@ -125,7 +137,8 @@ def digits_block(name: str):
 
 
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
-          "calibrated-sigmas": sigmas_block, "oracle": oracle_block("oracle"),
+          "calibrated-sigmas": sigmas_block,
+          "calibrated-sigmas-in-sample": sigmas_in_sample_block, "oracle": oracle_block("oracle"),
           "oracle-digits": oracle_block("oracle_digits"), "field": field_block,
           "wrapped": wrapped_block, "cost": cost_block,
           "host-timing": host_timing_block,

@@ -305,3 +305,35 @@ def test_calibrated_sigmas_name_the_points_the_test_noise_does_not_decide():
                         "resampled, the same rows for both): deis mix64d/flow 4 NFE 1.30 "
                         "(1.10-1.60).")
     assert calibrated_sigmas.interval_lines([point(8, 0.7, [0.6, 0.8])]) == []
+
+
+def test_calibrated_sigmas_in_sample_fits_on_the_test_noise_and_says_so(tmp_path, monkeypatch):
+    from bench import calibrated_sigmas
+
+    seen = []
+
+    def point(problem, name, nfe, noise, **options):
+        seen.append((noise, options))
+        return {"data": "mix64d", "schedule": "karras", "sampler": name, "nfe": nfe,
+                "metric": "rms", "best_scheduler": "karras", "best": 0.2, "calibrated": 0.1,
+                "ratio": 0.5, "chosen": "x", "cost": {"seconds": 1.0, "evaluations": 10}}
+    monkeypatch.setattr(calibrated_sigmas, "point", point)
+    problem = SimpleNamespace(name="mix64d", flow=False, kind="karras", distribution_metrics=None,
+                              x_start=torch.ones(3, 2, dtype=torch.float64))
+    args = SimpleNamespace(in_sample=True, samplers=["euler", "euler_ancestral"], nfes=[4],
+                           calibration_samples=8)
+    points = calibrated_sigmas.problem_points(problem, args)
+    assert len(points) == 1  # no stochastic metric on this problem
+    (noise, options), = seen
+    assert noise.dtype == torch.float32 and torch.equal(noise, problem.x_start.float())
+    assert options == {"screen_rows": 0}
+    args.in_sample = False
+    calibrated_sigmas.problem_points(problem, args)
+    assert seen[1][0].shape == (8, 2) and seen[1][1] == {}  # noise of its own
+    meta = {"calibration_samples": 8, "samples": 3, "wall_seconds": 1.0, "threads": 1,
+            "in_sample": True, "least_squares": True}
+    calibrated_sigmas.write_markdown(tmp_path, points, meta, "x")
+    text = (tmp_path / "x.md").read_text()
+    assert "the benchmark's test noise itself" in text and "by plain least squares" in text
+    calibrated_sigmas.write_markdown(tmp_path, points, {**meta, "in_sample": False}, "y")
+    assert "8 float32 noises of its own" in (tmp_path / "y.md").read_text()
