@@ -2,8 +2,9 @@
 mixtures; ``--cfg``: the digits network too): python -m bench.oracle -> docs/bench/oracle.md /
 .json.
 
-Two oracles choose by the benchmark's own test noise, which no calibration may see: neither is
-a sampler, they bound what any choice made on a calibration's 32 noises could reach.
+Each uses the benchmark's own test noise, which no calibration may see: none is a sampler.
+The first two bound what any choice made on a calibration's 32 noises could reach, the third
+what the fit reaches with the scored samples in hand.
 
 - **Candidates.** Every candidate of each calibration (its LML fits and the pair best on its
   fitting noise, unchanged) is scored on the test noise: "chosen" is what calibrate chose on
@@ -100,7 +101,7 @@ def in_sample(problem, nfe, best_rms: float) -> float:
 
 
 @torch.no_grad()
-def test_ratio(fit, theta, problem, best_rms: float) -> float:
+def scored_ratio(fit, theta, problem, best_rms: float) -> float:
     """A candidate's RMS on the problem's test noise over the best pair's.  The rows as the
     calibration ran them (the digits network's carry their class in two last coordinates,
     which the model keeps: bench.calibrated.for_calibration), against the reference with the
@@ -115,12 +116,13 @@ def test_ratio(fit, theta, problem, best_rms: float) -> float:
 
 def point(problem, nfe, seeds, best_rms, schedulers=None) -> dict:
     """One point: per seed the calibrated ratio and every candidate's; per scheduler of the field
-    (``schedulers``: only these) each seed's ratio with the field restricted to it."""
+    (``schedulers``: only these) each seed's ratio with the field restricted to it; the
+    in-sample calibrations' ratios (robust loss, least squares)."""
     with recorded_candidates() as calls:
         row, = cal.calibrated_rows(problem, [nfe], cal.CALIBRATION_SAMPLES, {}, lambda *_: None,
                                    seeds)
     chosen = [s["rms"] / best_rms for s in row["seeds"]]
-    candidates = [{label: test_ratio(fit, theta, problem, best_rms)
+    candidates = [{label: scored_ratio(fit, theta, problem, best_rms)
                    for label, (fit, theta) in call["candidates"].items()} for call in calls]
     for ratio, call, scored in zip(chosen, calls, candidates):
         if abs(scored[call["chosen"]] / ratio - 1) > 1e-3:
