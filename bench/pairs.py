@@ -25,12 +25,12 @@ import time
 import torch
 
 from . import field
-from .common import median_error, rms
+from .common import rms
 from .suite import (
     evaluate,
     evaluate_stochastic,
-    point_row,
     run_sampler,
+    scored_row,
     sigmas_for,
     steps_for_nfe,
 )
@@ -133,9 +133,8 @@ def select(problem, samplers, schedulers, nfes, subset, stochastic=False, rows=N
                 else:
                     ranking[nfe].append((score, sampler, scheduler))
                     if whole:
-                        rows[(sampler, scheduler, nfe)] = {
-                            **point_row(problem, sampler, nfe, calls, scheduler), "rms": score,
-                            "median": median_error(x, problem.reference)}
+                        rows[(sampler, scheduler, nfe)] = scored_row(problem, sampler, nfe,
+                                                                     calls, x, scheduler)
     return {nfe: sorted(found) for nfe, found in ranking.items()}, failures
 
 

@@ -213,6 +213,13 @@ def point_row(problem, label, nfe, calls, scheduler=None):
             "scheduler": scheduler, "nfe_budget": nfe, "nfe": calls}
 
 
+def scored_row(problem, label, nfe, calls, x, scheduler=None):
+    """A deterministic sampler's row for its samples ``x``: point_row, its RMS and the median
+    per-sample error against the problem's reference."""
+    return {**point_row(problem, label, nfe, calls, scheduler), "rms": rms(x, problem.reference),
+            "median": median_error(x, problem.reference)}
+
+
 def evaluate(problem, samplers, nfes, extra_metrics=None, log=print, scheduler=None):
     """Deterministic rows {sampler, nfe_budget, nfe, rms, median, ...} for every sampler spec and
     NFE budget; ``median`` is the median over samples of the per-sample RMS error (at high NFE
@@ -226,9 +233,7 @@ def evaluate(problem, samplers, nfes, extra_metrics=None, log=print, scheduler=N
                                    options, scheduler=scheduler)
             if not torch.isfinite(x).all():
                 raise FloatingPointError(f"{label} produced non-finite samples at NFE {nfe}")
-            row = {**point_row(problem, label, nfe, calls, scheduler),
-                   "rms": rms(x, problem.reference),
-                   "median": median_error(x, problem.reference)}
+            row = scored_row(problem, label, nfe, calls, x, scheduler)
             if extra_metrics is not None:
                 row.update(extra_metrics(x))
             rows.append(row)
