@@ -178,15 +178,17 @@ def seeds_row(problem, nfe, seeds) -> dict:
 
 
 def calibrated_rows(problem, nfes, samples, options, log, seeds=1, errors=None,
-                    schedulers=None):
+                    schedulers=None, noises=None):
     """Rows of the calibrated sampler (fitted per NFE and calibration seed on its own noise in
     float32, as ComfyUI runs it, starting from the best pair it measures; sampling the
     problem's noise), one per NFE over the ``seeds`` calibrations (``seeds_row``).
     ``errors``: a dict that gets each point's per-sample squared errors, one tensor per seed,
     {(data, schedule, nfe): [...]}; ``schedulers``: only these host schedulers in the
-    calibration's field (None: all)."""
+    calibration's field (None: all); ``noises``: the calibrations' noises (float32, one
+    calibration each) instead of ``seeds`` draws of ``samples`` of their own."""
     rows = []
-    noises = [calibration_noise(problem, samples, seed) for seed in range(seeds)]
+    if noises is None:
+        noises = [calibration_noise(problem, samples, seed) for seed in range(seeds)]
     for nfe in nfes:
         sigmas = sigmas_for("euler", problem.kind, nfe)
         schedules, samplers, own = restricted(calibration_field(problem, nfe), schedulers)

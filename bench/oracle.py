@@ -37,13 +37,8 @@ from types import SimpleNamespace
 
 import torch
 
-from lml_core import calibrate, sample_lml_calibrated
-
 from . import calibrated as cal
-from . import field
 from .calibrated_page import MEDIAN_ABOVE
-from .common import rms
-from .digits import fitted_size_warning_off
 from .run import SAMPLES, log, prepare
 from .suite import geometric_mean
 
@@ -87,17 +82,9 @@ def least_squares():
 def in_sample(problem, nfe, best_rms: float) -> float:
     """The ratio of one calibration fitted and selected on the problem's test noise itself
     (every start measured on all of its fitting part), scored on all of it."""
-    sigmas = cal.sigmas_for("euler", problem.kind, nfe)
-    schedules, samplers, own = cal.calibration_field(problem, nfe)
-    x = problem.x_start.to(torch.float32)
-    model, noise = cal.for_calibration(problem, x)
-    calibration = calibrate(field.HostModel(model, flow=problem.flow), noise, sigmas,
-                            schedules=schedules, samplers=samplers, sampler_schedules=own,
-                            screen_rows=0)
-    with fitted_size_warning_off():
-        y = sample_lml_calibrated(field.HostModel(problem.model, flow=problem.flow), x, sigmas,
-                                  calibration=calibration, samplers=samplers, disable=True)
-    return rms(y, problem.reference) / best_rms
+    row, = cal.calibrated_rows(problem, [nfe], None, {"screen_rows": 0}, lambda *_: None,
+                               noises=[problem.x_start.to(torch.float32)])
+    return row["rms"] / best_rms
 
 
 @torch.no_grad()
