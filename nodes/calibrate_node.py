@@ -182,6 +182,40 @@ def check_batch_size(value) -> str | None:
     return None
 
 
+JACOBIAN_ROWS = CALIBRATE_DEFAULTS["jacobian_rows"]
+
+
+def jacobian_rows_input() -> io.Input:
+    """LML Calibrate's jacobian_rows: advanced and optional, the last input (workflows and API
+    prompts saved before it load with the default)."""
+    return advanced(io.Int.Input(
+        "jacobian_rows", default=JACOBIAN_ROWS, min=0, max=MAX_SAMPLES, optional=True,
+        tooltip="Fitting noises each Levenberg-Marquardt step's Jacobian is taken on (other "
+                "ones each step; 0: all of them). 0 fits closer at up to twice the model "
+                "calls, and with more samples (128) it is what makes the extra noises pay: "
+                "measured in README, 'Every Jacobian on every fitting noise'."))
+
+
+def checked_jacobian_rows(value) -> int:
+    """jacobian_rows as a whole number from 0 to MAX_SAMPLES, or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
+            int(value) != value or not 0 <= value <= MAX_SAMPLES):
+        raise ValueError(f"jacobian_rows must be a whole number from 0 (all) to {MAX_SAMPLES}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_jacobian_rows(value) -> str | None:
+    """validate_inputs' check of jacobian_rows (as check_batch_size)."""
+    if value is None:
+        return None
+    try:
+        checked_jacobian_rows(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def fit_head_inputs() -> list[io.Input]:
     """What every calibrating node fits for: model, conditioning, latent size, seed, cfg."""
     return [
@@ -468,6 +502,7 @@ class LMLCalibrate(io.ComfyNode):
                             "of the LML fit, a fitted built-in and the best pair; this "
                             "scheduler: only the LML fit on your scheduler (cheaper).")),
                 batch_size_input(),
+                jacobian_rows_input(),
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
@@ -479,9 +514,10 @@ class LMLCalibrate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None,
-                        batch_size=None):
+                        batch_size=None, jacobian_rows=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or validate(
+        message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or (
+            check_jacobian_rows(jacobian_rows)) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
         if message is True and steps is not None:
@@ -496,10 +532,13 @@ class LMLCalibrate(io.ComfyNode):
                 samples, **options) -> io.NodeOutput:
         field = options.pop("field", FIELDS[0])
         batch_size = options.pop("batch_size", AUTO_BATCH)
+        jacobian_rows = options.pop("jacobian_rows", JACOBIAN_ROWS)
         message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, steps,
-                                      batch_size)
+                                      batch_size, jacobian_rows)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
+        if checked_jacobian_rows(jacobian_rows) != JACOBIAN_ROWS:  # the default: the cache key
+            options["jacobian_rows"] = int(jacobian_rows)  # it always had
         counts = step_counts_of(steps)
         # The field: every host scheduler and deterministic sampler at the same model calls
         # (at each step count, those that run there).

@@ -439,3 +439,23 @@ def test_the_fit_follows_the_precision_the_model_computes_in(pack, sd15, calibra
     assert json.loads(calibrated.result[1])["report"]["options"]["model_dtype"] == "float32"
     monkeypatch.setattr(base, "manual_cast_dtype", torch.bfloat16)
     assert bridge.compute_dtype(base) == torch.bfloat16
+
+
+def test_jacobian_rows_reaches_the_fit_and_its_cache_key_only_when_changed(
+        pack, sd15, conds, calibrated):
+    """The module's calibration ran without jacobian_rows: the same inputs with the default 4
+    load it from the cache (the key it always had); 0 (every fitting noise) is another
+    calibration, whose report records it; a bad value is refused naming jacobian_rows."""
+    _, text, _ = calibrated.result
+    assert json.loads(text)["report"]["options"]["jacobian_rows"] == 4
+    default = calibrate_node(pack, sd15, conds, seed=SEED, jacobian_rows=4).result
+    assert "loaded from the cache" in default[2] and default[1] == text
+    every = calibrate_node(pack, sd15, conds, seed=SEED, jacobian_rows=0).result
+    assert "loaded from the cache" not in every[2]
+    assert json.loads(every[1])["report"]["options"]["jacobian_rows"] == 0
+    calibrating = node(pack, "LMLCalibrate")
+    for value in (-1, 2.5, 1025, float("nan")):
+        message = calibrating.validate_inputs(scheduler="karras", cfg=4.0, jacobian_rows=value)
+        assert message.startswith("jacobian_rows must be a whole number from 0 (all) to 1024")
+        with pytest.raises(ValueError, match="^jacobian_rows must be a whole number"):  # linked
+            calibrate_node(pack, sd15, conds, seed=SEED, jacobian_rows=value)
