@@ -144,16 +144,21 @@ class CFGDigitsModel:
         labels = torch.arange(x.shape[0], device=x.device) % CLASSES
         return self.guided(x, sigma, labels, model_options)
 
-    def guided(self, x, sigma, labels, model_options=None):
-        """The guided denoiser for rows of the given class ``labels``."""
-        model_options = model_options or {}
+    def parts(self, x, sigma, labels, uncond=True):
+        """(conditional, unconditional or None) outputs for rows of the class ``labels``, float32
+        (differentiable in x and sigma: bench.gradient_fit)."""
         s = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         a = 1 - s if self.flow else torch.ones_like(s)
         x32 = x.to(torch.float32)
         cond = self.net(x32, s, a, labels)
-        uncond = None
-        if self.cfg != 1.0 or model_options.get("disable_cfg1_optimization", False):
-            uncond = self.net(x32, s, a, torch.full_like(labels, NO_LABEL))
+        return cond, (self.net(x32, s, a, torch.full_like(labels, NO_LABEL)) if uncond else None)
+
+    def guided(self, x, sigma, labels, model_options=None):
+        """The guided denoiser for rows of the given class ``labels``."""
+        model_options = model_options or {}
+        x32 = x.to(torch.float32)
+        cond, uncond = self.parts(x32, sigma, labels, self.cfg != 1.0 or model_options.get(
+            "disable_cfg1_optimization", False))
         out = cond if uncond is None else uncond + (cond - uncond) * self.cfg
         for fn in model_options.get("sampler_post_cfg_function", []):
             out = fn({"denoised": out, "cond": None, "uncond": None, "cond_scale": self.cfg,

@@ -76,7 +76,8 @@ class GaussianMixture:
             x_sq = torch.linalg.vector_norm(x, dim=1)[:, None] ** 2
             y_sq = x_sq - 2 * a * xmu + a * a * (self.means * self.means).sum(1)[None]
             resid = (y_sq - (z * z).sum(-1)).clamp(min=0)
-            log_lik = log_lik - 0.5 * resid / c - 0.5 * (dim - r) * math.log(c)
+            log_c = torch.log(torch.as_tensor(c, dtype=torch.float64))  # s may be a tensor
+            log_lik = log_lik - 0.5 * resid / c - 0.5 * (dim - r) * log_c
         post = torch.softmax(log_lik + self.weights.log()[None], dim=1)  # [N, K]
         return a, c, q, z, post, full_rank, x
 
@@ -84,7 +85,8 @@ class GaussianMixture:
         return self._parts(x, s, flow)[4]
 
     def denoise(self, x, s, flow=False):
-        """E[x0 | x] at noise level s (a Python float), returned in x's dtype."""
+        """E[x0 | x] at noise level s (a Python float, or a 0-d float64 tensor to differentiate
+        in: bench.gradient_fit), returned in x's dtype."""
         a, c, q, z, post, full_rank, x64 = self._parts(x, s, flow)
         k, dim, r = self.bases.shape
         e2 = self.iso

@@ -12,6 +12,9 @@
 #                                    # -> docs/bench/transfer.md (~7 min on one busy core)
 #   bash scripts/bench.sh oracle     # how far a better choice could take LML Calibrate (choices
 #                                    # by the test noise itself) -> docs/bench/oracle.md (~15 min)
+#   bash scripts/bench.sh gradient   # the calibrated sampler's family fitted by Adam through the
+#                                    # rollout, in and out of sample -> docs/bench/gradient_fit.md
+#                                    # (~45 min; the digits network: --data --cfg 6 --split ...)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
@@ -20,7 +23,7 @@
 #   bash scripts/bench.sh options --sets '{"a": {...}, "b": {}}'  # calibrate option sets side
 #                                    # by side -> docs/bench/options.md (~15 min for two sets;
 #                                    # --name NAME: docs/bench/NAME.md)
-#   (calibrated, sigmas and oracle then rewrite README's generated blocks: python -m bench.readme)
+#   (calibrated, sigmas, oracle and gradient then rewrite README's generated blocks: python -m bench.readme)
 #   bash scripts/gpu_check.sh        # (not here: on a lent GPU) -> docs/bench/gpu/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +39,7 @@ case "${1:-}" in
   sigmas) module=bench.calibrated_sigmas; shift ;;
   memory) module=bench.memory; shift ;;
   oracle) module=bench.oracle; shift ;;
+  gradient) module=bench.gradient_fit; shift ;;
   transfer) module=bench.transfer; shift ;;
   precision) module=bench.precision; shift ;;
   reference) module=bench.reference; shift ;;
@@ -44,5 +48,5 @@ case "${1:-}" in
 esac
 "$PY" -m "$module" "$@"
 case "$module" in  # README's numbers come from the JSON just written (bench/readme.py)
-  bench.calibrated|bench.calibrated_sigmas|bench.oracle) "$PY" -m bench.readme ;;
+  bench.calibrated|bench.calibrated_sigmas|bench.oracle|bench.gradient_fit) "$PY" -m bench.readme ;;
 esac
