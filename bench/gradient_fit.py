@@ -169,9 +169,12 @@ def fit(problem, nfe, best, iterations, size=0, seed=0, split=False) -> dict:
     ref_test = problem.reference.double().reshape(x_test.shape)
     if size:
         x = cal.calibration_noise(problem, size, seed).double()
-        reference = reference_solution(problem.model, x, problem.kind, 100).double()
         cut = (3 * size) // 4
-        x_fit, ref_fit, x_choose, ref_choose = x[:cut], reference[:cut], x[cut:], reference[cut:]
+        # each part's reference on that part alone: the digits network guides row i of a batch
+        # towards digit i mod 10, in the reference as in the rollouts
+        x_fit, x_choose = x[:cut], x[cut:]
+        ref_fit, ref_choose = (reference_solution(problem.model, part, problem.kind, 100).double()
+                               for part in (x_fit, x_choose))
     else:
         x_fit, ref_fit, x_choose, ref_choose = x_test, ref_test, x_test, ref_test
     sigmas, rows, start_label = start(problem, nfe, best["best_sampler"], best["best_scheduler"],
