@@ -1,6 +1,7 @@
 """README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
 the default benchmark's field, wrapped-solver and cost summaries (results.json), the calibrated and
-calibrated-sigmas summaries, the oracles of a better choice, the memory, transfer, precision and
+calibrated-sigmas summaries, the oracles of a better choice, the gradient fits of the sampler
+family, the memory, transfer, precision and
 option-set tables, and the digits checkpoint's tables (harness.digits_field).
 
 README marks each generated block::
@@ -25,6 +26,7 @@ from pathlib import Path
 from . import (
     calibrated_page,
     calibrated_sigmas,
+    gradient_fit,
     memory,
     options,
     oracle,
@@ -111,6 +113,17 @@ def oracle_block(name: str):
     return lines
 
 
+def gradient_fit_block(bench: Path) -> list[str]:
+    """The gradient fits' summaries: the mixtures, then the digits network."""
+    out = []
+    for name in ("gradient_fit", "gradient_fit_digits"):
+        if out:
+            out.append("")
+        out += gradient_fit.summary_lines(json.loads((bench / f"{name}.json").read_text())[
+            "points"])
+    return out
+
+
 def precision_block(bench: Path) -> list[str]:
     return precision.table_lines(json.loads((bench / "precision.json").read_text()))
 
@@ -139,7 +152,8 @@ def digits_block(name: str):
 BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "calibrated-sigmas": sigmas_block,
           "calibrated-sigmas-in-sample": sigmas_in_sample_block, "oracle": oracle_block("oracle"),
-          "oracle-digits": oracle_block("oracle_digits"), "field": field_block,
+          "oracle-digits": oracle_block("oracle_digits"), "gradient-fit": gradient_fit_block,
+          "field": field_block,
           "wrapped": wrapped_block, "cost": cost_block,
           "host-timing": host_timing_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
@@ -149,6 +163,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
                                               "options_trajectory_mixtures"),
           "options-samples": options_block("options_samples_digits",
                                            "options_samples_mixtures"),
+          "options-jacobian": options_block("options_jacobian_digits",
+                                            "options_jacobian_mixtures"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
           "digits-size-fit96": digits_block("digits_size_fit96")}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import calibrated, calibrated_sigmas, options, oracle, transfer
+from bench import calibrated, calibrated_sigmas, gradient_fit, options, oracle, transfer
 
 BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
 
@@ -15,7 +15,7 @@ def pages():
     yield calibrated.main, "calibrated", []
     yield transfer.main, "transfer", []
     for module, prefix in ((calibrated_sigmas, "calibrated_sigmas"), (options, "options"),
-                           (oracle, "oracle")):
+                           (oracle, "oracle"), (gradient_fit, "gradient_fit")):
         for path in sorted(BENCH.glob(f"{prefix}*.json")):
             if module is not options and path.stem.startswith("options"):
                 continue
