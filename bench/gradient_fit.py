@@ -36,11 +36,9 @@ backward pass), beside LML Calibrate's evaluations in calibrated.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -50,7 +48,15 @@ from . import calibrated as cal
 from . import field, suite
 from .common import reference_solution
 from .digits import CFGDigitsModel
-from .run import SAMPLES, log, prepare
+from .run import (
+    SAMPLES,
+    add_page_arguments,
+    calibrated_points,
+    log,
+    page_only,
+    prepare,
+    write_page,
+)
 from .suite import geometric_mean
 
 START_SAMPLERS = ("uni_pc_bh2", "uni_pc", "deis", "ipndm_v", "ipndm", "dpmpp_2m", "lms", "euler")
@@ -286,30 +292,23 @@ def markdown(data) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="*", default=["mix2d", "mix64d", "sub3072d"])
-    parser.add_argument("--cfg", nargs="*", type=float, default=[6.0],
+    parser.add_argument("--data", nargs="*", default=["mix2d", "mix64d"])
+    parser.add_argument("--cfg", nargs="*", type=float, default=[],
                         help="the digits network at these cfg values too")
     parser.add_argument("--nfes", nargs="*", type=int, default=[4, 6, 10])
     parser.add_argument("--sizes", nargs="*", type=int, default=[0, 32, 512],
                         help="fitting noises (0: in sample, the test noise itself)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--split", action="store_true",
                         help="on the digits network also fit cond and uncond apart")
-    parser.add_argument("--ref-steps", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/bench")
-    parser.add_argument("--name", default="gradient_fit")
-    parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite OUT/NAME.md from OUT/NAME.json")
+    add_page_arguments(parser, "gradient_fit")
     args = parser.parse_args(argv)
     out = prepare(args)
-    if args.markdown_only:
-        data = json.loads((out / f"{args.name}.json").read_text())
-        return (out / f"{args.name}.md").write_text(markdown(data))
+    if page_only(args, out, markdown):
+        return None
     started = time.time()
-    best = {(p["data"], p["schedule"], p["nfe"]): p for p in json.loads(
-        (Path(out) / "calibrated.json").read_text())["points"]}
+    best = calibrated_points(out)
     points = []
     for problem in cal.benchmark_problems(args.data, args.cfg, lambda name: SAMPLES[name],
                                           args.ref_steps, log):
@@ -322,16 +321,10 @@ def main(argv=None):
                 f"calibrated {points[-1]['calibrated']:.3f}, " + ", ".join(
                     f"{title} {column(points[-1], *key):.3f}"
                     for title, key in columns([points[-1]])))
-    command = "python -m bench.gradient_fit " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:])
-    meta = {"command": command.strip(), "seconds": time.time() - started, "seeds": args.seeds,
+    meta = {"seconds": time.time() - started, "seeds": args.seeds,
             "nfes": args.nfes, "sizes": args.sizes, "iterations": args.iterations,
             "learning_rate": LEARNING_RATE, "check_every": CHECK_EVERY}
-    data = {"meta": meta, "points": points}
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(data))
-    log(f"wrote {out / args.name}.md")
-    return data
+    return write_page(args, out, "bench.gradient_fit", argv, meta, points, markdown)
 
 
 if __name__ == "__main__":

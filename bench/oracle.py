@@ -28,18 +28,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from . import calibrated as cal
 from .calibrated_page import MEDIAN_ABOVE
-from .run import SAMPLES, log, prepare
+from .run import (
+    SAMPLES,
+    add_page_arguments,
+    calibrated_points,
+    log,
+    page_only,
+    prepare,
+    write_page,
+)
 from .suite import geometric_mean
 
 
@@ -206,20 +212,13 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--schedulers", nargs="*", default=None,
                         help="only these host schedulers in the start-schedule oracle")
-    parser.add_argument("--ref-steps", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/bench")
-    parser.add_argument("--name", default="oracle")
-    parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite OUT/NAME.md from OUT/NAME.json")
+    add_page_arguments(parser, "oracle")
     args = parser.parse_args(argv)
     out = prepare(args)
-    if args.markdown_only:
-        data = json.loads((out / f"{args.name}.json").read_text())
-        return (out / f"{args.name}.md").write_text(markdown(data))
+    if page_only(args, out, markdown):
+        return None
     started = time.time()
-    best = {(p["data"], p["schedule"], p["nfe"]): p["best_rms"] for p in json.loads(
-        (Path(out) / "calibrated.json").read_text())["points"]}
+    best = {key: p["best_rms"] for key, p in calibrated_points(out).items()}
     points = []
     for problem in cal.benchmark_problems(args.data, args.cfg, lambda name: SAMPLES[name],
                                           args.ref_steps, log):
@@ -229,15 +228,9 @@ def main(argv=None):
             o = oracles(points[-1])
             log(f"{problem.name}/{problem.kind} {nfe} NFE: " + ", ".join(
                 f"{key} {o[key]:.3f}" for key, _ in COLUMNS))
-    command = "python -m bench.oracle " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:])
-    meta = {"command": command.strip(), "seconds": time.time() - started, "seeds": args.seeds,
+    meta = {"seconds": time.time() - started, "seeds": args.seeds,
             "nfes": args.nfes, "schedulers": args.schedulers}
-    data = {"meta": meta, "points": points}
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(data))
-    log(f"wrote {out / args.name}.md")
-    return data
+    return write_page(args, out, "bench.oracle", argv, meta, points, markdown)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -209,6 +210,41 @@ def prepare(args) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def add_page_arguments(parser, name: str):
+    """What a benchmark that writes docs/bench/NAME.md / .json beside calibrated.json takes:
+    the reference's steps, threads, the folder, the name and --markdown-only."""
+    parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="docs/bench")
+    parser.add_argument("--name", default=name)
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite OUT/NAME.md from OUT/NAME.json")
+
+
+def page_only(args, out: Path, markdown) -> bool:
+    """With --markdown-only: OUT/NAME.md rewritten from OUT/NAME.json by ``markdown``, True."""
+    if args.markdown_only:
+        data = json.loads((out / f"{args.name}.json").read_text())
+        (out / f"{args.name}.md").write_text(markdown(data))
+    return args.markdown_only
+
+
+def write_page(args, out: Path, module: str, argv, meta: dict, points: list, markdown) -> dict:
+    """OUT/NAME.json ({"meta": the command run and ``meta``, "points"}) and its page."""
+    command = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    data = {"meta": {"command": command.strip(), **meta}, "points": points}
+    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(data))
+    log(f"wrote {out / args.name}.md")
+    return data
+
+
+def calibrated_points(out: Path) -> dict:
+    """OUT/calibrated.json's points by (data, schedule, nfe): the best pairs to divide by."""
+    return {(p["data"], p["schedule"], p["nfe"]): p
+            for p in json.loads((out / "calibrated.json").read_text())["points"]}
 
 
 def main(argv=None):

@@ -160,26 +160,39 @@ def batch_size_input() -> io.Input:
                 "is the same either way."))
 
 
-def checked_batch_size(value) -> int:
-    """batch_size as a whole number >= 0 (0: auto), or a ValueError naming it."""
+# The calibrating nodes' counts of noises: what 0 means for each.
+COUNTS = {"batch_size": "auto", "jacobian_rows": "all"}
+
+
+def checked_count(name: str, value) -> int:
+    """The count ``name`` (COUNTS) as a whole number from 0 to MAX_SAMPLES, or a ValueError
+    naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
             int(value) != value or not 0 <= value <= MAX_SAMPLES):
-        raise ValueError(f"batch_size must be a whole number from 0 (auto) to {MAX_SAMPLES}, "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be a whole number from 0 ({COUNTS[name]}) to "
+                         f"{MAX_SAMPLES}, got {value!r}")
     return int(value)
 
 
-def check_batch_size(value) -> str | None:
-    """validate_inputs' check of batch_size: None (fine, or linked: checked when it runs), or
-    the message naming it (ComfyUI skips its own bounds check of an input validate_inputs
-    names)."""
+def check_count(name: str, value) -> str | None:
+    """validate_inputs' check of the count ``name``: None (fine, or linked: checked when it
+    runs), or the message naming it (ComfyUI skips its own bounds check of an input
+    validate_inputs names)."""
     if value is None:
         return None
     try:
-        checked_batch_size(value)
+        checked_count(name, value)
     except ValueError as error:
         return str(error)
     return None
+
+
+def checked_batch_size(value) -> int:
+    return checked_count("batch_size", value)
+
+
+def check_batch_size(value) -> str | None:
+    return check_count("batch_size", value)
 
 
 JACOBIAN_ROWS = CALIBRATE_DEFAULTS["jacobian_rows"]
@@ -194,26 +207,6 @@ def jacobian_rows_input() -> io.Input:
                 "ones each step; 0: all of them). 0 fits closer at up to twice the model "
                 "calls, and with more samples (128) it is what makes the extra noises pay: "
                 "measured in README, 'Every Jacobian on every fitting noise'."))
-
-
-def checked_jacobian_rows(value) -> int:
-    """jacobian_rows as a whole number from 0 to MAX_SAMPLES, or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
-            int(value) != value or not 0 <= value <= MAX_SAMPLES):
-        raise ValueError(f"jacobian_rows must be a whole number from 0 (all) to {MAX_SAMPLES}, "
-                         f"got {value!r}")
-    return int(value)
-
-
-def check_jacobian_rows(value) -> str | None:
-    """validate_inputs' check of jacobian_rows (as check_batch_size)."""
-    if value is None:
-        return None
-    try:
-        checked_jacobian_rows(value)
-    except ValueError as error:
-        return str(error)
-    return None
 
 
 def fit_head_inputs() -> list[io.Input]:
@@ -517,7 +510,7 @@ class LMLCalibrate(io.ComfyNode):
                         batch_size=None, jacobian_rows=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
         message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or (
-            check_jacobian_rows(jacobian_rows)) or validate(
+            check_count("jacobian_rows", jacobian_rows)) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
         if message is True and steps is not None:
@@ -537,8 +530,9 @@ class LMLCalibrate(io.ComfyNode):
                                       batch_size, jacobian_rows)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
-        if checked_jacobian_rows(jacobian_rows) != JACOBIAN_ROWS:  # the default: the cache key
-            options["jacobian_rows"] = int(jacobian_rows)  # it always had
+        # The default is left out: the cache key it always had.
+        if checked_count("jacobian_rows", jacobian_rows) != JACOBIAN_ROWS:
+            options["jacobian_rows"] = int(jacobian_rows)
         counts = step_counts_of(steps)
         # The field: every host scheduler and deterministic sampler at the same model calls
         # (at each step count, those that run there).

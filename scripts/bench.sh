@@ -14,7 +14,7 @@
 #                                    # by the test noise itself) -> docs/bench/oracle.md (~15 min)
 #   bash scripts/bench.sh gradient   # the calibrated sampler's family fitted by Adam through the
 #                                    # rollout, in and out of sample -> docs/bench/gradient_fit.md
-#                                    # (~45 min; the digits network: --data --cfg 6 --split ...)
+#                                    # (~22 min; the digits network: --data --cfg 6 --split ...)
 #   bash scripts/bench.sh memory     # a calibration's memory at SDXL latent size -> docs/bench/memory.md
 #   bash scripts/bench.sh precision  # the fit's finite-difference step vs the model's precision
 #                                    # -> docs/bench/precision.md (~15 min)
