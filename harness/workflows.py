@@ -71,14 +71,16 @@ def _wrap_widgets():
 
 
 def _calibrate_widgets():
-    """LML Calibrate's settings: lml_core's defaults, 32 noises, the whole field and auto
-    batch_size (noises per model call from ComfyUI's model management)."""
+    """LML Calibrate's settings: lml_core's defaults, 32 noises, the whole field, auto
+    batch_size (noises per model call from ComfyUI's model management) and the default
+    jacobian_rows."""
     from lml_core import CALIBRATE_DEFAULTS
 
     options = {k: v for k, v in CALIBRATE_DEFAULTS.items()
                if k in ("base", "history", "move_timesteps", "heldout", "iterations",
                         "regularization", "trajectory", "reference_steps")}
-    return {"samples": 32, **options, "field": "all pairs", "batch_size": 0}
+    return {"samples": 32, **options, "field": "all pairs", "batch_size": 0,
+            "jacobian_rows": CALIBRATE_DEFAULTS["jacobian_rows"]}
 
 
 def _saved_calibration() -> str:
