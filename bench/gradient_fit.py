@@ -42,12 +42,13 @@ import time
 
 import torch
 
+from lml_core.calibration import linear_state
 from lml_core.projection import BuiltinRows
 
 from . import calibrated as cal
 from . import field, suite
 from .common import reference_solution
-from .digits import CFGDigitsModel
+from .digits import CLASSES, CFGDigitsModel
 from .run import (
     SAMPLES,
     add_page_arguments,
@@ -74,7 +75,7 @@ def denoisers(problem):
         return (lambda x, s: model.mixture.denoise(x, s, model.flow)), None
 
     def parts(x, s):
-        labels = torch.arange(x.shape[0], device=x.device) % 10
+        labels = torch.arange(x.shape[0], device=x.device) % CLASSES
         cond, uncond = model.parts(x, s, labels)
         return cond.double(), uncond.double()
 
@@ -85,11 +86,12 @@ def denoisers(problem):
 
 
 def linear_rollout(denoise, x0, sigmas, rows):
-    """The final sample of ``rows`` ([N, N + 1], the linear map) on ``sigmas`` from ``x0``."""
+    """The final sample of ``rows`` ([N, N + 1], the linear map) on ``sigmas`` from ``x0``: a
+    LINEAR_SAMPLER calibration's states (lml_core.calibration.linear_state)."""
     outputs, x = [], x0
     for k in range(len(sigmas) - 1):
         outputs.append(denoise(x, torch.tensor(sigmas[k], dtype=torch.float64)))
-        x = rows[k, 0] * x0 + sum(rows[k, m + 1] * outputs[m] for m in range(k + 1))
+        x = linear_state(rows[k], x0, outputs)
     return x
 
 
