@@ -206,7 +206,9 @@ def write_markdown(out: Path, points, meta, name="calibrated_sigmas"):
         "# Calibrated sigmas against each sampler's best scheduler",
         "",
         "`bash scripts/bench.sh sigmas` (python -m bench.calibrated_sigmas). Each point: "
-        f"`lml_core.calibrate_sigmas` on {noise}, "
+        f"`lml_core.calibrate_sigmas` on {noise}"
+        + (f" with the options `{json.dumps(meta['options'])}`" if meta.get("options") else "")
+        + ", "
         f"started from the sampler's best scheduler on that noise; scored on {scored}, "
         "against the same sampler on every "
         "host scheduler (KSampler's sigmas, its discard rule) at the same steps. "
@@ -247,6 +249,8 @@ def parse(argv):
                              "what the fit reaches with the scored samples in hand)")
     parser.add_argument("--least-squares", action="store_true",
                         help="calibrate by plain least squares (bench.oracle.least_squares)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='calibrate_sigmas options as JSON, e.g. \'{"screen_rows": 0}\'')
     parser.add_argument("--name", default="calibrated_sigmas",
                         help="writes OUT/NAME.md and NAME.json")
     parser.add_argument("--markdown-only", action="store_true",
@@ -269,6 +273,8 @@ def main(argv=None):
     meta = {"samples": args.samples, "nfes": args.nfes, "threads": args.threads,
             "calibration_samples": args.calibration_samples, "in_sample": args.in_sample,
             "least_squares": args.least_squares, "wall_seconds": time.time() - started}
+    if args.options:
+        meta["options"] = args.options
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "points": points},
                                                       indent=1))
     write_markdown(out, points, meta, args.name)
@@ -288,6 +294,7 @@ def problem_points(problem, args) -> list[dict]:
             args.calibration_samples, problem.x_start[0].numel(), dtype=torch.float64,
             generator=generator)).to(torch.float32)
         options = {}
+    options = {**options, **args.options}
     points = []
     for name in args.samplers:
         if is_stochastic(name) and problem.distribution_metrics is None:

@@ -321,7 +321,7 @@ def test_calibrated_sigmas_in_sample_fits_on_the_test_noise_and_says_so(tmp_path
     problem = SimpleNamespace(name="mix64d", flow=False, kind="karras", distribution_metrics=None,
                               x_start=torch.ones(3, 2, dtype=torch.float64))
     args = SimpleNamespace(in_sample=True, samplers=["euler", "euler_ancestral"], nfes=[4],
-                           calibration_samples=8)
+                           calibration_samples=8, options={})
     points = calibrated_sigmas.problem_points(problem, args)
     assert len(points) == 1  # no stochastic metric on this problem
     (noise, options), = seen
@@ -330,10 +330,17 @@ def test_calibrated_sigmas_in_sample_fits_on_the_test_noise_and_says_so(tmp_path
     args.in_sample = False
     calibrated_sigmas.problem_points(problem, args)
     assert seen[1][0].shape == (8, 2) and seen[1][1] == {}  # noise of its own
+    args.options = {"screen_rows": 2}  # --options: to every calibration
+    calibrated_sigmas.problem_points(problem, args)
+    assert seen[2][1] == {"screen_rows": 2}
     meta = {"calibration_samples": 8, "samples": 3, "wall_seconds": 1.0, "threads": 1,
             "in_sample": True, "least_squares": True}
     calibrated_sigmas.write_markdown(tmp_path, points, meta, "x")
     text = (tmp_path / "x.md").read_text()
     assert "the benchmark's test noise itself" in text and "by plain least squares" in text
     calibrated_sigmas.write_markdown(tmp_path, points, {**meta, "in_sample": False}, "y")
-    assert "8 float32 noises of its own" in (tmp_path / "y.md").read_text()
+    assert "8 float32 noises of its own," in (tmp_path / "y.md").read_text()
+    calibrated_sigmas.write_markdown(tmp_path, points, {**meta, "in_sample": False,
+                                                        "options": {"screen_rows": 2}}, "z")
+    assert ('8 float32 noises of its own with the options `{"screen_rows": 2}`,'
+            in (tmp_path / "z.md").read_text())
