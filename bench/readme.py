@@ -165,6 +165,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
                                            "options_samples_mixtures"),
           "options-jacobian": options_block("options_jacobian_digits",
                                             "options_jacobian_mixtures"),
+          "options-linear-jr0": options_block("options_linear_jr0_digits",
+                                              "options_linear_jr0_mixtures"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
           "digits-size-fit96": digits_block("digits_size_fit96")}
 

@@ -73,14 +73,15 @@ def _wrap_widgets():
 def _calibrate_widgets():
     """LML Calibrate's settings: lml_core's defaults, 32 noises, the whole field, auto
     batch_size (noises per model call from ComfyUI's model management) and the default
-    jacobian_rows."""
+    jacobian_rows and linear_fits."""
     from lml_core import CALIBRATE_DEFAULTS
 
     options = {k: v for k, v in CALIBRATE_DEFAULTS.items()
                if k in ("base", "history", "move_timesteps", "heldout", "iterations",
                         "regularization", "trajectory", "reference_steps")}
     return {"samples": 32, **options, "field": "all pairs", "batch_size": 0,
-            "jacobian_rows": CALIBRATE_DEFAULTS["jacobian_rows"]}
+            "jacobian_rows": CALIBRATE_DEFAULTS["jacobian_rows"],
+            "linear_fits": CALIBRATE_DEFAULTS["linear_fits"]}
 
 
 def _saved_calibration() -> str:

@@ -66,6 +66,9 @@ def fit_options(options: dict) -> dict:
     for name, low in whole.items():
         if isinstance(opts[name], bool) or int(opts[name]) != opts[name] or opts[name] < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {opts[name]!r}")
+    for name in ("move_timesteps", "builtin_starts", "linear_fits"):
+        if not isinstance(opts[name], bool):
+            raise ValueError(f"{name} must be True or False, got {opts[name]!r}")
     if opts["history"] > MAX_HISTORY:
         raise ValueError(f"history must be at most {MAX_HISTORY} (a calibration's steps combine "
                          f"1-{MAX_HISTORY} directions), got {opts['history']}")

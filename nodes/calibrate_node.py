@@ -209,6 +209,35 @@ def jacobian_rows_input() -> io.Input:
                 "measured in README, 'Every Jacobian on every fitting noise'."))
 
 
+LINEAR_FITS = CALIBRATE_DEFAULTS["linear_fits"]
+
+
+def linear_fits_input() -> io.Input:
+    """LML Calibrate's linear_fits: advanced and optional, after jacobian_rows (workflows and
+    API prompts saved before it load with the default, off)."""
+    return advanced(io.Boolean.Input(
+        "linear_fits", default=LINEAR_FITS, optional=True,
+        tooltip="On: the fit that starts from the best built-in sampler's own steps fits that "
+                "sampler's exact steps with every coefficient free, instead of their LML "
+                "form. Closer on a network, worse on the benchmark's exact mixtures; with "
+                "jacobian_rows 0 it is the closest setting measured, at about 1.8x the model "
+                "calls (README, 'linear_fits and jacobian_rows 0'). Needs field 'all pairs' "
+                "and base auto."))
+
+
+def check_linear_fits(value, field=None, base=None) -> str | None:
+    """None (a boolean, or linked: checked when it runs) or the message naming linear_fits,
+    which also needs the built-ins' starts: field 'all pairs' and base auto."""
+    if value is None or value is False:
+        return None
+    if value is not True:
+        return f"linear_fits must be true or false, got {value!r}"
+    if field not in (None, FIELDS[0]) or base not in (None, "auto"):
+        return (f"linear_fits needs field {FIELDS[0]!r} and base 'auto' (it fits from a "
+                f"built-in sampler's own steps), got field {field!r} and base {base!r}")
+    return None
+
+
 def fit_head_inputs() -> list[io.Input]:
     """What every calibrating node fits for: model, conditioning, latent size, seed, cfg."""
     return [
@@ -496,6 +525,7 @@ class LMLCalibrate(io.ComfyNode):
                             "scheduler: only the LML fit on your scheduler (cheaper).")),
                 batch_size_input(),
                 jacobian_rows_input(),
+                linear_fits_input(),
             ],
             outputs=[
                 io.Sampler.Output(display_name="SAMPLER"),
@@ -507,10 +537,11 @@ class LMLCalibrate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None,
-                        batch_size=None, jacobian_rows=None):
+                        batch_size=None, jacobian_rows=None, linear_fits=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
         message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or (
-            check_count("jacobian_rows", jacobian_rows)) or validate(
+            check_count("jacobian_rows", jacobian_rows)) or check_linear_fits(
+            linear_fits, field, base) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),
              "base": (base, ("auto", *CALIBRATION_BASES)), "field": (field, FIELDS)})
         if message is True and steps is not None:
@@ -526,13 +557,16 @@ class LMLCalibrate(io.ComfyNode):
         field = options.pop("field", FIELDS[0])
         batch_size = options.pop("batch_size", AUTO_BATCH)
         jacobian_rows = options.pop("jacobian_rows", JACOBIAN_ROWS)
+        linear_fits = options.pop("linear_fits", LINEAR_FITS)
         message = cls.validate_inputs(scheduler, options.get("base"), cfg, field, steps,
-                                      batch_size, jacobian_rows)
+                                      batch_size, jacobian_rows, linear_fits)
         if message is not True:  # a linked value: known only now
             raise ValueError(message)
-        # The default is left out: the cache key it always had.
+        # The defaults are left out: the cache key they always had.
         if checked_count("jacobian_rows", jacobian_rows) != JACOBIAN_ROWS:
             options["jacobian_rows"] = int(jacobian_rows)
+        if linear_fits != LINEAR_FITS:
+            options["linear_fits"] = linear_fits
         counts = step_counts_of(steps)
         # The field: every host scheduler and deterministic sampler at the same model calls
         # (at each step count, those that run there).

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lml_core import CALIBRATE_DEFAULTS, calibrate, calibrate_sigmas
+from lml_core.calibrate_options import fit_options
 from lml_core.objective import Fit
 from lml_core.reference import Evaluator, Reference, reference_grid
 
@@ -268,3 +269,13 @@ def test_each_rollout_is_run_once_for_the_fit_the_choice_and_the_report(model):
     selection_and_test = 3 * (4 + 4) * steps
     assert calibration.report["model_evaluations"] == (reference + field + base_objective
                                                         + selection_and_test)
+
+
+@pytest.mark.parametrize("name", ["move_timesteps", "builtin_starts", "linear_fits"])
+def test_a_switch_is_true_or_false(name):
+    """The fit's switches take a boolean only (1 or "yes" from a hand-written prompt is
+    refused by name, not read as on)."""
+    for value in (1, "yes", None):
+        with pytest.raises(ValueError, match=f"^{name} must be True or False, got "):
+            fit_options({name: value})
+    assert fit_options({name: False})[name] is False

@@ -459,3 +459,37 @@ def test_jacobian_rows_reaches_the_fit_and_its_cache_key_only_when_changed(
         assert message.startswith("jacobian_rows must be a whole number from 0 (all) to 1024")
         with pytest.raises(ValueError, match="^jacobian_rows must be a whole number"):  # linked
             calibrate_node(pack, sd15, conds, seed=SEED, jacobian_rows=value)
+
+
+def test_linear_fits_reaches_the_fit_and_its_cache_key_only_when_on(pack, sd15, conds,
+                                                                     calibrated):
+    """linear_fits off (the default) loads the module's calibration from the cache (the key it
+    always had); on, the fit from a built-in's own steps fits that sampler's exact steps: the
+    report records the option, and the fit from a built-in (it wins here) is an lml_linear
+    calibration.
+    A non-boolean, or on without the built-ins' starts, is refused naming linear_fits."""
+    _, text, _ = calibrated.result
+    assert json.loads(text)["report"]["options"]["linear_fits"] is False
+    off = calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=False).result
+    assert "loaded from the cache" in off[2] and off[1] == text
+    on = Calibration.from_json(calibrate_node(
+        pack, sd15, conds, seed=31, steps=2, iterations=1, field="all pairs",
+        linear_fits=True).result[1])
+    assert on.report["options"]["linear_fits"] is True
+    from_builtins = [label for label in on.report["fitted_from"]["lml"]
+                     if not label.startswith(tuple(f"lml({b})" for b in ("euler", "ipndm",
+                                                                            "ipndm_v")))]
+    assert on.report["chosen"] == f"calibrated {from_builtins[0]}", on.report["fitted_from"]
+    assert on.sampler == "lml_linear"  # that sampler's exact steps, fitted
+    calibrating = node(pack, "LMLCalibrate")
+    for value in (1, "true"):
+        message = calibrating.validate_inputs(scheduler="karras", cfg=4.0, linear_fits=value)
+        assert message == f"linear_fits must be true or false, got {value!r}"
+        with pytest.raises(ValueError, match="^linear_fits must be true or false"):  # linked
+            calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=value)
+    for changes in ({"field": "this scheduler"}, {"base": "euler", "field": "all pairs"}):
+        message = calibrating.validate_inputs(scheduler="karras", cfg=4.0, linear_fits=True,
+                                              **changes)
+        assert message.startswith("linear_fits needs field 'all pairs' and base 'auto'"), changes
+    with pytest.raises(ValueError, match="^linear_fits needs field 'all pairs'"):
+        calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=True)  # FAST: this scheduler

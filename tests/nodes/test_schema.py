@@ -33,7 +33,7 @@ NEW_NODES = {"SamplerLMLWrap": {"kappa", "damping_mode", "omega", "start_percent
              "LMLSamplerLab": set(),
              "LMLCalibrate": {"base", "history", "move_timesteps", "heldout", "iterations",
                               "regularization", "trajectory", "reference_steps", "field",
-                              "batch_size", "jacobian_rows"},
+                              "batch_size", "jacobian_rows", "linear_fits"},
              "SamplerLMLCalibrated": set(),
              "LMLCalibrateSigmas": {"heldout", "iterations", "regularization",
                                     "reference_steps", "batch_size"},
@@ -76,7 +76,7 @@ def test_every_node_is_a_v3_node_under_its_pre_port_id(pack):
 
 # The calibrating nodes' optional inputs, appended after their widgets (in this order: saved
 # workflows store widget values by position, and one saved without them loads with defaults).
-CALIBRATING_OPTIONAL = {"LMLCalibrate": ["field", "batch_size", "jacobian_rows"],
+CALIBRATING_OPTIONAL = {"LMLCalibrate": ["field", "batch_size", "jacobian_rows", "linear_fits"],
                         "LMLCalibrateSigmas": ["batch_size"]}
 
 
@@ -90,6 +90,10 @@ def test_the_calibrating_nodes_optional_inputs_come_last(pack):
         "optional"]["jacobian_rows"][1]
     assert jacobian_rows["default"] == pack.lml_core.CALIBRATE_DEFAULTS["jacobian_rows"] == 4
     assert (jacobian_rows["min"], jacobian_rows["max"]) == (0, 1024)
+    linear_fits = pack.nodes.NODES_BY_ID["LMLCalibrate"].GET_NODE_INFO_V1()["input"][
+        "optional"]["linear_fits"]
+    assert linear_fits[0] == "BOOLEAN"
+    assert linear_fits[1]["default"] is pack.lml_core.CALIBRATE_DEFAULTS["linear_fits"] is False
 
 
 def test_every_lm_node_takes_every_user_settable_lm_option(pack):
