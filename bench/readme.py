@@ -1,18 +1,19 @@
-"""README's benchmark numbers, written from the benchmark's JSON (docs/bench/) instead of by hand:
+"""README's benchmark numbers (and docs/calibration_options.md's), written from the benchmark's
+JSON (docs/bench/) instead of by hand:
 the default benchmark's field, wrapped-solver and cost summaries (results.json), the calibrated and
 calibrated-sigmas summaries, the oracles of a better choice, the gradient fits of the sampler
 family, the memory, transfer, precision and
 option-set tables, and the digits checkpoint's tables (harness.digits_field).
 
-README marks each generated block::
+README (or the document ``PLACES`` names) marks each generated block::
 
     <!-- bench.readme NAME -->
     ...
     <!-- /bench.readme NAME -->
 
-``python -m bench.readme`` rewrites every block from docs/bench/*.json; ``--check`` only says
-which blocks are stale (exit 1).  tests/bench/test_readme.py runs the check, so a benchmark
-rerun whose numbers did not reach README fails the suite.
+``python -m bench.readme`` rewrites every block of every document from docs/bench/*.json;
+``--check`` only says which blocks are stale (exit 1).  tests/bench/test_readme.py runs the
+check, so a benchmark rerun whose numbers did not reach the documents fails the suite.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from . import (
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+OPTIONS = ROOT / "docs" / "calibration_options.md"
 BENCH = ROOT / "docs" / "bench"
 
 
@@ -171,21 +173,35 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
           "digits-size-fit96": digits_block("digits_size_fit96")}
 
 
+# The blocks that live in another document than README: the option-set tables.
+PLACES = {name: OPTIONS for name in ("options", "options-thorough", "options-trajectory",
+                                     "options-samples", "options-jacobian",
+                                     "options-linear-jr0")}
+DOCUMENTS = (README, OPTIONS)
+
+
+def blocks_of(document: Path) -> list[str]:
+    """The names of the blocks ``document`` holds, in BLOCKS' order."""
+    return [name for name in BLOCKS if PLACES.get(name, README) == document]
+
+
 def block_pattern(name: str):
     return re.compile(rf"(<!-- bench\.readme {re.escape(name)} -->\n)(.*?)"
                       rf"(<!-- /bench\.readme {re.escape(name)} -->)", re.S)
 
 
-def rewritten(text: str, bench: Path = BENCH) -> tuple[str, list[str]]:
-    """(``text`` with every block written from ``bench``, the names of the blocks that
-    changed); a block README lacks is a ValueError naming it."""
+def rewritten(text: str, bench: Path = BENCH, document: Path = README
+              ) -> tuple[str, list[str]]:
+    """(``text``, the contents of ``document``, with each of its blocks written from
+    ``bench``, the names of the blocks that changed); a block it lacks is a ValueError
+    naming it."""
     stale = []
-    for name, lines_of in BLOCKS.items():
+    for name in blocks_of(document):
         pattern = block_pattern(name)
         if not pattern.search(text):
-            raise ValueError(f"README has no block {name!r} (<!-- bench.readme {name} --> ... "
-                             f"<!-- /bench.readme {name} -->)")
-        body = "\n".join(lines_of(bench)).strip("\n") + "\n"
+            raise ValueError(f"{document.name} has no block {name!r} (<!-- bench.readme {name} "
+                             f"--> ... <!-- /bench.readme {name} -->)")
+        body = "\n".join(BLOCKS[name](bench)).strip("\n") + "\n"
         new = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text, count=1)
         if new != text:
             stale.append(name)
@@ -196,17 +212,20 @@ def rewritten(text: str, bench: Path = BENCH) -> tuple[str, list[str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale blocks")
-    parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--bench", type=Path, default=BENCH)
     args = parser.parse_args(argv)
-    text, stale = rewritten(args.readme.read_text(), args.bench)
-    if args.check:
-        if stale:
-            print(f"README's blocks {stale} differ from {args.bench}: run python -m bench.readme")
-        return 1 if stale else 0
-    args.readme.write_text(text)
-    print(f"rewrote {stale or 'nothing'} in {args.readme}")
-    return 0
+    failed = 0
+    for document in DOCUMENTS:
+        text, stale = rewritten(document.read_text(), args.bench, document)
+        if args.check:
+            if stale:
+                print(f"{document.name}'s blocks {stale} differ from {args.bench}: run python "
+                      "-m bench.readme")
+                failed = 1
+            continue
+        document.write_text(text)
+        print(f"rewrote {stale or 'nothing'} in {document}")
+    return failed
 
 
 if __name__ == "__main__":

@@ -199,14 +199,14 @@ JACOBIAN_ROWS = CALIBRATE_DEFAULTS["jacobian_rows"]
 
 
 def jacobian_rows_input() -> io.Input:
-    """LML Calibrate's jacobian_rows: advanced and optional, the last input (workflows and API
-    prompts saved before it load with the default)."""
+    """LML Calibrate's jacobian_rows: advanced and optional, after batch_size (workflows and
+    API prompts saved before it load with the default)."""
     return advanced(io.Int.Input(
         "jacobian_rows", default=JACOBIAN_ROWS, min=0, max=MAX_SAMPLES, optional=True,
         tooltip="Fitting noises each Levenberg-Marquardt step's Jacobian is taken on (other "
                 "ones each step; 0: all of them). 0 fits closer at up to twice the model "
                 "calls, and with more samples (128) it is what makes the extra noises pay: "
-                "measured in README, 'Every Jacobian on every fitting noise'."))
+                "measured in the pack's docs/calibration_options.md."))
 
 
 LINEAR_FITS = CALIBRATE_DEFAULTS["linear_fits"]
@@ -221,7 +221,7 @@ def linear_fits_input() -> io.Input:
                 "sampler's exact steps with every coefficient free, instead of their LML "
                 "form. Closer on a network, worse on the benchmark's exact mixtures; with "
                 "jacobian_rows 0 it is the closest setting measured, at about 1.8x the model "
-                "calls (README, 'linear_fits and jacobian_rows 0'). Needs field 'all pairs' "
+                "calls (the pack's docs/calibration_options.md). Needs field 'all pairs' "
                 "and base auto."))
 
 
