@@ -340,7 +340,10 @@ def parse(argv):
     parser.add_argument("--cost-only", action="store_true",
                         help="only time one 200-D, 10-step calibration")
     parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite calibrated.md from calibrated.json in --out")
+                        help="rewrite NAME.md from NAME.json in --out")
+    parser.add_argument("--name", default="calibrated",
+                        help="writes OUT/NAME.json and NAME.md (another name: a run with other "
+                             "--options or data beside the committed one)")
     return parser.parse_args(argv)
 
 
@@ -351,8 +354,8 @@ def main(argv=None):
     if args.cost_only:
         return cost_200d(log)
     if args.markdown_only:
-        data = json.loads((out / "calibrated.json").read_text())
-        write_markdown(out, data["rows"], data["points"], data["meta"])
+        data = json.loads((out / f"{args.name}.json").read_text())
+        write_markdown(out, data["rows"], data["points"], data["meta"], args.name)
         return data["rows"], data["points"]
     names = args.data if args.data is not None else (["mix2d"] if args.quick
                                                        else list(EXACT_DATASETS))
@@ -390,21 +393,22 @@ def main(argv=None):
             "seeds": args.seeds,
             "calibration_seeds": [CALIBRATION_SEED + seed for seed in range(args.seeds)],
             "memory": MEMORY,
-            "options": {**CALIBRATE_DEFAULTS, **options},
+            "options": {**CALIBRATE_DEFAULTS, **options}, "options_given": options,
             "samples": {n: samples(n) for n in [*names, "digits"]}, "ref_steps": ref_steps,
             "nfes": nfes, "threads": args.threads, "pair_samples": pair_samples,
             "noise_draw": args.noise_draw,
             "finalists": FINALISTS, "pair_failures": all_failures,
             "wall_seconds": time.time() - started}
-    (out / "calibrated.json").write_text(json.dumps({"meta": meta, "rows": rows,
-                                                     "points": points,
-                                                     "pair_selection": all_selection}, indent=1))
-    write_markdown(out, rows, points, meta)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows,
+                                                       "points": points,
+                                                       "pair_selection": all_selection},
+                                                      indent=1))
+    write_markdown(out, rows, points, meta, args.name)
     for p in points:
         log(f"{p['data']}/{p['schedule']} {p['nfe']:>2}: {p['ratio']:.3f} (worst "
             f"{p['ratio_max']:.3f}) vs {p['best']} ({p['ratio_default']:.3f} vs "
             f"{p['best_default']})")
-    log(f"done in {time.time() - started:.0f}s; wrote {out / 'calibrated.md'}")
+    log(f"done in {time.time() - started:.0f}s; wrote {out / f'{args.name}.md'}")
     return rows, points
 
 

@@ -271,13 +271,17 @@ def pair_choice(meta) -> str:
             "those.")
 
 
-def write_markdown(out: Path, rows, points, meta):
+def write_markdown(out: Path, rows, points, meta, name="calibrated"):
+    """OUT/NAME.md from a run's rows, points and meta."""
     seeds = meta.get("seeds", 1)
+    given = meta.get("options_given")  # calibrate options other than the defaults (--options)
     lines = [
         "# The calibrated LML sampler against the whole field",
         "",
         "`bash scripts/bench.sh calibrated` (python -m bench.calibrated). Each point: "
-        f"`lml_core.calibrate` with the default options on {meta['calibration_samples']} float32 "
+        "`lml_core.calibrate` with "
+        + (f"the options `{json.dumps(given)}`" if given else "the default options")
+        + f" on {meta['calibration_samples']} float32 "
         f"noises of its own, {seeds} time(s) with other noise (calibration seeds "
         f"{meta.get('calibration_seeds', 'not recorded')}, all apart from the benchmark's), "
         "then each calibrated sampler on the benchmark's noise, which no calibration saw (the "
@@ -312,9 +316,11 @@ def write_markdown(out: Path, rows, points, meta):
         *summary_table(points, meta),
         *interval_lines(points),
     ]
+    intervals = "; 90% interval over the test samples" if any(
+        "ratio_interval" in p for p in points) else ""  # a run before them: none
     lines += ["", "## Per point", "",
               "| data | schedule | NFE | best pair | its RMS | calibrated RMS (median) | ratio "
-              "(median; 90% interval over the test samples) | ratio (worst) | best on default "
+              f"(median{intervals}) | ratio (worst) | best on default "
               "schedule | its RMS | / best on "
               "default schedule | runs (over the seeds) | seconds (median) | per-sample "
               "evaluations: median (min-max) | model calls (median) | peak RSS above start, "
@@ -338,4 +344,4 @@ def write_markdown(out: Path, rows, points, meta):
     lines += ["", "## The deterministic table (RMS; the calibrated sampler as lml_calibrated, "
               "its median over the calibration seeds)", ""]
     lines.append(report.error_tables(rows))
-    (out / "calibrated.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")

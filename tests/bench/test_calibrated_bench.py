@@ -123,3 +123,25 @@ def test_the_tail_record_counts_the_far_samples_and_their_share():
     schedules, samplers, own = restricted(({"karras": 1, "beta": 2}, {"euler": 3},
                                            {"dpm_2": {"karras": 4, "beta": 5}}), ["beta"])
     assert (schedules, samplers, own) == ({"beta": 2}, {"euler": 3}, {"dpm_2": {"beta": 5}})
+
+
+def test_the_page_names_the_options_a_run_was_given(tmp_path):
+    """A run with --options says so where the committed run says "the default options", under
+    its own --name; a run whose points have no interval does not head a column with one."""
+    import json
+    from pathlib import Path
+
+    from bench import calibrated_page
+
+    data = json.loads((Path(__file__).resolve().parents[2] / "docs" / "bench" /
+                       "calibrated.json").read_text())
+    meta = {**data["meta"], "options_given": {"linear_fits": True, "jacobian_rows": 0}}
+    calibrated_page.write_markdown(tmp_path, data["rows"], data["points"], meta, "other")
+    text = (tmp_path / "other.md").read_text()
+    assert ('`lml_core.calibrate` with the options `{"linear_fits": true, "jacobian_rows": 0}` '
+            "on 32 float32 noises") in text
+    assert "ratio (median; 90% interval over the test samples)" in text
+    bare = [{k: v for k, v in p.items() if k != "ratio_interval"} for p in data["points"]]
+    calibrated_page.write_markdown(tmp_path, data["rows"], bare, data["meta"])
+    text = (tmp_path / "calibrated.md").read_text()
+    assert "with the default options on 32" in text and "| ratio (median) |" in text

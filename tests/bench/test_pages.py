@@ -12,7 +12,9 @@ BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
 
 
 def pages():
-    yield calibrated.main, "calibrated", []
+    for path in sorted(BENCH.glob("calibrated*.json")):  # calibrated, and its other runs
+        if not path.stem.startswith("calibrated_sigmas"):
+            yield calibrated.main, path.stem, ["--name", path.stem]
     yield transfer.main, "transfer", []
     for module, prefix in ((calibrated_sigmas, "calibrated_sigmas"), (options, "options"),
                            (oracle, "oracle"), (gradient_fit, "gradient_fit")):
