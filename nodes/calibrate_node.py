@@ -220,9 +220,9 @@ def linear_fits_input() -> io.Input:
         tooltip="On: the fit that starts from the best built-in sampler's own steps fits that "
                 "sampler's exact steps with every coefficient free, instead of their LML "
                 "form. Closer on a network, worse on the benchmark's exact mixtures; with "
-                "jacobian_rows 0 it is the closest setting measured, at about 1.8x the model "
-                "calls (the pack's docs/calibration_options.md). Needs field 'all pairs' "
-                "and base auto."))
+                "jacobian_rows 0 it is the closest setting measured on a network, at about "
+                "1.8x the model calls (the pack's docs/calibration_options.md). Needs field "
+                "'all pairs' and base auto."))
 
 
 def check_linear_fits(value, field=None, base=None) -> str | None:
