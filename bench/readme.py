@@ -47,6 +47,14 @@ def calibrated_block(bench: Path) -> list[str]:
     return calibrated_page.readme_lines(data["rows"], data["points"], data["meta"])
 
 
+def calibrated_linear_block(bench: Path) -> list[str]:
+    """The calibrated benchmark with linear_fits and jacobian_rows 0: its summary table and
+    its cost against the default's target."""
+    data = json.loads((bench / "calibrated_linear_jr0.json").read_text())
+    return [*calibrated_page.summary_table(data["points"], data["meta"]),
+            *calibrated_page.cost_lines(data["points"])]
+
+
 def draws_block(bench: Path) -> list[str]:
     def points(name):
         return json.loads((bench / name).read_text())["points"]
@@ -151,7 +159,8 @@ def digits_block(name: str):
     return lines
 
 
-BLOCKS = {"calibrated": calibrated_block, "calibrated-draws": draws_block,
+BLOCKS = {"calibrated": calibrated_block, "calibrated-linear-jr0": calibrated_linear_block,
+          "calibrated-draws": draws_block,
           "calibrated-sigmas": sigmas_block,
           "calibrated-sigmas-in-sample": sigmas_in_sample_block, "oracle": oracle_block("oracle"),
           "oracle-digits": oracle_block("oracle_digits"), "gradient-fit": gradient_fit_block,
