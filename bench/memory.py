@@ -249,7 +249,7 @@ def table_lines(results) -> list[str]:
     return lines
 
 
-def write_markdown(out: Path, results, meta):
+def write_markdown(out: Path, results, meta, name="memory"):
     allocator = ("glibc's default allocator" if meta.get("mmap_threshold") is None else
                  f"glibc with MALLOC_MMAP_THRESHOLD_={meta['mmap_threshold']} (every larger "
                  "block its own mapping, returned when freed: the peak of live memory; slower)")
@@ -277,7 +277,7 @@ def write_markdown(out: Path, results, meta):
         "",
     ]
     lines += table_lines(results)
-    (out / "memory.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def parse(argv):
@@ -298,6 +298,9 @@ def parse(argv):
     parser.add_argument("--iterations", type=int, default=None,
                         help="Levenberg-Marquardt steps (default: calibrate's)")
     parser.add_argument("--options", default="{}", help="other calibrate options as JSON")
+    parser.add_argument("--name", default="memory",
+                        help="writes OUT/NAME.json and NAME.md (another name: a run with other "
+                             "--options beside the committed one)")
     return parser.parse_args(argv)
 
 
@@ -330,9 +333,10 @@ def main(argv=None):
             "mmap_threshold": args.mmap_threshold,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "wall_seconds": time.time() - started}
-    (out / "memory.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    write_markdown(out, results, meta)
-    print(f"done in {meta['wall_seconds']:.0f}s; wrote {out / 'memory.md'}", flush=True)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                      indent=1))
+    write_markdown(out, results, meta, args.name)
+    print(f"done in {meta['wall_seconds']:.0f}s; wrote {out / f'{args.name}.md'}", flush=True)
     return results
 
 
