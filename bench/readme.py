@@ -177,7 +177,9 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-linear-jr0": calibrated_li
           "options-jacobian": options_block("options_jacobian_digits",
                                             "options_jacobian_mixtures"),
           "options-linear-jr0": options_block("options_linear_jr0_digits",
-                                              "options_linear_jr0_mixtures"),
+                                              "options_linear_jr8_digits",
+                                              "options_linear_jr0_mixtures",
+                                              "options_linear_jr8_mixtures"),
           "digits-field": digits_block("digits_field"), "digits-size": digits_block("digits_size"),
           "digits-size-fit96": digits_block("digits_size_fit96")}
 
