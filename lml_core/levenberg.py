@@ -20,6 +20,30 @@ def theta_key(theta) -> bytes:
     return (theta.double() + 0.0).cpu().numpy().tobytes()
 
 
+# Rows whose Jacobian is computed at once: the forked rollouts of every parameter live together,
+# so a Jacobian on more rows (jacobian_rows 0: every fitting noise) is summed chunk by chunk
+# into J^T J and J^T r, in the memory of this many rows (the default jacobian_rows' own).
+JACOBIAN_CHUNK = 4
+
+
+def normal_equations(fit, theta, x, reference, eps, rows):
+    """(J^T J, J^T r) of ``fit`` at ``theta`` on the fitting rows ``rows`` (a slice or index
+    tensor), JACOBIAN_CHUNK rows at a time, on the CPU with theta: the same sums, the same
+    model evaluations, and the memory of one chunk."""
+    index = torch.arange(x.shape[0])[rows]
+    jtj = gradient = None
+    for start in range(0, index.numel(), JACOBIAN_CHUNK):
+        chunk = index[start:start + JACOBIAN_CHUNK]
+        if index.numel() <= JACOBIAN_CHUNK:  # one chunk: the rows as given
+            chunk = rows
+        residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps)
+        # The P x P system lives on the CPU with theta; the rows stay on the model's device.
+        part = (jac.T @ jac).cpu(), (jac.T @ residual).cpu()
+        del jac, residual
+        jtj, gradient = part if jtj is None else (jtj + part[0], gradient + part[1])
+    return jtj, gradient
+
+
 def jacobian_rows_at(iteration: int, rows: int, count: int):
     """The fitting rows iteration ``iteration``'s Jacobian is taken on: ``count`` of the
     ``rows``, the next ones in turn each iteration (all of them when count is 0 or >= rows)."""
@@ -39,8 +63,9 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     The Jacobian (the fit's cost: a forked rollout per parameter) is taken on ``jacobian_rows``
     of the fitting rows, other ones each iteration, and scaled to all of them; every trial step
     is still judged on all the fitting rows, so the objective never rises.  Its memory is that
-    of ``jacobian_rows`` rows.  The fit has converged, and stops, after two accepted steps in a
-    row that each lower the objective by less than ``tolerance`` (relative).  ``theta0``,
+    of JACOBIAN_CHUNK rows at most (``normal_equations``).  The fit has converged, and stops,
+    after two accepted steps in a row that each lower the objective by less than
+    ``tolerance`` (relative).  ``theta0``,
     ``first``: go on from an earlier run's theta, as its iteration ``first`` (the ratios stay
     relative to theta = 0).  ``losses``: {theta's bytes: the fitting objective there}, kept
     by the caller across runs of the same fit and rows, so a run that goes on from another's
@@ -72,13 +97,10 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     identity = torch.eye(fit.size, dtype=torch.float64)
     for iteration in range(first, first + iterations):
         part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
-        x_part = x[part]
-        residual, jac = fit.jacobian(theta, x_part, reference.subset(part), eps)
-        share = rows / x_part.numel()  # the part's sums, scaled to all the fitting rows
-        # The P x P system lives on the CPU with theta; the rows stay on the model's device.
-        jtj = share * (jac.T @ jac).cpu() / scale
-        gradient = share * (jac.T @ residual).cpu() / scale + regularization * theta
-        del jac, residual
+        sums = normal_equations(fit, theta, x, reference, eps, part)
+        share = rows / x[part].numel()  # the part's sums, scaled to all the fitting rows
+        jtj = share * sums[0] / scale
+        gradient = share * sums[1] / scale + regularization * theta
         diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)
         improved = False
         for _trial in range(10):  # raise mu until a step lowers the objective

@@ -205,10 +205,9 @@ def jacobian_rows_input() -> io.Input:
         "jacobian_rows", default=JACOBIAN_ROWS, min=0, max=MAX_SAMPLES, optional=True,
         tooltip="Fitting noises each Levenberg-Marquardt step's Jacobian is taken on (other "
                 "ones each step; 0: all of them). 0 fits closer at 1.6-1.8x the model calls "
-                "(up to 3x at 10 steps) and about 3 GB of RAM at SDXL size (the default: "
-                "about 1.1 GB), and "
-                "with more samples (128) it is what makes the extra noises pay: measured in "
-                "the pack's docs/calibration_options.md."))
+                "(up to 3x at 10 steps) in the same memory, and with more samples (128) it "
+                "is what makes the extra noises pay: measured in the pack's "
+                "docs/calibration_options.md."))
 
 
 LINEAR_FITS = CALIBRATE_DEFAULTS["linear_fits"]

@@ -41,3 +41,42 @@ def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
     assert torch.equal(fresh, kept)
     # Without the losses the base and theta are rolled out again on the fitting rows.
     assert cost_fresh - cost_kept == 2 * x_fit.shape[0] * (len(sigmas) - 1)
+
+
+def test_a_jacobian_on_many_rows_is_summed_chunk_by_chunk():
+    """normal_equations: J^T J and J^T r of 11 rows, taken JACOBIAN_CHUNK rows at a time, equal
+    the sums of the whole Jacobian (to rounding), at the same model evaluations; no chunk has
+    more than JACOBIAN_CHUNK rows (the memory of jacobian_rows 0 is the default's); rows as an
+    index tensor (jacobian_rows_at's turn) are the same rows."""
+    from lml_core import levenberg
+
+    model = MixtureDenoiser(dim=6, components=3, seed=2)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = torch.randn(11, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80
+    denoise = Evaluator(model, {}, torch.float64)
+    floor = sigmas[-2] / 2
+    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
+    fit = Fit(denoise, sigmas, "ipndm_v", 2, True, False, floor, 1.0)
+    theta = 0.01 * torch.randn(fit.size, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(0))
+    before = denoise.rows
+    residual, jac = fit.jacobian(theta, x, reference, 1e-5)
+    whole = denoise.rows - before
+    seen = []
+    jacobian = fit.jacobian
+
+    def counted(theta, x, reference, eps):
+        seen.append(x.shape[0])
+        return jacobian(theta, x, reference, eps)
+    fit.jacobian = counted
+    before = denoise.rows
+    jtj, gradient = levenberg.normal_equations(fit, theta, x, reference, 1e-5, slice(None))
+    assert denoise.rows - before == whole
+    assert seen == [4, 4, 3] and max(seen) == levenberg.JACOBIAN_CHUNK
+    assert torch.allclose(jtj, jac.T @ jac, rtol=1e-12, atol=0)
+    assert torch.allclose(gradient, jac.T @ residual, rtol=1e-12, atol=1e-12 * float(
+        (jac.T @ residual).abs().max()))
+    rows = levenberg.jacobian_rows_at(2, 11, 6)  # rows 1 .. 6 in turn: an index tensor
+    jtj_rows, _ = levenberg.normal_equations(fit, theta, x, reference, 1e-5, rows)
+    part = fit.jacobian(theta, x[rows], reference.subset(rows), 1e-5)[1]
+    assert seen[-3:] == [4, 2, 6] and torch.allclose(jtj_rows, part.T @ part, rtol=1e-12)
