@@ -31,11 +31,10 @@ def normal_equations(fit, theta, x, reference, eps, rows):
     tensor), JACOBIAN_CHUNK rows at a time, on the CPU with theta: the same sums, the same
     model evaluations, and the memory of one chunk."""
     index = torch.arange(x.shape[0])[rows]
+    # One chunk: the rows as given (the default's path, as it always ran).
+    chunks = [rows] if index.numel() <= JACOBIAN_CHUNK else index.split(JACOBIAN_CHUNK)
     jtj = gradient = None
-    for start in range(0, index.numel(), JACOBIAN_CHUNK):
-        chunk = index[start:start + JACOBIAN_CHUNK]
-        if index.numel() <= JACOBIAN_CHUNK:  # one chunk: the rows as given
-            chunk = rows
+    for chunk in chunks:
         residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps)
         # The P x P system lives on the CPU with theta; the rows stay on the model's device.
         part = (jac.T @ jac).cpu(), (jac.T @ residual).cpu()
@@ -98,7 +97,8 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     for iteration in range(first, first + iterations):
         part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
         sums = normal_equations(fit, theta, x, reference, eps, part)
-        share = rows / x[part].numel()  # the part's sums, scaled to all the fitting rows
+        # the part's sums, scaled to all the fitting rows
+        share = x.shape[0] / torch.arange(x.shape[0])[part].numel()
         jtj = share * sums[0] / scale
         gradient = share * sums[1] / scale + regularization * theta
         diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)

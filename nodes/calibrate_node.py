@@ -187,14 +187,6 @@ def check_count(name: str, value) -> str | None:
     return None
 
 
-def checked_batch_size(value) -> int:
-    return checked_count("batch_size", value)
-
-
-def check_batch_size(value) -> str | None:
-    return check_count("batch_size", value)
-
-
 JACOBIAN_ROWS = CALIBRATE_DEFAULTS["jacobian_rows"]
 
 
@@ -415,7 +407,7 @@ def run_calibrations(model, positive, negative, latent_image, seed, cfg, schedul
     ``batch_size``: noises per model call, or 0 (auto: ``bridge.auto_batch_size`` once the model
     is loaded); each report's ``batch`` says which and why.  It is not in the cache key: the
     calibration does not depend on it."""
-    batch_size = checked_batch_size(batch_size)
+    batch_size = checked_count("batch_size", batch_size)
     counts = sorted(steps)
     if sigmas_for is not None and len(counts) != 1:
         raise ValueError(f"steps: fitting {sigmas_for}'s sigmas takes one step count, got "
@@ -540,7 +532,7 @@ class LMLCalibrate(io.ComfyNode):
     def validate_inputs(cls, scheduler=None, base=None, cfg=None, field=None, steps=None,
                         batch_size=None, jacobian_rows=None, linear_fits=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        message = check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or (
+        message = check_number(cls, "cfg", cfg) or check_count("batch_size", batch_size) or (
             check_count("jacobian_rows", jacobian_rows)) or check_linear_fits(
             linear_fits, field, base) or validate(
             {"scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS),

@@ -24,8 +24,8 @@ from .calibrate_node import (
     MAX_SAMPLES,
     batch_size_input,
     calibration_inputs,
-    check_batch_size,
     check_calibration_text,
+    check_count,
     fit_head_inputs,
     fitted_outputs,
     run_calibration,
@@ -108,7 +108,7 @@ class LMLCalibrateSigmas(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, sampler_name=None, scheduler=None, cfg=None, batch_size=None):
         # ComfyUI 0.3.75 does not check V3 combos itself, and its bounds check lets NaN through.
-        return check_number(cls, "cfg", cfg) or check_batch_size(batch_size) or validate(
+        return check_number(cls, "cfg", cfg) or check_count("batch_size", batch_size) or validate(
             {"sampler_name": (sampler_name, comfy.samplers.KSampler.SAMPLERS),
              "scheduler": (scheduler, comfy.samplers.KSampler.SCHEDULERS)})
 
