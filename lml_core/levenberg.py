@@ -51,6 +51,26 @@ def jacobian_rows_at(iteration: int, rows: int, count: int):
     return torch.arange(iteration * count, (iteration + 1) * count) % rows
 
 
+def damped_step(system, gradient, held):
+    """The Levenberg-Marquardt step -system^-1 gradient with the ``held`` parameters fixed
+    (their rows and columns left out, their step 0)."""
+    free = ~held
+    delta = torch.zeros_like(gradient)
+    delta[free] = -torch.linalg.solve(system[free][:, free], gradient[free])
+    return delta
+
+
+def pushed_past_bound(fit, theta, delta, eps):
+    """Mask of the parameters that ``delta`` moves past a bound: moving one of them alone by
+    at most ``eps`` (the finite-difference step) its way is infeasible already."""
+    pushed = torch.zeros(fit.size, dtype=torch.bool)
+    for p in torch.nonzero(delta).flatten().tolist():
+        moved = theta.clone()
+        moved[p] += float(delta[p].clamp(-eps, eps))
+        pushed[p] = fit.plan(moved) is None
+    return pushed
+
+
 def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
                         iterations, patience, say, jacobian_rows=0, tolerance=0.0,
                         theta0=None, first=0, losses=None):
@@ -103,16 +123,24 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
         gradient = share * sums[1] / scale + regularization * theta
         diag = torch.diagonal(jtj).clamp(min=1e-12 * float(torch.diagonal(jtj).max()) + 1e-30)
         improved = False
+        held = torch.zeros(fit.size, dtype=torch.bool)  # parameters held at a bound
         for _trial in range(10):  # raise mu until a step lowers the objective
             try:
-                delta = -torch.linalg.solve(jtj + regularization * identity
-                                            + mu * torch.diag(diag), gradient)
+                delta = damped_step(jtj + regularization * identity + mu * torch.diag(diag),
+                                    gradient, held)
             except RuntimeError:
                 mu *= 10
                 continue
             plan = fit.plan(theta + delta)
             if plan is None:
-                mu *= 4
+                # A parameter at a bound (a timestep at the floor) that the step pushes past
+                # it is held there, and the step solved again for the rest: a smaller step
+                # would still push it past.  Otherwise the step is too long.
+                pushed = pushed_past_bound(fit, theta, delta, eps) & ~held
+                if pushed.any():
+                    held |= pushed
+                else:
+                    mu *= 4
                 continue
             value = loss_at(theta + delta, plan)
             before = objective(current, theta)

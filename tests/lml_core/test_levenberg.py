@@ -80,3 +80,31 @@ def test_a_jacobian_on_many_rows_is_summed_chunk_by_chunk():
     jtj_rows, _ = levenberg.normal_equations(fit, theta, x, reference, 1e-5, rows)
     part = fit.jacobian(theta, x[rows], reference.subset(rows), 1e-5)[1]
     assert seen[-3:] == [4, 2, 6] and torch.allclose(jtj_rows, part.T @ part, rtol=1e-12)
+
+
+def test_a_step_that_pushes_a_timestep_past_the_floor_holds_it_there():
+    """The last timestep starts at the floor and the gradient pushes it below: no damping makes
+    that step feasible, so the parameter is held at its bound and the step taken in the others
+    (before, every trial was infeasible and the fit stopped at its start)."""
+    from lml_core.levenberg import pushed_past_bound
+
+    model = MixtureDenoiser(dim=16, components=4, spread=1.0, seed=3)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 80
+    denoise = Evaluator(model, {}, torch.float64)
+    floor = sigmas[-2]  # Karras ends at the model's sigma_min, where the reference ends
+    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 64, False), False)
+    fit = Fit(denoise, sigmas, "ipndm", 3, True, False, floor, 0.3)
+    zero = torch.zeros(fit.size, dtype=torch.float64)
+    last = fit.n_time - 1  # s_{N-1}, at the floor
+    residual, jac = fit.jacobian(zero, x, reference, 1e-4)
+    downhill = -(jac.T @ residual)
+    assert downhill[last] > 0  # toward a smaller sigma: past the floor
+    assert pushed_past_bound(fit, zero, downhill, 1e-4).tolist() == [
+        p == last for p in range(fit.size)]
+    base = fit.loss(fit.plan(zero), x, reference)
+    theta, _, done, _ = levenberg_marquardt(
+        fit, x, reference, lambda theta: fit.loss(fit.plan(theta), x, reference), 1e-3, 1e-4,
+        1, 10, lambda text: None, 0)
+    assert done == 1 and theta[last] == 0
+    assert fit.loss(fit.plan(theta), x, reference) < 0.9 * base
