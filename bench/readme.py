@@ -47,12 +47,14 @@ def calibrated_block(bench: Path) -> list[str]:
     return calibrated_page.readme_lines(data["rows"], data["points"], data["meta"])
 
 
-def calibrated_linear_block(bench: Path) -> list[str]:
-    """The calibrated benchmark with linear_fits and jacobian_rows 0: its summary table and
-    its cost against the default's target."""
-    data = json.loads((bench / "calibrated_linear_jr0.json").read_text())
-    return [*calibrated_page.summary_table(data["points"], data["meta"]),
-            *calibrated_page.cost_lines(data["points"])]
+def calibrated_options_block(name: str):
+    """A calibrated benchmark run with other options (docs/bench/NAME.json): its summary
+    table and its cost against the target."""
+    def block(bench: Path) -> list[str]:
+        data = json.loads((bench / f"{name}.json").read_text())
+        return [*calibrated_page.summary_table(data["points"], data["meta"]),
+                *calibrated_page.cost_lines(data["points"])]
+    return block
 
 
 def draws_block(bench: Path) -> list[str]:
@@ -159,7 +161,10 @@ def digits_block(name: str):
     return lines
 
 
-BLOCKS = {"calibrated": calibrated_block, "calibrated-linear-jr0": calibrated_linear_block,
+BLOCKS = {"calibrated": calibrated_block,
+          "calibrated-previous-defaults": calibrated_options_block(
+              "calibrated_previous_defaults"),
+          "calibrated-linear-jr0": calibrated_options_block("calibrated_linear_jr0"),
           "calibrated-draws": draws_block,
           "calibrated-sigmas": sigmas_block,
           "calibrated-sigmas-in-sample": sigmas_in_sample_block, "oracle": oracle_block("oracle"),
@@ -176,6 +181,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-linear-jr0": calibrated_li
                                            "options_samples_mixtures"),
           "options-jacobian": options_block("options_jacobian_digits",
                                             "options_jacobian_mixtures"),
+          "options-trajectory-low": options_block("options_trajectory_low_digits",
+                                                  "options_trajectory_low_mixtures"),
           "options-linear-jr0": options_block("options_linear_jr0_digits",
                                               "options_linear_jr8_digits",
                                               "options_linear_jr0_mixtures",
@@ -187,7 +194,8 @@ BLOCKS = {"calibrated": calibrated_block, "calibrated-linear-jr0": calibrated_li
 # The blocks that live in another document than README: the option-set tables.
 PLACES = {name: OPTIONS for name in ("options", "options-thorough", "options-trajectory",
                                      "options-samples", "options-jacobian",
-                                     "options-linear-jr0")}
+                                     "options-linear-jr0", "options-trajectory-low",
+                                     "calibrated-linear-jr0")}
 DOCUMENTS = (README, OPTIONS)
 
 

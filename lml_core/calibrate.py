@@ -223,7 +223,7 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     - sigma_fits: how many of ``samplers`` get timestep-only fits;
     - builtin_starts: LML starts from the samplers' own steps (with base "auto");
     - linear_fits: those starts fit the sampler's exact linear map with free rows
-      (lml_core.linear_fit, saved as "lml_linear") instead of its projection (default off);
+      (lml_core.linear_fit, saved as "lml_linear") instead of its projection (default on);
     - race: iterations after which only the better of the two LML fits goes on (0: both;
       below levenberg.RACE_FROM_STEPS steps both always).
     """

@@ -15,7 +15,8 @@ sampler's and the LML multistep form's do, so a step may also scale the denoised
 add noise.  With the timesteps (log-SNR shifts of s_1 .. s_{N-1}, as lml_core.objective.Fit)
 they are theta; the residual and loss are Fit's.
 
-calibrate uses it with the option ``linear_fits`` (off by default).  Against the projection,
+calibrate uses it with the option ``linear_fits`` (on by default since the trajectory weight
+0.3: docs/bench/calibrated.md).  Against the projection, at trajectory weight 1,
 same benchmark and noise (docs/bench/options_linear_*.md, 3 calibration seeds): the digits
 network 0.357 -> 0.344 of the best pair (cfg 6 0.448 -> 0.416), the exact mixtures
 0.798 -> 0.834.  What gains on the digits is that freedom, not the exact start: with LML's own

@@ -22,7 +22,9 @@ from ..lml_core.calibration import CALIBRATION_FORMAT
 from .fingerprint import Unfingerprintable, digest
 
 FOLDER = "lml_calibrations"
-KEY_FORMAT = "lml-calibration-cache/2"  # bump when what the key covers changes
+# Bump when what the key covers changes, or what a default it leaves out means (3: the
+# defaults linear_fits on and trajectory 0.3; a key of the old defaults must not load).
+KEY_FORMAT = "lml-calibration-cache/3"
 
 
 def read_pack_version() -> str:

@@ -39,12 +39,18 @@ def zero_calibration(base, sigmas, history=3, **fitted_on):
                                   **fitted_on})
 
 
+FITTED = {"trajectory": 1.0}  # the fixture's options (its docstring says why)
+
+
 @pytest.fixture(scope="module")
 def fitted():
-    """A 5-step calibration on 32 noises of a 16-D mixture (Karras schedule)."""
+    """A 5-step calibration on 32 noises of a 16-D mixture (Karras schedule), the states on
+    the way weighted 1: at the default 0.3 the fit lowers the typical error as much but ends
+    more of these noises in another component (RMS 0.97x its base's on the 200 fresh noises
+    below, 0.61x at 1), the exact mixtures' trade-off in docs/bench/calibrated.md."""
     model = MixtureDenoiser(dim=DIM, components=4, spread=1.0, seed=3)
     sigmas = karras_sigmas(5).double()
-    return model, sigmas, calibrate(model, noise(32, 1), sigmas)
+    return model, sigmas, calibrate(model, noise(32, 1), sigmas, **FITTED)
 
 
 def test_multistep_coefficients_are_consistent():
@@ -160,7 +166,7 @@ def test_test_noise_chooses_nothing_and_scores_the_result(fitted):
     model, sigmas, calibration = fitted
     x = noise(32, 1)
     x[24:] = noise(8, 55)
-    again = calibrate(model, x, sigmas)
+    again = calibrate(model, x, sigmas, **FITTED)
     assert again.sigmas == calibration.sigmas and again.corrections == calibration.corrections
     assert again.report["test_rms"] != calibration.report["test_rms"]
     grid = reference_grid(float(sigmas[0]), 0.002, CALIBRATE_DEFAULTS["reference_steps"], False)

@@ -461,26 +461,35 @@ def test_jacobian_rows_reaches_the_fit_and_its_cache_key_only_when_changed(
             calibrate_node(pack, sd15, conds, seed=SEED, jacobian_rows=value)
 
 
-def test_linear_fits_reaches_the_fit_and_its_cache_key_only_when_on(pack, sd15, conds,
-                                                                     calibrated):
-    """linear_fits off (the default) loads the module's calibration from the cache (the key it
-    always had); on, the fit from a built-in's own steps fits that sampler's exact steps: the
-    report records the option, and the fit from a built-in (it wins here) is an lml_linear
-    calibration.
-    A non-boolean, or on without the built-ins' starts, is refused naming linear_fits."""
+def test_linear_fits_reaches_the_fit_and_its_cache_key_only_when_off(pack, sd15, conds,
+                                                                      calibrated):
+    """linear_fits on (the default) loads the module's calibration from the cache; off enters
+    the key.  Without the built-ins' starts (field 'this scheduler') it changes no fit: off
+    fits the same calibration, recorded as off.  With them, on fits a built-in sampler's
+    exact steps (an lml_linear calibration wins here), off never runs that fit.
+    A non-boolean is refused naming linear_fits."""
     _, text, _ = calibrated.result
-    assert json.loads(text)["report"]["options"]["linear_fits"] is False
+    assert json.loads(text)["report"]["options"]["linear_fits"] is True
+    on = calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=True).result
+    assert "loaded from the cache" in on[2] and on[1] == text
     off = calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=False).result
-    assert "loaded from the cache" in off[2] and off[1] == text
-    on = Calibration.from_json(calibrate_node(
-        pack, sd15, conds, seed=31, steps=2, iterations=1, field="all pairs",
-        linear_fits=True).result[1])
-    assert on.report["options"]["linear_fits"] is True
-    from_builtins = [label for label in on.report["fitted_from"]["lml"]
+    assert "loaded from the cache" not in off[2]
+    fitted, plain = Calibration.from_json(text), Calibration.from_json(off[1])
+    assert plain.report["options"]["linear_fits"] is False
+    assert (plain.sampler, plain.sigmas, plain.corrections) == (
+        fitted.sampler, fitted.sigmas, fitted.corrections)
+    every = {"seed": 31, "steps": 2, "iterations": 1, "field": "all pairs"}
+    linear = Calibration.from_json(calibrate_node(pack, sd15, conds, **every).result[1])
+    assert linear.report["options"]["linear_fits"] is True
+    from_builtins = [label for label in linear.report["fitted_from"]["lml"]
                      if not label.startswith(tuple(f"lml({b})" for b in ("euler", "ipndm",
                                                                             "ipndm_v")))]
-    assert on.report["chosen"] == f"calibrated {from_builtins[0]}", on.report["fitted_from"]
-    assert on.sampler == "lml_linear"  # that sampler's exact steps, fitted
+    assert linear.report["chosen"] == f"calibrated {from_builtins[0]}", linear.report
+    assert linear.sampler == "lml_linear"  # that sampler's exact steps, fitted
+    projected = Calibration.from_json(calibrate_node(pack, sd15, conds, linear_fits=False,
+                                                     **every).result[1])
+    assert projected.report["options"]["linear_fits"] is False
+    assert projected.sampler != "lml_linear"
     calibrating = node(pack, "LMLCalibrate")
     for value in (1, "true"):
         message = calibrating.validate_inputs(scheduler="karras", cfg=4.0, linear_fits=value)
@@ -488,8 +497,5 @@ def test_linear_fits_reaches_the_fit_and_its_cache_key_only_when_on(pack, sd15, 
         with pytest.raises(ValueError, match="^linear_fits must be true or false"):  # linked
             calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=value)
     for changes in ({"field": "this scheduler"}, {"base": "euler", "field": "all pairs"}):
-        message = calibrating.validate_inputs(scheduler="karras", cfg=4.0, linear_fits=True,
-                                              **changes)
-        assert message.startswith("linear_fits needs field 'all pairs' and base 'auto'"), changes
-    with pytest.raises(ValueError, match="^linear_fits needs field 'all pairs'"):
-        calibrate_node(pack, sd15, conds, seed=SEED, linear_fits=True)  # FAST: this scheduler
+        assert calibrating.validate_inputs(scheduler="karras", cfg=4.0, linear_fits=True,
+                                           **changes) is True, changes

@@ -93,7 +93,7 @@ def test_the_calibrating_nodes_optional_inputs_come_last(pack):
     linear_fits = pack.nodes.NODES_BY_ID["LMLCalibrate"].GET_NODE_INFO_V1()["input"][
         "optional"]["linear_fits"]
     assert linear_fits[0] == "BOOLEAN"
-    assert linear_fits[1]["default"] is pack.lml_core.CALIBRATE_DEFAULTS["linear_fits"] is False
+    assert linear_fits[1]["default"] is pack.lml_core.CALIBRATE_DEFAULTS["linear_fits"] is True
 
 
 def test_every_lm_node_takes_every_user_settable_lm_option(pack):
