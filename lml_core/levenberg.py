@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .objective import robust_loss
+from .objective import Recorder, Replay, RolloutObjective, robust_loss
 
 
 def rms(errors) -> float:
@@ -26,16 +26,20 @@ def theta_key(theta) -> bytes:
 JACOBIAN_CHUNK = 4
 
 
-def normal_equations(fit, theta, x, reference, eps, rows):
+def normal_equations(fit, theta, x, reference, eps, rows, recorded=None):
     """(J^T J, J^T r) of ``fit`` at ``theta`` on the fitting rows ``rows`` (a slice or index
     tensor), JACOBIAN_CHUNK rows at a time, on the CPU with theta: the same sums, the same
-    model evaluations, and the memory of one chunk."""
+    model evaluations, and the memory of one chunk.  ``recorded``: the model calls of the
+    rollout at ``theta`` on ``rows`` (a Recorder's), which the base rollouts replay."""
     index = torch.arange(x.shape[0])[rows]
     # One chunk: the rows as given (the default's path, as it always ran).
     chunks = [rows] if index.numel() <= JACOBIAN_CHUNK else index.split(JACOBIAN_CHUNK)
+    positions = [slice(None)] if len(chunks) == 1 else torch.arange(index.numel()).split(
+        JACOBIAN_CHUNK)
     jtj = gradient = None
-    for chunk in chunks:
-        residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps)
+    for chunk, at in zip(chunks, positions):
+        replay = {} if recorded is None else {"denoise": Replay(recorded, at)}
+        residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps, **replay)
         # The P x P system lives on the CPU with theta; the rows stay on the model's device.
         part = (jac.T @ jac).cpu(), (jac.T @ residual).cpu()
         del jac, residual
@@ -88,17 +92,33 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     ``first``: go on from an earlier run's theta, as its iteration ``first`` (the ratios stay
     relative to theta = 0).  ``losses``: {theta's bytes: the fitting objective there}, kept
     by the caller across runs of the same fit and rows, so a run that goes on from another's
-    theta does not roll out the base and that theta again."""
-    losses = {} if losses is None else losses
+    theta does not roll out the base and that theta again.
 
-    def loss_at(theta, plan):
+    The rollout that judges a step on all the fitting rows keeps the model's outputs on the
+    next Jacobian's rows (a Recorder; a RolloutObjective's only: SigmaFit runs whole
+    samplers), and that Jacobian's rollout at the accepted theta replays them: its model
+    calls are not made twice (per iteration ``jacobian_rows`` x the steps fewer)."""
+    losses = {} if losses is None else losses
+    recorded = {}  # the last rollout recorded: {theta's bytes: its calls on the next rows}
+
+    def loss_at(theta, plan, next_rows=None):
         key = theta_key(theta)
         if key not in losses:
-            losses[key] = fit.loss(plan, x, reference)
+            if next_rows is None or not isinstance(fit, RolloutObjective):
+                losses[key] = fit.loss(plan, x, reference)
+            else:
+                recorder = Recorder(fit.denoise, next_rows)
+                losses[key] = fit.loss(plan, x, reference, denoise=recorder)
+                recorded.clear()
+                recorded[key] = recorder.calls
         return losses[key]
 
+    def rows_of(iteration):
+        return jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
+
     theta = torch.zeros(fit.size, dtype=torch.float64)
-    base_objective = loss_at(theta, fit.plan(theta))
+    base_objective = loss_at(theta, fit.plan(theta), None if theta0 is not None else
+                             rows_of(first))
     rows = x.numel()
     scale = max(base_objective, 1e-300) * rows
 
@@ -109,14 +129,16 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     current = base_objective
     if theta0 is not None:
         theta = theta0.clone()
-        current = loss_at(theta, fit.plan(theta))
+        current = loss_at(theta, fit.plan(theta), rows_of(first))
     best_val, best_theta = heldout(theta), theta.clone()
     mu, stale, accepted, trace = 1e-2, 0, 0, []
     flat = 0  # accepted steps in a row that lowered the objective by less than tolerance
     identity = torch.eye(fit.size, dtype=torch.float64)
     for iteration in range(first, first + iterations):
-        part = jacobian_rows_at(iteration, x.shape[0], jacobian_rows)
-        sums = normal_equations(fit, theta, x, reference, eps, part)
+        part = rows_of(iteration)
+        sums = normal_equations(fit, theta, x, reference, eps, part,
+                                recorded.pop(theta_key(theta), None))
+        recorded.clear()
         # the part's sums, scaled to all the fitting rows
         share = x.shape[0] / torch.arange(x.shape[0])[part].numel()
         jtj = share * sums[0] / scale
@@ -142,7 +164,7 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
                 else:
                     mu *= 4
                 continue
-            value = loss_at(theta + delta, plan)
+            value = loss_at(theta + delta, plan, rows_of(iteration + 1))
             before = objective(current, theta)
             after = objective(value, theta + delta)
             if after < before:

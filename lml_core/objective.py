@@ -97,17 +97,50 @@ def difference_column(fit, theta, p: int, eps: float, residual, residual_at):
     return torch.zeros_like(residual)
 
 
+class Recorder:
+    """The model as ``denoise(x, sigma)``, keeping the outputs of the rows ``rows`` (an index
+    or slice of x's rows) of every call: a Jacobian at the same plan on those rows replays
+    them (``Replay``) instead of calling the model for its base rollout again."""
+
+    def __init__(self, denoise, rows):
+        self.denoise, self.rows, self.calls = denoise, rows, []
+
+    def __call__(self, x, sigma: float):
+        out = self.denoise(x, sigma)
+        self.calls.append((sigma, out[self.rows]))
+        return out
+
+
+class Replay:
+    """A Recorder's calls, in order, in place of the model (``positions``: the rows of the
+    recorded ones this rollout runs).  A call that is not the next recorded one (another sigma
+    or shape: another plan or rows) is a RuntimeError, never a wrong output."""
+
+    def __init__(self, calls, positions=slice(None)):
+        self.calls, self.positions = iter(calls), positions
+
+    def __call__(self, x, sigma: float):
+        recorded_sigma, out = next(self.calls, (None, None))
+        if out is not None:
+            out = out[self.positions]
+        if out is None or recorded_sigma != sigma or out.shape != x.shape:
+            raise RuntimeError(f"calibrate: a replayed rollout called the model at sigma "
+                               f"{sigma:.6g} with rows {list(x.shape)}, not as recorded")
+        return out
+
+
 class RolloutObjective:
     """The objective of a fit whose plans are (sigmas, ...) and whose ``rollout(plan, x)`` is
     (the final sample, the states x_1..x_{N-1}): Fit's and LinearFit's.  Needs ``trajectory``,
-    ``flow``, ``plan`` and ``rollout``."""
+    ``flow``, ``plan`` and ``rollout``.  ``loss`` and ``jacobian`` take another ``denoise``
+    for the rollout at the plan itself (a Recorder, a Replay)."""
 
     def residual(self, outcome, sig, reference: Reference):
         return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
 
-    def loss(self, plan, x, reference) -> float:
+    def loss(self, plan, x, reference, denoise=None) -> float:
         """The objective residual's mean square."""
-        outcome = self.rollout(plan, x)
+        outcome = self.rollout(plan, x, denoise=denoise)
         r = self.residual(outcome, plan[0], reference)
         return float((r * r).sum()) / outcome[0].numel()
 
@@ -194,16 +227,17 @@ class Fit(RolloutObjective):
                 states.append(final)
         return final, states
 
-    def jacobian(self, theta, x, reference, eps):
+    def jacobian(self, theta, x, reference, eps, denoise=None):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
         is infeasible).  Each column's rollout forks from the trajectory at the first step its
-        parameter changes and reuses that step's model call."""
+        parameter changes and reuses that step's model call; ``denoise``: the model of the
+        rollout at ``theta`` (a Replay of it), the forks call the fit's."""
         sig, coefficients = self.plan(theta)
         columns = [None] * self.size
         steps = [eps] * self.size
         forks = []
         states, final = [], x
-        for i, x_i, _denoised, history, final in multistep_run(self.denoise, x, sig,
+        for i, x_i, _denoised, history, final in multistep_run(denoise or self.denoise, x, sig,
                                                                coefficients, self.keep):
             for p in (p for p in range(self.size) if self.first_step[p] == i):
                 moved = theta.clone()

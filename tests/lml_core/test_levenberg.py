@@ -1,14 +1,18 @@
 """The Levenberg-Marquardt loop (lml_core.levenberg): a run that goes on from an earlier one's
 theta gives the same iterates with or without the earlier run's losses, and with them rolls
-out neither the base nor that theta again."""
+out neither the base nor that theta again; a Jacobian replays the accepted step's rollout on
+its rows (the same iterates, its base rollouts' model calls saved); the Jacobian is summed in
+chunks; a timestep pushed past its bound is held there."""
 
+import pytest
 import torch
 
 from lml_core.levenberg import levenberg_marquardt
-from lml_core.objective import Fit
+from lml_core.linear_fit import LinearFit
+from lml_core.objective import Fit, Recorder, Replay
 from lml_core.reference import Evaluator, Reference, reference_grid
 
-from exact_model import MixtureDenoiser, karras_sigmas
+from exact_model import MixtureDenoiser, karras_sigmas, plain_dpmpp_2m
 
 
 def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
@@ -39,8 +43,67 @@ def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
     (fresh, _, _, _), cost_fresh = run(2, theta, done)
     (kept, _, _, _), cost_kept = run(2, theta, done, losses)
     assert torch.equal(fresh, kept)
-    # Without the losses the base and theta are rolled out again on the fitting rows.
-    assert cost_fresh - cost_kept == 2 * x_fit.shape[0] * (len(sigmas) - 1)
+    # Without the losses the base and theta are rolled out again on the fitting rows; theta's
+    # rollout then records the first Jacobian's 4 rows, which that Jacobian replays.
+    steps = len(sigmas) - 1
+    assert cost_fresh - cost_kept == 2 * x_fit.shape[0] * steps - 4 * steps
+
+
+class Opaque:
+    """The same fit, but not a RolloutObjective: levenberg_marquardt records nothing for it,
+    so each Jacobian rolls out its base itself (as SigmaFit's does)."""
+
+    def __init__(self, fit):
+        self.fit = fit
+
+    def __getattr__(self, name):
+        return getattr(self.fit, name)
+
+
+@pytest.mark.parametrize("kind", ["lml", "linear"])
+@pytest.mark.parametrize("jacobian_rows", [4, 0])
+def test_a_jacobian_replays_the_accepted_steps_rollout_on_its_rows(kind, jacobian_rows):
+    """The same iterates (to rounding: the model ran on other batches) as a fit whose every
+    Jacobian rolls out its base itself, at jacobian_rows x steps fewer model evaluations per
+    Jacobian (all the rows with jacobian_rows 0, in chunks)."""
+    model = MixtureDenoiser(dim=6, components=3, seed=2)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = torch.randn(14, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
+    denoise = Evaluator(model, {}, torch.float64)
+    floor = sigmas[-2] / 2
+    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
+    x_fit, ref_fit = x[:10], reference.subset(slice(0, 10), own_scale=True)
+    x_val, ref_val = x[10:], reference.subset(slice(10, 14), own_scale=True)
+    fit = (Fit(denoise, sigmas, "ipndm", 2, True, False, floor, 1.0) if kind == "lml" else
+           LinearFit(denoise, plain_dpmpp_2m, None, sigmas, 2, True, False, floor, 1.0))
+    calls = []
+
+    def run(fit):
+        before = denoise.rows
+        result = levenberg_marquardt(
+            fit, x_fit, ref_fit, lambda theta: fit.loss(fit.plan(theta), x_val, ref_val), 1e-3,
+            1e-4, 3, 10, calls.append, jacobian_rows)
+        return result, denoise.rows - before
+
+    (theta, val, done, trace), cost = run(fit)
+    (theta_own, val_own, done_own, _), cost_own = run(Opaque(fit))
+    assert done == done_own == 3 and not any("no step" in c for c in calls)
+    assert torch.allclose(theta, theta_own, rtol=1e-9, atol=1e-12)
+    assert val == pytest.approx(val_own, rel=1e-9)
+    rows = jacobian_rows or x_fit.shape[0]
+    assert cost_own - cost == 3 * rows * (len(sigmas) - 1)
+
+
+def test_a_replay_that_is_not_the_recorded_rollout_is_refused():
+    recorder = Recorder(lambda x, sigma: x * sigma, torch.tensor([0, 2]))
+    x = torch.arange(8.0).reshape(4, 2)
+    recorder(x, 2.0)
+    replay = Replay(recorder.calls, slice(1, 2))
+    assert torch.equal(replay(x[2:3], 2.0), x[2:3] * 2.0)  # row 2 is the second recorded
+    with pytest.raises(RuntimeError, match="not as recorded"):
+        replay(x[2:3], 2.0)  # no call left
+    with pytest.raises(RuntimeError, match="not as recorded"):
+        Replay(recorder.calls)(x[:2], 3.0)  # another sigma
 
 
 def test_a_jacobian_on_many_rows_is_summed_chunk_by_chunk():
