@@ -15,13 +15,21 @@ from lml_core.reference import Evaluator, Reference, reference_grid
 from exact_model import MixtureDenoiser, karras_sigmas, plain_dpmpp_2m
 
 
-def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
+def mixture(rows, seed):
+    """A 6-D mixture on 5 Karras steps: (sigmas, ``rows`` noises, the counted model, a floor
+    under the last sigma (which may move either way), the reference)."""
     model = MixtureDenoiser(dim=6, components=3, seed=2)
     sigmas = karras_sigmas(5).double().tolist()
-    x = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
+    x = torch.randn(rows, 6, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(seed)) * 80
     denoise = Evaluator(model, {}, torch.float64)
-    floor = sigmas[-2] / 2  # the last nonzero sigma may move either way
+    floor = sigmas[-2] / 2
     reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
+    return sigmas, x, denoise, floor, reference
+
+
+def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
+    sigmas, x, denoise, floor, reference = mixture(12, 3)
     fit_part, val_part = slice(0, 8), slice(8, 12)
     x_fit, ref_fit = x[fit_part], reference.subset(fit_part, own_scale=True)
     x_val, ref_val = x[val_part], reference.subset(val_part, own_scale=True)
@@ -66,12 +74,7 @@ def test_a_jacobian_replays_the_accepted_steps_rollout_on_its_rows(kind, jacobia
     """The same iterates (to rounding: the model ran on other batches) as a fit whose every
     Jacobian rolls out its base itself, at jacobian_rows x steps fewer model evaluations per
     Jacobian (all the rows with jacobian_rows 0, in chunks)."""
-    model = MixtureDenoiser(dim=6, components=3, seed=2)
-    sigmas = karras_sigmas(5).double().tolist()
-    x = torch.randn(14, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 80
-    denoise = Evaluator(model, {}, torch.float64)
-    floor = sigmas[-2] / 2
-    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
+    sigmas, x, denoise, floor, reference = mixture(14, 3)
     x_fit, ref_fit = x[:10], reference.subset(slice(0, 10), own_scale=True)
     x_val, ref_val = x[10:], reference.subset(slice(10, 14), own_scale=True)
     fit = (Fit(denoise, sigmas, "ipndm", 2, True, False, floor, 1.0) if kind == "lml" else
@@ -113,12 +116,7 @@ def test_a_jacobian_on_many_rows_is_summed_chunk_by_chunk():
     index tensor (jacobian_rows_at's turn) are the same rows."""
     from lml_core import levenberg
 
-    model = MixtureDenoiser(dim=6, components=3, seed=2)
-    sigmas = karras_sigmas(5).double().tolist()
-    x = torch.randn(11, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80
-    denoise = Evaluator(model, {}, torch.float64)
-    floor = sigmas[-2] / 2
-    reference = Reference(denoise, x, reference_grid(sigmas[0], floor, 16, False), False)
+    sigmas, x, denoise, floor, reference = mixture(11, 4)
     fit = Fit(denoise, sigmas, "ipndm_v", 2, True, False, floor, 1.0)
     theta = 0.01 * torch.randn(fit.size, dtype=torch.float64,
                                generator=torch.Generator().manual_seed(0))
