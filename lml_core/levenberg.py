@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .objective import Recorder, Replay, RolloutObjective, robust_loss
+from .objective import robust_loss
 
 
 def rms(errors) -> float:
@@ -26,11 +26,11 @@ def theta_key(theta) -> bytes:
 JACOBIAN_CHUNK = 4
 
 
-def normal_equations(fit, theta, x, reference, eps, rows, recorded=None):
+def normal_equations(fit, theta, x, reference, eps, rows, kept=None):
     """(J^T J, J^T r) of ``fit`` at ``theta`` on the fitting rows ``rows`` (a slice or index
     tensor), JACOBIAN_CHUNK rows at a time, on the CPU with theta: the same sums, the same
-    model evaluations, and the memory of one chunk.  ``recorded``: the model calls of the
-    rollout at ``theta`` on ``rows`` (a Recorder's), which the base rollouts replay."""
+    model evaluations, and the memory of one chunk.  ``kept``: what the loss at ``theta``
+    kept on ``rows`` (``fit.keeper(rows)``), which each chunk's Jacobian reuses."""
     index = torch.arange(x.shape[0])[rows]
     # One chunk: the rows as given (the default's path, as it always ran).
     chunks = [rows] if index.numel() <= JACOBIAN_CHUNK else index.split(JACOBIAN_CHUNK)
@@ -38,8 +38,8 @@ def normal_equations(fit, theta, x, reference, eps, rows, recorded=None):
         JACOBIAN_CHUNK)
     jtj = gradient = None
     for chunk, at in zip(chunks, positions):
-        replay = {} if recorded is None else {"denoise": Replay(recorded, at)}
-        residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps, **replay)
+        reuse = {} if kept is None else {"kept": kept.part(at)}
+        residual, jac = fit.jacobian(theta, x[chunk], reference.subset(chunk), eps, **reuse)
         # The P x P system lives on the CPU with theta; the rows stay on the model's device.
         part = (jac.T @ jac).cpu(), (jac.T @ residual).cpu()
         del jac, residual
@@ -94,23 +94,24 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     by the caller across runs of the same fit and rows, so a run that goes on from another's
     theta does not roll out the base and that theta again.
 
-    The rollout that judges a step on all the fitting rows keeps the model's outputs on the
-    next Jacobian's rows (a Recorder; a RolloutObjective's only: SigmaFit runs whole
-    samplers), and that Jacobian's rollout at the accepted theta replays them: its model
-    calls are not made twice (per iteration ``jacobian_rows`` x the steps fewer)."""
+    The rollout that judges a step on all the fitting rows keeps what the next Jacobian at
+    that theta can reuse on its rows (``fit.keeper(rows)``, None: nothing): the LML fits'
+    model calls, which that Jacobian's own rollout replays; a timestep-only fit's outcome,
+    its residual.  Its model calls are not made twice (per iteration ``jacobian_rows`` x the
+    steps fewer)."""
     losses = {} if losses is None else losses
-    recorded = {}  # the last rollout recorded: {theta's bytes: its calls on the next rows}
+    kept = {}  # the last rollout's keeper: {theta's bytes: what it kept on the next rows}
 
     def loss_at(theta, plan, next_rows=None):
         key = theta_key(theta)
         if key not in losses:
-            if next_rows is None or not isinstance(fit, RolloutObjective):
+            keeper = None if next_rows is None else fit.keeper(next_rows)
+            if keeper is None:
                 losses[key] = fit.loss(plan, x, reference)
             else:
-                recorder = Recorder(fit.denoise, next_rows)
-                losses[key] = fit.loss(plan, x, reference, denoise=recorder)
-                recorded.clear()
-                recorded[key] = recorder.calls
+                losses[key] = fit.loss(plan, x, reference, keep=keeper)
+                kept.clear()
+                kept[key] = keeper
         return losses[key]
 
     def rows_of(iteration):
@@ -137,8 +138,8 @@ def levenberg_marquardt(fit, x, reference, heldout, regularization, eps,
     for iteration in range(first, first + iterations):
         part = rows_of(iteration)
         sums = normal_equations(fit, theta, x, reference, eps, part,
-                                recorded.pop(theta_key(theta), None))
-        recorded.clear()
+                                kept.pop(theta_key(theta), None))
+        kept.clear()
         # the part's sums, scaled to all the fitting rows
         share = x.shape[0] / torch.arange(x.shape[0])[part].numel()
         jtj = share * sums[0] / scale

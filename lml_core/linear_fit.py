@@ -105,13 +105,13 @@ class LinearFit(RolloutObjective):
         row = next((k for k in range(len(rows)) if rows[k] != fork_rows[k]), len(rows))
         return min(moved, row + 1)
 
-    def jacobian(self, theta, x, reference, eps, denoise=None):
+    def jacobian(self, theta, x, reference, eps, kept=None):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
         is infeasible; a zero column where both are); each column's rollout reuses the model
-        calls before the first one its parameter changes; ``denoise``: the model of the
-        rollout at ``theta`` (a Replay of it), the forks call the fit's."""
+        calls before the first one its parameter changes; ``kept``: the model calls of the
+        rollout at ``theta`` on these rows (a Replay), the forks call the model."""
         plan = self.plan(theta)
-        final, states, outputs = self.run(plan, x, denoise=denoise)
+        final, states, outputs = self.run(plan, x, denoise=kept)
         residual = self.residual((final, states), plan[0], reference)
 
         def forked(fork):  # the rollout from the first model call the fork changes

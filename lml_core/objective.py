@@ -100,7 +100,7 @@ def difference_column(fit, theta, p: int, eps: float, residual, residual_at):
 class Recorder:
     """The model as ``denoise(x, sigma)``, keeping the outputs of the rows ``rows`` (an index
     or slice of x's rows) of every call: a Jacobian at the same plan on those rows replays
-    them (``Replay``) instead of calling the model for its base rollout again."""
+    them (``part``: a Replay) instead of calling the model for its base rollout again."""
 
     def __init__(self, denoise, rows):
         self.denoise, self.rows, self.calls = denoise, rows, []
@@ -109,6 +109,10 @@ class Recorder:
         out = self.denoise(x, sigma)
         self.calls.append((sigma, out[self.rows]))
         return out
+
+    def part(self, positions=slice(None)):
+        """The Replay of the recorded rows at ``positions`` (a chunk of them)."""
+        return Replay(self.calls, positions)
 
 
 class Replay:
@@ -132,15 +136,19 @@ class Replay:
 class RolloutObjective:
     """The objective of a fit whose plans are (sigmas, ...) and whose ``rollout(plan, x)`` is
     (the final sample, the states x_1..x_{N-1}): Fit's and LinearFit's.  Needs ``trajectory``,
-    ``flow``, ``plan`` and ``rollout``.  ``loss`` and ``jacobian`` take another ``denoise``
-    for the rollout at the plan itself (a Recorder, a Replay)."""
+    ``flow``, ``plan``, ``rollout`` and ``denoise``.  What a loss keeps for a Jacobian at
+    the same plan (``keeper``) is its model calls on the Jacobian's rows: the Jacobian's
+    rollout at the plan itself replays them (``kept``), its forks call the model."""
 
     def residual(self, outcome, sig, reference: Reference):
         return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
 
-    def loss(self, plan, x, reference, denoise=None) -> float:
-        """The objective residual's mean square."""
-        outcome = self.rollout(plan, x, denoise=denoise)
+    def keeper(self, rows):
+        return Recorder(self.denoise, rows)
+
+    def loss(self, plan, x, reference, keep=None) -> float:
+        """The objective residual's mean square (``keep``: a ``keeper``, which records)."""
+        outcome = self.rollout(plan, x, denoise=keep)
         r = self.residual(outcome, plan[0], reference)
         return float((r * r).sum()) / outcome[0].numel()
 
@@ -227,17 +235,17 @@ class Fit(RolloutObjective):
                 states.append(final)
         return final, states
 
-    def jacobian(self, theta, x, reference, eps, denoise=None):
+    def jacobian(self, theta, x, reference, eps, kept=None):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
         is infeasible).  Each column's rollout forks from the trajectory at the first step its
-        parameter changes and reuses that step's model call; ``denoise``: the model of the
-        rollout at ``theta`` (a Replay of it), the forks call the fit's."""
+        parameter changes and reuses that step's model call; ``kept``: the model calls of the
+        rollout at ``theta`` on these rows (a Replay), the forks call the model."""
         sig, coefficients = self.plan(theta)
         columns = [None] * self.size
         steps = [eps] * self.size
         forks = []
         states, final = [], x
-        for i, x_i, _denoised, history, final in multistep_run(denoise or self.denoise, x, sig,
+        for i, x_i, _denoised, history, final in multistep_run(kept or self.denoise, x, sig,
                                                                coefficients, self.keep):
             for p in (p for p in range(self.size) if self.first_step[p] == i):
                 moved = theta.clone()

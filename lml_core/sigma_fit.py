@@ -87,6 +87,24 @@ def run_sampler(sampler, model, x, sigmas: list[float], extra_args, batch_size=N
     return out.to(x.dtype), [torch.cat([f[n] for f in found]) for n in range(len(sigmas) - 2)]
 
 
+class OutcomeKeeper:
+    """What SigmaFit's loss keeps for a Jacobian at the same plan on the rows ``rows``: its
+    outcome there (the final sample, the states); the Jacobian's residual at the plan is that
+    outcome's, so only its columns run the sampler."""
+
+    def __init__(self, rows):
+        self.rows, self.outcome = rows, None
+
+    def keep(self, outcome):
+        final, states = outcome
+        self.outcome = final[self.rows], [state[self.rows] for state in states]
+
+    def part(self, positions=slice(None)):
+        """The kept outcome of the rows at ``positions`` (a chunk of them)."""
+        final, states = self.outcome
+        return final[positions], [state[positions] for state in states]
+
+
 class SigmaFit:
     """The timesteps of one sampler as parameters theta (log-SNR shifts of s_1..s_{N-1}),
     with the interface the Levenberg-Marquardt driver uses (size, plan, loss, final_errors,
@@ -122,19 +140,29 @@ class SigmaFit:
     def residual(self, outcome, sig, reference: Reference):
         return rollout_residual(outcome, sig, reference, self.trajectory, self.flow)
 
-    def loss(self, plan, x, reference) -> float:
-        r = self.residual(self.outcome(plan, x), plan, reference)
+    def keeper(self, rows):
+        return OutcomeKeeper(rows)
+
+    def loss(self, plan, x, reference, keep=None) -> float:
+        """The objective residual's mean square (``keep``: a ``keeper``, which keeps the
+        outcome)."""
+        outcome = self.outcome(plan, x)
+        if keep is not None:
+            keep.keep(outcome)
+        r = self.residual(outcome, plan, reference)
         return float((r * r).sum()) / x.numel()
 
     def final_errors(self, theta, x, reference):
         """Per-sample RMS of the final sample against the reference."""
         return per_sample_rms(self.final(self.plan(theta), x), reference)
 
-    def jacobian(self, theta, x, reference, eps):
+    def jacobian(self, theta, x, reference, eps, kept=None):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps
-        is infeasible; a zero column where both are)."""
+        is infeasible; a zero column where both are); ``kept``: the outcome at ``theta`` on
+        these rows (OutcomeKeeper.part), else the sampler runs there."""
         plan = self.plan(theta)
-        residual = self.residual(self.outcome(plan, x), plan, reference)
+        outcome = kept if kept is not None else self.outcome(plan, x)
+        residual = self.residual(outcome, plan, reference)
         columns = [difference_column(self, theta, p, eps, residual, lambda moved: self.residual(
             self.outcome(moved, x), moved, reference)) for p in range(self.size)]
         return residual, torch.stack(columns, 1) if columns else residual[:, None] * 0

@@ -11,6 +11,7 @@ from lml_core.levenberg import levenberg_marquardt
 from lml_core.linear_fit import LinearFit
 from lml_core.objective import Fit, Recorder, Replay
 from lml_core.reference import Evaluator, Reference, reference_grid
+from lml_core.sigma_fit import CountedModel, SigmaFit
 
 from exact_model import MixtureDenoiser, karras_sigmas, plain_dpmpp_2m
 
@@ -57,9 +58,8 @@ def test_a_run_that_goes_on_does_not_roll_out_the_base_or_its_start_again():
     assert cost_fresh - cost_kept == 2 * x_fit.shape[0] * steps - 4 * steps
 
 
-class Opaque:
-    """The same fit, but not a RolloutObjective: levenberg_marquardt records nothing for it,
-    so each Jacobian rolls out its base itself (as SigmaFit's does)."""
+class KeepsNothing:
+    """The same fit, keeping nothing for its Jacobians: each rolls out its base itself."""
 
     def __init__(self, fit):
         self.fit = fit
@@ -67,18 +67,26 @@ class Opaque:
     def __getattr__(self, name):
         return getattr(self.fit, name)
 
+    def keeper(self, rows):
+        return None
 
-@pytest.mark.parametrize("kind", ["lml", "linear"])
+
+@pytest.mark.parametrize("kind", ["lml", "linear", "sigmas"])
 @pytest.mark.parametrize("jacobian_rows", [4, 0])
-def test_a_jacobian_replays_the_accepted_steps_rollout_on_its_rows(kind, jacobian_rows):
+def test_a_jacobian_reuses_the_accepted_steps_rollout_on_its_rows(kind, jacobian_rows):
     """The same iterates (to rounding: the model ran on other batches) as a fit whose every
     Jacobian rolls out its base itself, at jacobian_rows x steps fewer model evaluations per
-    Jacobian (all the rows with jacobian_rows 0, in chunks)."""
+    Jacobian (all the rows with jacobian_rows 0, in chunks): the LML fits replay the model's
+    outputs there, the timestep-only fit reuses the outcome."""
     sigmas, x, denoise, floor, reference = mixture(14, 3)
     x_fit, ref_fit = x[:10], reference.subset(slice(0, 10), own_scale=True)
     x_val, ref_val = x[10:], reference.subset(slice(10, 14), own_scale=True)
-    fit = (Fit(denoise, sigmas, "ipndm", 2, True, False, floor, 1.0) if kind == "lml" else
-           LinearFit(denoise, plain_dpmpp_2m, None, sigmas, 2, True, False, floor, 1.0))
+    if kind == "sigmas":
+        counted = CountedModel(lambda x, sigma, **_: denoise(x, float(sigma[0])))
+        fit = SigmaFit(plain_dpmpp_2m, counted, sigmas, False, floor, trajectory=1.0)
+    else:
+        fit = (Fit(denoise, sigmas, "ipndm", 2, True, False, floor, 1.0) if kind == "lml" else
+               LinearFit(denoise, plain_dpmpp_2m, None, sigmas, 2, True, False, floor, 1.0))
     calls = []
 
     def run(fit):
@@ -89,7 +97,7 @@ def test_a_jacobian_replays_the_accepted_steps_rollout_on_its_rows(kind, jacobia
         return result, denoise.rows - before
 
     (theta, val, done, trace), cost = run(fit)
-    (theta_own, val_own, done_own, _), cost_own = run(Opaque(fit))
+    (theta_own, val_own, done_own, _), cost_own = run(KeepsNothing(fit))
     assert done == done_own == 3 and not any("no step" in c for c in calls)
     assert torch.allclose(theta, theta_own, rtol=1e-9, atol=1e-12)
     assert val == pytest.approx(val_own, rel=1e-9)
@@ -101,7 +109,7 @@ def test_a_replay_that_is_not_the_recorded_rollout_is_refused():
     recorder = Recorder(lambda x, sigma: x * sigma, torch.tensor([0, 2]))
     x = torch.arange(8.0).reshape(4, 2)
     recorder(x, 2.0)
-    replay = Replay(recorder.calls, slice(1, 2))
+    replay = recorder.part(slice(1, 2))
     assert torch.equal(replay(x[2:3], 2.0), x[2:3] * 2.0)  # row 2 is the second recorded
     with pytest.raises(RuntimeError, match="not as recorded"):
         replay(x[2:3], 2.0)  # no call left
