@@ -9,7 +9,8 @@ median per-sample error, the samples that end far from the reference ("far": a p
 error above FAR times the reference's spread, on the exact mixtures a sample in another
 component) and their share of the squared error, how many of them the best pair has too, what
 the calibration chose and the timesteps it runs.  On the mixtures a few far samples carry the
-RMS; which ones, and how many, follows the timesteps more than the fit.
+RMS; which ones, and how many, follows the timesteps more than the fit.  The page's second
+table shows how far that goes: the best sampler on each host scheduler, and its far samples.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import time
 from pathlib import Path
 
 from . import calibrated as cal
-from .common import bootstrap_ratio
+from . import field
+from .common import bootstrap_ratio, squared_errors
+from .pairs import runnable
 from .run import SAMPLES, log, prepare
+from .suite import run_sampler
 
 FAR = 0.25  # a sample is far when its error is above this times the reference's spread
 
@@ -42,6 +46,38 @@ def described(errors, far_at) -> dict:
     return {"rms": float(squared.mean().sqrt()), "median": float(errors.median()),
             "far": int(far.sum()), "far_share": float(squared[far].sum() / squared.sum()),
             "far_rows": far.nonzero().flatten().tolist()}
+
+
+def by_scheduler(errors: dict, far_at: float) -> list[dict]:
+    """Per scheduler in ``errors`` ({(sampler, scheduler): per-sample errors}): its best
+    sampler by RMS, described(), and the fewest far samples of any sampler on it; best
+    first."""
+    rows = []
+    for scheduler in dict.fromkeys(s for _, s in errors):
+        mine = {sampler: e for (sampler, s), e in errors.items() if s == scheduler}
+        best = min(mine, key=lambda sampler: float(mine[sampler].pow(2).mean()))
+        record = described(mine[best], far_at)
+        del record["far_rows"]
+        rows.append({"scheduler": scheduler, "sampler": best, **record,
+                     "fewest_far": min(int((e > far_at).sum()) for e in mine.values())})
+    return sorted(rows, key=lambda r: r["rms"])
+
+
+def field_errors(problem, nfe) -> dict:
+    """{(sampler, scheduler): per-sample errors} of every deterministic pair that runs at
+    ``nfe`` model calls on the problem's noise (bench.pairs.select's field)."""
+    out = {}
+    for sampler in field.DETERMINISTIC:
+        for scheduler in runnable(problem.flow, [nfe]):
+            try:
+                x, calls = run_sampler(problem.model, problem.x_start, problem.kind, sampler,
+                                       nfe, scheduler=scheduler)
+            except Exception:  # a pair the host cannot run here: not in the field
+                continue
+            errors = squared_errors(x, problem.reference).sqrt()
+            if calls <= nfe and bool(errors.isfinite().all()):
+                out[(sampler, scheduler)] = errors
+    return out
 
 
 def tail(problem, nfe, seeds, pair, schedulers=None) -> dict:
@@ -66,6 +102,7 @@ def tail(problem, nfe, seeds, pair, schedulers=None) -> dict:
     return {"data": problem.name, "schedule": problem.kind, "nfe": nfe,
             "samples": len(problem.x_start), "far_at": far_at, "schedulers": schedulers,
             "best_pair": best, "seeds": records,
+            "by_scheduler": by_scheduler(field_errors(problem, nfe), far_at),
             "median_ratio": statistics.median(r["ratio"] for r in records)}
 
 
@@ -92,6 +129,14 @@ def markdown(record, command, seconds) -> str:
                      f"{r['median']:.4f} | {r['far']} | {r['far_share']:.0%} | "
                      f"{r['far_with_pair']} | {r['chosen']} | "
                      f"{', '.join(f'{s:.4g}' for s in r['sigmas'])} |")
+    lines += ["", "Each host scheduler with its best sampler here (by RMS on all the samples; "
+              "uncalibrated): the far samples follow the schedule, whichever sampler runs it.",
+              "", "| scheduler | its best sampler | RMS | median error | far samples | their "
+              "share of the squared error | fewest far samples of any sampler on it |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['scheduler']} | {r['sampler']} | {r['rms']:.4f} | {r['median']:.4f} | "
+              f"{r['far']} | {r['far_share']:.0%} | {r['fewest_far']} |"
+              for r in record.get("by_scheduler", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -125,6 +125,27 @@ def test_the_tail_record_counts_the_far_samples_and_their_share():
     assert (schedules, samplers, own) == ({"beta": 2}, {"euler": 3}, {"dpm_2": {"beta": 5}})
 
 
+def test_the_tail_page_ranks_the_schedulers_by_their_best_sampler():
+    """by_scheduler: per scheduler the sampler of the lowest RMS (not the fewest far samples),
+    its far samples, and the fewest far samples of any sampler on that scheduler; best first."""
+    from bench.tail import by_scheduler, markdown
+
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    errors = {("euler", "karras"): t(0.1, 0.1, 3.0, 3.0), ("deis", "karras"): t(0.5, 0.5, 0.5, 2.0),
+              ("euler", "kl_optimal"): t(0.2, 0.2, 0.2, 0.2)}
+    rows = by_scheduler(errors, far_at=1.0)
+    assert [r["scheduler"] for r in rows] == ["kl_optimal", "karras"]
+    assert rows[0]["sampler"] == "euler" and rows[0]["far"] == 0 and rows[0]["far_share"] == 0
+    karras = rows[1]
+    assert karras["sampler"] == "deis" and karras["far"] == 1 and karras["fewest_far"] == 1
+    assert karras["rms"] == pytest.approx((4.75 / 4) ** 0.5)
+    record = {"data": "mix2d", "schedule": "karras", "nfe": 10, "samples": 4, "far_at": 1.0,
+              "schedulers": None, "best_pair": {"pair": "euler + kl_optimal", "rms": 0.2,
+                                                "median": 0.2, "far": 0, "far_share": 0.0},
+              "seeds": [], "median_ratio": 1.0, "by_scheduler": rows}
+    assert "| karras | deis | 1.0897 | 0.5000 | 1 | 84% | 1 |" in markdown(record, "cmd", 1.0)
+
+
 def test_the_page_names_the_options_a_run_was_given(tmp_path):
     """A run with --options says so where the committed run says "the default options", under
     its own --name; a run whose points have no interval does not head a column with one."""
