@@ -113,15 +113,25 @@ class Setup:
                              f"{self.sigmas[0]:.6g}")
         return values
 
-    def errors(self, fit, theta, part: str):
-        """Per-sample final errors of ``fit`` at ``theta`` on the "fit", "val" (selection) or
-        "test" noise, each rollout run once: the fit, the choice and the report share them."""
+    def rollout_errors(self, fit, theta, part: str):
+        """(per-sample final errors, per-sample objective) of ``fit`` at ``theta`` on the
+        "fit", "val" (selection) or "test" noise, each rollout run once: the fit, the choice
+        and the report share them."""
         key = memo_key(fit, theta, part)
         if key not in self.memo:
             x, reference = {"fit": (self.x_fit, self.ref_fit), "val": (self.x_val, self.ref_val),
                             "test": (self.x_test, self.ref_test)}[part]
-            self.memo[key] = fit.final_errors(theta, x, reference)
+            self.memo[key] = fit.rollout_errors(theta, x, reference)
         return self.memo[key]
+
+    def errors(self, fit, theta, part: str):
+        """Per-sample final errors (rollout_errors): what the report's RMS reads."""
+        return self.rollout_errors(fit, theta, part)[0]
+
+    def heldout_loss(self, fit, theta) -> float:
+        """The robust loss of the objective on the selection noise: what chooses iterates,
+        raced fits and the candidate (the states on the way count, as in the fit)."""
+        return robust_loss(self.rollout_errors(fit, theta, "val")[1], self.typical)
 
     def test_rms(self, fit, theta):
         """RMS of ``fit`` at ``theta`` on the test noise (None without any): it chose nothing."""
@@ -131,7 +141,8 @@ class Setup:
         return self.denoise.rows + self.counted.rows
 
     def fit(self, fit, start_errors, iterations=None, theta0=None, first=0):
-        """Levenberg-Marquardt on ``fit`` from its start (per-sample errors ``start_errors``),
+        """Levenberg-Marquardt on ``fit`` from its start (per-sample objective
+        ``start_errors``, which weighs the noises),
         or on from ``theta0`` as iteration ``first``, for ``iterations`` (default: the
         option): (theta, held-out loss / the start's, accepted steps, trace)."""
         self.ref_fit.weights = robust_weights(start_errors, self.typical)
@@ -139,7 +150,7 @@ class Setup:
         opts = self.opts
         return levenberg_marquardt(
             fit, self.x_fit, self.ref_fit,
-            lambda theta: robust_loss(self.errors(fit, theta, "val"), self.typical),
+            lambda theta: self.heldout_loss(fit, theta),
             float(opts["regularization"]), self.eps,
             int(opts["iterations"]) if iterations is None else iterations,
             int(opts["patience"]), self.say, int(opts["jacobian_rows"]),
@@ -199,7 +210,7 @@ def calibrate(model, noise, sigmas, extra_args=None, schedules=None, samplers=No
     those two kinds gets the LML fit (corrections and every timestep), from 6 steps up for
     ``race`` iterations and the better one on the held-out noise to the end; the best ``sigma_fits``
     samplers (default 0) get timestep-only fits; the best pair stays a candidate unchanged;
-    the lowest robust loss on the held-out noise wins.  ``fitted_on`` records
+    the lowest robust loss of the objective on the held-out noise wins.  ``fitted_on`` records
     ``sigmas`` and one sample's ``latent_shape`` (the sampler refuses another schedule, warns
     at another size).
     ``progress(evaluations, planned)`` is called after every model call (a node raises there
@@ -279,18 +290,22 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     if twins:
         setup.say(f"{len(twins)} LML starts are built-in pairs' own samplers (run once): "
                   + ", ".join(f"{k} = {v}" for k, v in twins.items()))
-    errors = measured_starts(setup, starts, steps, one_call, twins)
-    if not errors:
+    measured = measured_starts(setup, starts, steps, one_call, twins)
+    if not measured:
         raise ValueError("calibrate: no sampler could run on the calibration noise")
-    for label, e in errors.items():  # the finalists ran on all the fitting noise: reused
-        if e.shape[0] == setup.x_fit.shape[0]:
+    for label, e in measured.items():  # the finalists ran on all the fitting noise: reused
+        if e[0].shape[0] == setup.x_fit.shape[0]:
             setup.memo[memo_key(starts[label], torch.zeros(starts[label].size), "fit")] = e
-    # The robust scale: the typical (median) error of the best start.
+    # Every choice reads the objective (the final sample and the states on the way), not the
+    # final error alone: on 16 fitting noises it ranks the starts that send fewer noises to
+    # another mode first (docs/calibration_options.md).  The robust scale: the best start's
+    # typical (median) objective.
+    errors = {label: objective for label, (_, objective) in measured.items()}
     setup.typical = min(float(e.median()) for e in errors.values())
     losses = {label: robust_loss(e, setup.typical) for label, e in errors.items()}
     ranked = sorted(losses, key=losses.get)
     setup.say("starts on the fitting noise (RMS): " + ", ".join(
-        f"{label} {rms(errors[label]):.4g}" for label in ranked[:6]))
+        f"{label} {rms(measured[label][0]):.4g}" for label in ranked[:6]))
 
     # 2. The candidates: the LML fits, timestep-only fits of the best samplers (each from its
     # best schedule), and the best pair unchanged.  The LML fit runs from the best start of
@@ -335,8 +350,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
 
     # 3. The winner on the held-out noise.
     for c in candidates.values():
-        c["heldout_score"] = robust_loss(setup.errors(c["fit"], c["theta"], "val"),
-                                         setup.typical)
+        c["heldout_score"] = setup.heldout_loss(c["fit"], c["theta"])
     chosen = min(candidates.values(), key=lambda c: c["heldout_score"])
     setup.say("candidates on the held-out noise (RMS): " + ", ".join(
         f"{label} {c['heldout_rms']:.4g}" for label, c in candidates.items())

@@ -93,9 +93,10 @@ def twin_starts(starts: dict, model) -> dict:
 
 def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool,
                  twins=None) -> dict:
-    """{label: per-sample final error on ``x``} of every start that runs there (a built-in
-    that fails, or makes more than one model call per step where ``one_call``, is left out;
-    a start whose twin (``twin_starts``) ran gets its errors)."""
+    """{label: (per-sample final error, per-sample objective) on ``x``} (``rollout_errors``)
+    of every start that runs there (a built-in that fails, or makes more than one model call
+    per step where ``one_call``, is left out; a start whose twin (``twin_starts``) ran gets its
+    errors)."""
     errors, twins = {}, twins or {}
     for label in sorted(starts, key=lambda label: label in twins):  # the twins last
         fit = starts[label]
@@ -104,8 +105,8 @@ def start_errors(setup, starts: dict, x, reference, steps: int, one_call: bool,
             continue
         before = setup.counted.rows
         try:
-            errors[label] = fit.final_errors(torch.zeros(fit.size, dtype=torch.float64), x,
-                                             reference)
+            errors[label] = fit.rollout_errors(torch.zeros(fit.size, dtype=torch.float64), x,
+                                               reference)
         except (RuntimeError, ValueError, ZeroDivisionError) as error:
             if isinstance(fit, LML_FITS):  # lml_core's own sampler: a real error
                 raise
@@ -135,7 +136,7 @@ def start_kind(fit) -> str:
 
 def best_of_each_kind(errors: dict, keep: int, kind) -> list:
     """The ``keep`` best starts of each kind (``kind(label)``) in ``errors`` ({label:
-    per-sample errors}) by robust loss (scaled by the best start's median error)."""
+    per-sample objective}) by robust loss (scaled by the best start's median)."""
     typical = min(float(e.median()) for e in errors.values())
     ranked = sorted(errors, key=lambda label: robust_loss(errors[label], typical))
     kinds = dict.fromkeys(kind(label) for label in ranked)
@@ -143,9 +144,10 @@ def best_of_each_kind(errors: dict, keep: int, kind) -> list:
 
 
 def measured_starts(setup, starts: dict, steps: int, one_call: bool, twins=None) -> dict:
-    """{label: per-sample error on the fitting noise} of the starts worth fitting, by
-    successive halving over ``screen_rows`` fitting noises (``screening_stages``; kinds: LML
-    start, built-in pair): a start far behind on a few noises is not worth the rest."""
+    """{label: (per-sample final error, per-sample objective) on the fitting noise} of the
+    starts worth fitting, by successive halving over ``screen_rows`` fitting noises
+    (``screening_stages``; kinds: LML start, built-in pair; ranked by the objective): a start
+    far behind on a few noises is not worth the rest."""
     screen, keep = int(setup.opts["screen_rows"]), int(setup.opts["finalists"])
     errors, alive = {}, list(starts)
     for first, last, survivors in screening_stages(screen, setup.x_fit.shape[0], keep):
@@ -154,12 +156,14 @@ def measured_starts(setup, starts: dict, steps: int, one_call: bool, twins=None)
             more = start_errors(setup, {label: starts[label] for label in alive},
                                 setup.x_fit[part], setup.ref_fit.subset(part), steps, one_call,
                                 twins)
-            errors = {label: more[label] if label not in errors else torch.cat(
-                [errors[label], more[label]]) for label in alive if label in more}
+            errors = {label: more[label] if label not in errors else tuple(
+                torch.cat(pair) for pair in zip(errors[label], more[label]))
+                for label in alive if label in more}
         if not errors:
             return errors
         if survivors is not None:
-            alive = best_of_each_kind(errors, survivors, lambda label: start_kind(starts[label]))
+            alive = best_of_each_kind({label: e[1] for label, e in errors.items()}, survivors,
+                                      lambda label: start_kind(starts[label]))
             if survivors == keep:
                 setup.say(f"field: {len(starts)} starts ranked on {last} noises in "
                           f"stages; finalists " + ", ".join(alive))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from .objective import robust_loss
-
 
 def rms(errors) -> float:
     return float(errors.pow(2).mean().sqrt())
@@ -248,8 +246,7 @@ def raced(setup, starts: dict, errors: dict, labels: list) -> list:
             or setup.steps < RACE_FROM_STEPS):
         return [(label, None) for label in labels]
     runs = {label: setup.fit(starts[label], errors[label], race) for label in labels}
-    loss = {label: robust_loss(setup.errors(starts[label], runs[label][0], "val"),
-                               setup.typical) for label in labels}
+    loss = {label: setup.heldout_loss(starts[label], runs[label][0]) for label in labels}
     best = min(labels, key=loss.get)
     setup.say("LML fits after " + str(race) + " iterations (held-out loss): " + ", ".join(
         f"{label} {loss[label]:.4g}" for label in labels) + f"; going on from {best}")

@@ -40,7 +40,7 @@ from .projection import BuiltinRows
 class LinearFit(RolloutObjective):
     """theta = (timestep shifts, corrections c_{k,j}) of the built-in ``sampler`` on ``sigmas``
     (its own, N + 1 values ending in 0); the interface lml_core.levenberg uses (size, plan,
-    loss, final_errors, jacobian) and ``calibration``."""
+    loss, rollout_errors, jacobian) and ``calibration``."""
 
     def __init__(self, denoise, sampler, model, sigmas, history, move_timesteps, flow, floor,
                  trajectory=0.0):

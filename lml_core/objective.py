@@ -65,6 +65,23 @@ def rollout_residual(outcome, sig, reference: Reference, trajectory: float, flow
     return torch.cat(parts)
 
 
+def per_sample_objective(outcome, sig, reference: Reference, trajectory: float, flow: bool):
+    """Each noise's share of the objective, as an RMS (the final sample's RMS where
+    ``trajectory`` is 0): its part of rollout_residual squared, summed, over the sample's size,
+    without the fit's per-sample weights.  What calibrate ranks starts and chooses by: a
+    schedule that sends more noises to another mode strays further on the way for all of them,
+    which a few noises show where their final samples (mostly none in another mode) do not
+    (docs/calibration_options.md)."""
+    final, states = outcome
+    r = rollout_residual(outcome, sig, reference, trajectory, flow)
+    rows, width = final.shape[0], final[0].numel()
+    total = r[:rows * width].reshape(rows, -1).pow(2).sum(1)
+    if r.numel() > rows * width:  # the states: len(states) blocks of rows x probed values
+        total = total + r[rows * width:].reshape(len(states), rows, -1).pow(2).sum((0, 2))
+    out = (total / width).sqrt()
+    return out if reference.weights is None else out / reference.weights.to(out)
+
+
 def moved_schedule(fit, values) -> list[float] | None:
     """``fit.sigmas`` with s_k (k in ``fit.moved``) shifted by values[p] in log-SNR (``fit.t``
     the start's); None where they are not strictly decreasing or fall below ``fit.floor``."""
@@ -155,6 +172,14 @@ class RolloutObjective:
     def final_errors(self, theta, x, reference):
         """Per-sample RMS of the final sample against the reference."""
         return per_sample_rms(self.rollout(self.plan(theta), x)[0], reference)
+
+    def rollout_errors(self, theta, x, reference):
+        """(per-sample RMS of the final sample, per-sample objective: per_sample_objective) of
+        one rollout at ``theta``."""
+        plan = self.plan(theta)
+        outcome = self.rollout(plan, x)
+        return (per_sample_rms(outcome[0], reference),
+                per_sample_objective(outcome, plan[0], reference, self.trajectory, self.flow))
 
 
 class Fit(RolloutObjective):

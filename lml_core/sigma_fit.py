@@ -16,7 +16,13 @@ from __future__ import annotations
 import torch
 
 from .adaptive import half_log_snr
-from .objective import difference_column, moved_schedule, per_sample_rms, rollout_residual
+from .objective import (
+    difference_column,
+    moved_schedule,
+    per_sample_objective,
+    per_sample_rms,
+    rollout_residual,
+)
 from .reference import Reference
 
 
@@ -107,7 +113,7 @@ class OutcomeKeeper:
 
 class SigmaFit:
     """The timesteps of one sampler as parameters theta (log-SNR shifts of s_1..s_{N-1}),
-    with the interface the Levenberg-Marquardt driver uses (size, plan, loss, final_errors,
+    with the interface the Levenberg-Marquardt driver uses (size, plan, loss, rollout_errors,
     jacobian)."""
 
     def __init__(self, sampler, model, sigmas, flow, floor, extra_args=None,
@@ -155,6 +161,14 @@ class SigmaFit:
     def final_errors(self, theta, x, reference):
         """Per-sample RMS of the final sample against the reference."""
         return per_sample_rms(self.final(self.plan(theta), x), reference)
+
+    def rollout_errors(self, theta, x, reference):
+        """(per-sample RMS of the final sample, per-sample objective: objective.
+        per_sample_objective) of one run at ``theta``."""
+        plan = self.plan(theta)
+        outcome = self.outcome(plan, x)
+        return (per_sample_rms(outcome[0], reference),
+                per_sample_objective(outcome, plan, reference, self.trajectory, self.flow))
 
     def jacobian(self, theta, x, reference, eps, kept=None):
         """(residual at ``theta``, Jacobian [rows, P]) by forward differences (-eps where +eps

@@ -23,8 +23,9 @@ from .fingerprint import Unfingerprintable, digest
 
 FOLDER = "lml_calibrations"
 # Bump when what the key covers changes, or what a default it leaves out means (3: the
-# defaults linear_fits on and trajectory 0.3; a key of the old defaults must not load).
-KEY_FORMAT = "lml-calibration-cache/3"
+# defaults linear_fits on and trajectory 0.3; 4: every choice reads the objective, the states
+# on the way included; a key of the old fit must not load).
+KEY_FORMAT = "lml-calibration-cache/4"
 
 
 def read_pack_version() -> str:

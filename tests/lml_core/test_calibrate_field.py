@@ -348,3 +348,68 @@ def test_a_timestep_fit_has_the_lml_fits_objective(flow):
     assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
     final_only = SigmaFit(plain_euler, model, sigmas.tolist(), flow, floor)
     assert final_only.residual(final_only.outcome(sig, x), sig, ref).numel() == x.numel()
+
+
+@pytest.mark.parametrize("trajectory", [0.0, 1.0])
+def test_a_rollouts_errors_are_its_final_rms_and_its_share_of_the_objective(trajectory):
+    """rollout_errors: the final sample's per-sample RMS, and each noise's share of the
+    objective (its mean square over the noises is the loss; the final RMS without the
+    trajectory term; the fit's per-sample weights divided out), for the LML fit and a
+    timestep fit alike."""
+    model = MixtureDenoiser(dim=DIM, components=3, seed=4, spread=1.0)
+    sigmas = karras_sigmas(5).double().tolist()
+    x = noise(8, 9)
+    ref = Reference(Evaluator(model, {}, torch.float64), x, reference_grid(80.0, 0.002, 32,
+                                                                            False), False)
+    for fit in (Fit(Evaluator(model, {}, torch.float64), sigmas, "euler", 1, True, False,
+                    0.002, trajectory=trajectory),
+                SigmaFit(plain_euler, model, sigmas, False, 0.002, trajectory=trajectory)):
+        theta = torch.zeros(fit.size, dtype=torch.float64)
+        theta[:4] = torch.tensor([0.2, -0.1, 0.1, -0.3])
+        final, objective = fit.rollout_errors(theta, x, ref)
+        assert torch.allclose(final, fit.final_errors(theta, x, ref), rtol=1e-12)
+        loss = fit.loss(fit.plan(theta), x, ref)
+        assert float(objective.pow(2).mean()) == pytest.approx(loss, rel=1e-9)
+        if trajectory == 0:
+            assert torch.allclose(objective, final, rtol=1e-9)
+        else:
+            assert bool((objective > final).all())  # every state strays somewhat
+        ref.weights = torch.linspace(0.2, 1.0, 8, dtype=torch.float64)
+        assert torch.allclose(fit.rollout_errors(theta, x, ref)[1], objective, rtol=1e-9)
+        ref.weights = None
+
+
+class _Scored:
+    """A start whose per-sample (final error, objective) are given: for the field's ranking."""
+
+    size = 0
+
+    def __init__(self, final, objective):
+        self.final, self.objective = final, objective
+
+    def rollout_errors(self, theta, x, reference):
+        rows = x[:, 0].long()  # each noise row carries its index
+        return self.final[rows], self.objective[rows]
+
+
+def test_the_field_ranks_the_starts_by_the_objective_not_the_final_error():
+    """Of two starts, the one whose final errors are lower but whose states stray further on
+    the way (a larger objective) ranks behind: the states show, on a few noises, the schedule
+    that sends more noises to another mode."""
+    from types import SimpleNamespace
+
+    from lml_core.field import measured_starts
+
+    rows = 16
+    x = torch.arange(rows, dtype=torch.float64)[:, None]
+    setup = SimpleNamespace(opts={"screen_rows": 8, "finalists": 1}, x_fit=x,
+                            ref_fit=SimpleNamespace(subset=lambda part: None),
+                            counted=SimpleNamespace(rows=0), say=lambda text: None)
+    ones = torch.ones(rows, dtype=torch.float64)
+    starts = {"low final + a": _Scored(0.5 * ones, 3.0 * ones),
+              "low objective + a": _Scored(1.0 * ones, 1.5 * ones),
+              "worse + a": _Scored(2.0 * ones, 4.0 * ones)}
+    measured = measured_starts(setup, starts, 4, one_call=False)
+    assert list(measured) == ["low objective + a"]
+    final, objective = measured["low objective + a"]
+    assert torch.equal(final, ones) and torch.equal(objective, 1.5 * ones)
