@@ -300,9 +300,9 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
     # final error alone: on 16 fitting noises it ranks the starts that send fewer noises to
     # another mode first (docs/calibration_options.md).  The robust scale: the best start's
     # typical (median) objective.
-    errors = {label: objective for label, (_, objective) in measured.items()}
-    setup.typical = min(float(e.median()) for e in errors.values())
-    losses = {label: robust_loss(e, setup.typical) for label, e in errors.items()}
+    objectives = {label: objective for label, (_, objective) in measured.items()}
+    setup.typical = min(float(e.median()) for e in objectives.values())
+    losses = {label: robust_loss(e, setup.typical) for label, e in objectives.items()}
     ranked = sorted(losses, key=losses.get)
     setup.say("starts on the fitting noise (RMS): " + ", ".join(
         f"{label} {rms(measured[label][0]):.4g}" for label in ranked[:6]))
@@ -317,8 +317,9 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
         best = next((label for label in ranked if start_kind(starts[label]) == kind), None)
         if best is not None:
             fitted_lml.append(best)
-    for label, run in raced(setup, starts, errors, fitted_lml):
-        result = fitted(setup, f"calibrated {label}", label, starts[label], errors[label], run)
+    for label, run in raced(setup, starts, objectives, fitted_lml):
+        result = fitted(setup, f"calibrated {label}", label, starts[label], objectives[label],
+                        run)
         candidates[result["label"]] = result
     best_pairs = [label for label in ranked if not label.startswith("lml(")]
     if best_pairs:
@@ -331,7 +332,7 @@ def field_calibration(setup: Setup, model, bases, samplers, sampler_schedules, s
         if len(fitted_samplers) < sigma_fits and name not in dict(fitted_samplers):
             fitted_samplers.append((name, schedule))
             result = fitted(setup, f"{name} + calibrated sigmas from {schedule}", label,
-                            starts[label], errors[label])
+                            starts[label], objectives[label])
             candidates[result["label"]] = result
 
     # The unchanged starts the report compares with: each LML base on its best schedule, the

@@ -236,8 +236,9 @@ def fitted(setup, label, start, fit, start_errors, run=None) -> dict:
 RACE_FROM_STEPS = 6
 
 
-def raced(setup, starts: dict, errors: dict, labels: list) -> list:
-    """(label, a short fit's result or None) of the LML starts worth the whole fit: with
+def raced(setup, starts: dict, objectives: dict, labels: list) -> list:
+    """(label, a short fit's result or None) of the LML starts worth the whole fit
+    (``objectives``: each start's per-sample objective on the fitting noise): with
     more than one, at least RACE_FROM_STEPS steps and the option ``race`` > 0, each gets
     ``race`` iterations and only the one lowest on the held-out noise goes on; else all of
     them, from their starts."""
@@ -245,7 +246,7 @@ def raced(setup, starts: dict, errors: dict, labels: list) -> list:
     if (len(labels) < 2 or race <= 0 or race >= int(setup.opts["iterations"])
             or setup.steps < RACE_FROM_STEPS):
         return [(label, None) for label in labels]
-    runs = {label: setup.fit(starts[label], errors[label], race) for label in labels}
+    runs = {label: setup.fit(starts[label], objectives[label], race) for label in labels}
     loss = {label: setup.heldout_loss(starts[label], runs[label][0]) for label in labels}
     best = min(labels, key=loss.get)
     setup.say("LML fits after " + str(race) + " iterations (held-out loss): " + ", ".join(
