@@ -63,6 +63,47 @@ def draws_block(bench: Path) -> list[str]:
     return calibrated_page.draw_lines(points("calibrated.json"), points("calibrated_draw1.json"))
 
 
+def recommend_block(bench: Path) -> list[str]:
+    """Recommended settings' LML Calibrate line: the calibrated benchmark's medians, the points
+    where it loses to the best pair, and the defaults before (calibrated_previous_defaults)."""
+    def load(name):
+        return json.loads((bench / f"{name}.json").read_text())["points"]
+    points, before = load("calibrated"), load("calibrated_previous_defaults")
+
+    def digits(selected):
+        values = [calibrated_page.summary_numbers([p for p in selected if p["data"] == data])[
+            "median"] for data in dict.fromkeys(p["data"] for p in selected
+                                                if p["data"].startswith("digits"))]
+        return f"{min(values):.2f}-{max(values):.2f}x"
+
+    def mixtures(selected):
+        return calibrated_page.summary_numbers(
+            [p for p in selected if not p["data"].startswith("digits")])["median"]
+    losing = sorted((p for p in points if p["ratio"] > calibrated_page.MEDIAN_ABOVE),
+                    key=lambda p: -p["ratio"])
+    named = ", ".join(f"{p['data']}/{p['schedule']} {p['nfe']} NFE {p['ratio']:.2f}x"
+                      for p in losing[:3])
+    rest = losing[3:]
+    if rest:
+        named += (f", the others {min(p['ratio'] for p in rest):.2f}-"
+                  f"{max(p['ratio'] for p in rest):.2f}x")
+    families = sorted({"the digits network" if p["data"].startswith("digits")
+                       else "the exact mixtures" for p in losing})
+    return [f"**LML Calibrate** for one model and setting sampled many times, at 4-10 steps "
+            f"(docs/bench/calibrated.md, the medians over {points[0]['seeds']} calibration "
+            f"seeds, on noise it was not fitted on): {digits(points)} the best sampler x "
+            f"scheduler pair's error on the digits network (cfg 1-6, geometric means), "
+            f"{mixtures(points):.2f}x on the exact mixtures; worse than the best pair (median "
+            f"above {calibrated_page.MEDIAN_ABOVE}) at {len(losing)} of {len(points)} points"
+            + (f", all on {' and '.join(families)}" if losing else "")
+            + (f" ({named}), where a few samples end in another mode than the reference's"
+               if losing else "")
+            + ". Otherwise first try the best pair: LML Sampler Lab with `schedulers` shows it "
+            f"on your model. Where each sample must keep the reference's mode, `trajectory` 1 "
+            f"and `linear_fits` off (the defaults before: {mixtures(before):.2f}x on the exact "
+            f"mixtures, {digits(before)} on the digits network)."]
+
+
 def field_block(bench: Path) -> list[str]:
     data = json.loads((bench / "results.json").read_text())
     return results_page.readme_lines(data["deterministic"], data["stochastic"], data["meta"])
@@ -169,7 +210,7 @@ BLOCKS = {"calibrated": calibrated_block,
           "calibrated-sigmas": sigmas_block,
           "calibrated-sigmas-in-sample": sigmas_in_sample_block, "oracle": oracle_block("oracle"),
           "oracle-digits": oracle_block("oracle_digits"), "gradient-fit": gradient_fit_block,
-          "field": field_block,
+          "field": field_block, "recommend-calibrate": recommend_block,
           "wrapped": wrapped_block, "cost": cost_block,
           "host-timing": host_timing_block,
           "memory": memory_block, "transfer": transfer_block, "precision": precision_block,
