@@ -22,6 +22,8 @@ if [ -n "$SRC" ]; then
 else
   HOST="${LML_HOST_DIR:-$ROOT/.host}"
 fi
+# An absolute path: the steps below run the venv's python from inside the ComfyUI tree.
+mkdir -p "$HOST" && HOST="$(cd "$HOST" && pwd)"
 COMFY="$HOST/ComfyUI"
 VENV="$HOST/venv"
 PY="${PYTHON:-python3}"
