@@ -70,15 +70,19 @@ def recommend_block(bench: Path) -> list[str]:
         return json.loads((bench / f"{name}.json").read_text())["points"]
     points, before = load("calibrated"), load("calibrated_previous_defaults")
 
+    def medians(selected, digits):
+        """The families' (calibrated_page.families) geometric means of the median ratios:
+        the digits network's cfg values, or the exact mixtures."""
+        return [calibrated_page.summary_numbers(family)["median"] for label, family in
+                calibrated_page.families(selected).items()
+                if label.startswith("digits") == digits]
+
     def digits(selected):
-        values = [calibrated_page.summary_numbers([p for p in selected if p["data"] == data])[
-            "median"] for data in dict.fromkeys(p["data"] for p in selected
-                                                if p["data"].startswith("digits"))]
+        values = medians(selected, True)
         return f"{min(values):.2f}-{max(values):.2f}x"
 
     def mixtures(selected):
-        return calibrated_page.summary_numbers(
-            [p for p in selected if not p["data"].startswith("digits")])["median"]
+        return medians(selected, False)[0]
     losing = sorted((p for p in points if p["ratio"] > calibrated_page.MEDIAN_ABOVE),
                     key=lambda p: -p["ratio"])
     named = ", ".join(f"{p['data']}/{p['schedule']} {p['nfe']} NFE {p['ratio']:.2f}x"
@@ -87,15 +91,15 @@ def recommend_block(bench: Path) -> list[str]:
     if rest:
         named += (f", the others {min(p['ratio'] for p in rest):.2f}-"
                   f"{max(p['ratio'] for p in rest):.2f}x")
-    families = sorted({"the digits network" if p["data"].startswith("digits")
-                       else "the exact mixtures" for p in losing})
+    where = sorted({"the digits network" if p["data"].startswith("digits")
+                    else "the exact mixtures" for p in losing})
     return [f"**LML Calibrate** for one model and setting sampled many times, at 4-10 steps "
             f"(docs/bench/calibrated.md, the medians over {points[0]['seeds']} calibration "
             f"seeds, on noise it was not fitted on): {digits(points)} the best sampler x "
             f"scheduler pair's error on the digits network (cfg 1-6, geometric means), "
             f"{mixtures(points):.2f}x on the exact mixtures; worse than the best pair (median "
             f"above {calibrated_page.MEDIAN_ABOVE}) at {len(losing)} of {len(points)} points"
-            + (f", all on {' and '.join(families)}" if losing else "")
+            + (f", all on {' and '.join(where)}" if losing else "")
             + (f" ({named}), where a few samples end in another mode than the reference's"
                if losing else "")
             + ". Otherwise first try the best pair: LML Sampler Lab with `schedulers` shows it "
